@@ -1,0 +1,46 @@
+# The two commands of the README are `make demo` and `make test`; everything they need is
+# installed by the targets below, from PyPI and Maven Central, on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA_LIB := infra/kafka/lib/.pom.sha256
+
+.PHONY: install demo test lint bench up down status clean
+
+install: $(VENV)/.installed $(KAFKA_LIB)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --progress-bar off -e '.[dev]'
+	touch $@
+
+$(KAFKA_LIB): infra/pom.xml $(VENV)/.installed
+	$(BIN)/python -m infra install
+
+demo: install
+	$(BIN)/infogrowth demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python bench/gain_bench.py
+	$(BIN)/python bench/pipeline_bench.py
+
+up: install
+	$(BIN)/python -m infra up
+
+down:
+	$(BIN)/python -m infra down
+
+status:
+	$(BIN)/python -m infra status
+
+clean: down
+	rm -rf .data

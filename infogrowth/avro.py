@@ -1,0 +1,262 @@
+"""Avro records in the Confluent wire format, with schema ids fixed in schemas/registry.json.
+
+Frame: magic byte 0, 4-byte big-endian schema id, schemaless Avro binary. No registry server
+is needed: every schema has a fixed id, so any Confluent-aware consumer can still read us.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import struct
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.validation import ValidationError, validate
+
+NAMESPACE = "infogrowth"
+MAGIC = 0
+HEADER = struct.Struct(">bI")  # magic byte + schema id
+SCHEMAS_ENV = "INFOGROWTH_SCHEMAS_DIR"
+
+
+class SchemaError(ValueError):
+    """A record does not match its schema; ``field`` names the first offending field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class MalformedMessage(ValueError):
+    """Bytes that are not a valid framed Avro message of the expected schema."""
+
+
+# --- schema files ----------------------------------------------------------------------
+def schemas_dir() -> Path:
+    """INFOGROWTH_SCHEMAS_DIR, else schemas/ at the repository root (editable install)."""
+    configured = os.environ.get(SCHEMAS_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@cache
+def _registry(directory: Path) -> dict[str, int]:
+    path = directory / "registry.json"
+    try:
+        ids = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found (set {SCHEMAS_ENV})") from None
+    if len(set(ids.values())) != len(ids):
+        raise ValueError(f"{path}: schema ids must be unique")
+    return {str(k): int(v) for k, v in ids.items()}
+
+
+def registry() -> dict[str, int]:
+    """Schema name -> fixed schema id."""
+    return dict(_registry(schemas_dir()))
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The parsed (fastavro) schema ``name``, with schemas it references loaded first."""
+    return _load(schemas_dir(), name)
+
+
+@cache
+def _load(directory: Path, name: str) -> dict[str, Any]:
+    # The top-level result of parse_schema carries the named types it refers to; the entry
+    # left in ``named`` does not, so keep the former.
+    return _parse_into(directory, name, {}, set())
+
+
+def _parse_into(
+    directory: Path, name: str, named: dict[str, Any], seen: set[str]
+) -> dict[str, Any]:
+    if name in seen:
+        raise ValueError(f"schema {name!r} refers to itself through other schema files")
+    seen.add(name)
+    path = directory / f"{name}.avsc"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no schema {name!r}: {path} not found") from None
+    # A type written as "infogrowth.Other" refers to schemas/Other.avsc: parse that first.
+    for dep in sorted(_references(raw)):
+        if f"{NAMESPACE}.{dep}" not in named and (directory / f"{dep}.avsc").exists():
+            _parse_into(directory, dep, named, seen)
+    return fastavro.parse_schema(raw, named_schemas=named)
+
+
+def _references(node: Any) -> set[str]:
+    prefix = NAMESPACE + "."
+    if isinstance(node, str):
+        return {node[len(prefix) :]} if node.startswith(prefix) else set()
+    if isinstance(node, list):
+        return set().union(*(_references(x) for x in node)) if node else set()
+    if isinstance(node, dict):
+        return set().union(*(_references(v) for k, v in node.items() if k in _TYPE_KEYS))
+    return set()
+
+
+_TYPE_KEYS = ("type", "items", "values", "fields")
+
+
+# --- records -----------------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """numpy arrays/scalars and dataclasses -> plain Python values fastavro accepts."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        # Fast path: embeddings are long lists of floats.
+        if all(type(v) is float for v in value):
+            return list(value)
+        return [plain(v) for v in value]
+    return value
+
+
+def stringify_extra(extra: Mapping[str, Any]) -> dict[str, str]:
+    """The ``extra`` map holds strings: keep strings, JSON-encode everything else."""
+    return {str(k): v if isinstance(v, str) else json.dumps(plain(v)) for k, v in extra.items()}
+
+
+class AvroSerde:
+    """Encode/decode one schema's records in the Confluent wire format."""
+
+    def __init__(self, schema_name: str) -> None:
+        ids = registry()
+        if schema_name not in ids:
+            raise KeyError(f"schema {schema_name!r} has no id in registry.json ({sorted(ids)})")
+        self.name = schema_name
+        self.schema_id = ids[schema_name]
+        self.schema = load_schema(schema_name)
+        self._header = HEADER.pack(MAGIC, self.schema_id)
+
+    def __repr__(self) -> str:
+        return f"AvroSerde({self.name!r}, id={self.schema_id})"
+
+    def encode(self, record: Mapping[str, Any] | Any) -> bytes:
+        """Validate strictly, then frame. Raises SchemaError naming the field."""
+        datum = plain(record)
+        if not isinstance(datum, Mapping):
+            raise SchemaError(f"{self.name}: expected a mapping, got {type(record).__name__}")
+        try:
+            validate(datum, self.schema, raise_errors=True)
+        except ValidationError as exc:
+            raise _schema_error(self.name, exc, datum) from None
+        out = io.BytesIO()
+        out.write(self._header)
+        fastavro.schemaless_writer(out, self.schema, datum)
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """Parse a framed message. Raises MalformedMessage with a one-line reason."""
+        schema_id = check_header(data)
+        if schema_id != self.schema_id:
+            other = _name_of(schema_id)
+            what = f"schema id {schema_id} ({other})" if other else f"unknown schema id {schema_id}"
+            raise MalformedMessage(f"{what}, expected {self.schema_id} ({self.name})")
+        return _read_body(data, self.schema, self.name)
+
+
+def check_header(data: bytes) -> int:
+    """The schema id of a framed message, after checking length and magic byte."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessage(f"expected bytes, got {type(data).__name__}")
+    if len(data) < HEADER.size:
+        raise MalformedMessage(f"too short: {len(data)} bytes, a framed message has at least 5")
+    magic, schema_id = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedMessage(f"wrong magic byte {magic & 0xFF:#04x}, expected 0x00")
+    return int(schema_id)
+
+
+def decode_any(data: bytes) -> tuple[str, dict[str, Any]]:
+    """Decode a message of any schema in registry.json; returns (schema name, record)."""
+    schema_id = check_header(data)
+    name = _name_of(schema_id)
+    if name is None:
+        raise MalformedMessage(f"unknown schema id {schema_id}")
+    return name, _read_body(data, load_schema(name), name)
+
+
+def _name_of(schema_id: int) -> str | None:
+    return next((n for n, i in registry().items() if i == schema_id), None)
+
+
+def _read_body(data: bytes, schema: dict[str, Any], name: str) -> dict[str, Any]:
+    body = io.BytesIO(bytes(data[HEADER.size :]))
+    try:
+        record = fastavro.schemaless_reader(body, schema)
+    except (EOFError, StopIteration):
+        raise MalformedMessage(f"truncated avro body for {name}") from None
+    except Exception as exc:  # fastavro raises assorted errors on corrupt input
+        raise MalformedMessage(f"corrupt avro body for {name}: {_one_line(exc)}") from None
+    left = len(body.getbuffer()) - body.tell()
+    if left:
+        raise MalformedMessage(f"{left} trailing bytes after the {name} record")
+    return record  # type: ignore[return-value]
+
+
+# --- error messages ----------------------------------------------------------------------
+def _schema_error(name: str, exc: ValidationError, datum: Mapping[str, Any]) -> SchemaError:
+    """All offending fields on one line: "RawSample: field 'id' is missing, expected string"."""
+    by_field: dict[str, tuple[Any, list[str]]] = {}
+    for err in exc.errors:
+        field = _field_path(name, getattr(err, "field", "") or "")
+        value, expected = by_field.get(field, (getattr(err, "datum", None), []))
+        expected.append(_type_name(getattr(err, "schema", "?")))
+        by_field[field] = (value, expected)
+    parts = [
+        f"field {field!r} {_got(field, value, datum)}, expected {' | '.join(dict.fromkeys(exp))}"
+        for field, (value, exp) in by_field.items()
+    ]
+    first = next(iter(by_field), None)
+    return SchemaError(f"{name}: " + "; ".join(parts), field=first)
+
+
+def _field_path(name: str, field: str) -> str:
+    """'infogrowth.RawSample.id' -> 'id'; nested records keep their type: 'ScoredSample.id'."""
+    field = field.removeprefix(f"{NAMESPACE}.{name}.")
+    return field.removeprefix(f"{NAMESPACE}.")
+
+
+def _type_name(schema: Any) -> str:
+    if isinstance(schema, str):
+        return schema.removeprefix(NAMESPACE + ".")
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "enum":
+            return "one of " + "/".join(schema.get("symbols", []))
+        if kind == "array":
+            return f"array<{_type_name(schema.get('items'))}>"
+        if kind == "map":
+            return f"map<{_type_name(schema.get('values'))}>"
+        if "logicalType" in schema:
+            return str(schema["logicalType"])
+        return _type_name(schema.get("name", kind))
+    if isinstance(schema, list):
+        return " | ".join(_type_name(s) for s in schema)
+    return str(schema)
+
+
+def _got(field: str, value: Any, record: Mapping[str, Any]) -> str:
+    if "." not in field and field not in record:
+        return "is missing"
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"is {text} ({type(value).__name__})" if value is not None else "is None"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,152 @@
+"""`infogrowth` command line: curate files offline, run the local stack, stream, replay."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infogrowth.settings import ENV_PREFIX, Settings
+
+if TYPE_CHECKING:
+    from infogrowth.offline import Summary
+
+# Help for the settings a user most often sets; every Settings field is a flag either way.
+SETTING_HELP = {
+    "delta": "alignment threshold δ: below it a caption is regenerated, then rejected",
+    "k": "nearest neighbours averaged for the gain",
+    "policy": "online selection: threshold (gain ≥ tau), budget (best --budget gains), all",
+    "tau": "gain threshold of the threshold policy",
+    "budget": "number of samples kept by the budget policy",
+    "encoder": "packaged (offline stand-in: EfficientNet-Lite0 + MiniLM), clip, precomputed",
+    "clip_model": "CLIP/SigLIP checkpoint: local directory or hub id (needs --encoder clip)",
+    "captioner": "label (offline: 'a photo of a <top label>'), transformers, openai",
+    "captioner_model": "captioning model: local directory (transformers) or model name (openai)",
+    "captioner_url": "OpenAI-compatible endpoint of a served VLM, e.g. http://127.0.0.1:8000/v1",
+    "seed": "seed of every random choice (per-sample randomness is derived from sample ids)",
+    "mode": "multimodal (image + caption) or single (image + label, classifier cleaning)",
+    "gain_mean": "how the k neighbour distances are averaged: arithmetic, geometric, harmonic",
+    "device": "auto (CUDA when present), cpu or cuda",
+}
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """One flag per Settings field (default from INFOGROWTH_<NAME> or the built-in default)."""
+    defaults = Settings.from_env()
+    group = parser.add_argument_group("settings (also read from INFOGROWTH_<NAME> variables)")
+    for f in fields(Settings):
+        if f.name == "extra" or (only is not None and f.name not in only):
+            continue
+        default = getattr(defaults, f.name)
+        kind = type(default)
+        flag = "--" + f.name.replace("_", "-")
+        text = SETTING_HELP.get(f.name, f.name.replace("_", " "))
+        help_text = f"{text} (default: {default!r}; env {ENV_PREFIX}{f.name.upper()})"
+        if kind is bool:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                default=None,
+                metavar=kind.__name__.upper(),
+                help=help_text,
+            )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    names = {f.name for f in fields(Settings)}
+    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+
+
+CURATE_FLAGS = (
+    "delta", "k", "policy", "tau", "budget", "encoder", "clip_model", "captioner",
+    "captioner_model", "captioner_url", "seed", "mode", "gain_mean", "hnsw_m",
+    "hnsw_ef_construction", "hnsw_ef", "batch_size", "device", "label_confidence",
+    "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket",
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infogrowth",
+        description="Online data curation for image-text datasets (InfoGrowth): clean "
+        "misaligned captions, measure each sample's information gain against what was "
+        "already collected, and keep the samples that add something.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    curate = sub.add_parser(
+        "curate",
+        help="curate a JSONL/Parquet file offline (no Kafka)",
+        description="Curate INPUT into OUT (JSONL or Parquet, by extension). Every input row "
+        "comes out once, in order, with decision, gain, alignment, reason and the final "
+        "caption added. Input fields: id (required), image (path, file:// or s3://), "
+        "caption, label, image_embedding + text_embedding (when both are given no model runs).",
+    )
+    curate.add_argument("input", help="input .jsonl or .parquet")
+    curate.add_argument("--out", required=True, help="output .jsonl or .parquet")
+    curate.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings_flags(curate, CURATE_FLAGS)
+    curate.set_defaults(func=cmd_curate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        return int(args.func(args, settings) or 0)
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as exc:
+        print(f"infogrowth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"infogrowth {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_curate(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.offline import curate_file
+
+    started = time.monotonic()
+    summary = curate_file(Path(args.input), Path(args.out), settings, progress=not args.quiet)
+    print_summary(summary, time.monotonic() - started, out=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def print_summary(summary: Summary, seconds: float, out: Any = sys.stdout) -> None:
+    total = sum(summary.counts.values())
+    rate = total / seconds if seconds > 0 else float("inf")
+    print(f"{total} samples in {seconds:.1f}s ({rate:.1f}/s)", file=out)
+    for key, n in sorted(summary.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {key:<24} {n:>8}  {100 * n / max(total, 1):5.1f}%", file=out)
+    if summary.recaptioned:
+        parts = ", ".join(f"{n} {d}" for d, n in sorted(summary.recaptioned.items()))
+        print(f"  recaptioned: {parts}", file=out)
+    if summary.gains:
+        print("  gain quantiles: " + format_quantiles(summary.gains), file=out)
+
+
+def format_quantiles(values: list[float]) -> str:
+    import numpy as np
+
+    qs = (5, 25, 50, 75, 95)
+    vals = np.percentile(np.asarray(values, dtype=np.float64), qs)
+    return "  ".join(f"p{q}={v:.4f}" for q, v in zip(qs, vals, strict=True))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

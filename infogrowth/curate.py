@@ -1,0 +1,229 @@
+"""The whole InfoGrowth pass over a batch, without Kafka: encode → clean → gain → select.
+
+The streaming agents call the three steps separately (``score``, ``recaption``, ``select``)
+on different topics; the offline CLI calls ``curate_batch`` which chains them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from infogrowth.clean import (
+    Captioner,
+    clean_label,
+    entropy_gain,
+    needs_recaption,
+)
+from infogrowth.encode import Encoded, Encoder, encode_batch
+from infogrowth.gain import GainIndex
+from infogrowth.records import (
+    REASON_BAD_INPUT,
+    REASON_MISALIGNED,
+    REASON_OVER_BUDGET,
+    BadInput,
+    Outcome,
+    Sample,
+)
+from infogrowth.sample import Policy
+from infogrowth.settings import Settings
+
+ReadBytes = Callable[[str], bytes]
+
+
+@dataclass
+class Scored:
+    """A sample that passed input checks, with its embeddings and alignment."""
+
+    sample: Sample
+    encoded: Encoded
+    caption_source: str = "original"
+    original_alignment: float | None = None
+    relabelled: bool = False  # single-modal: the classifier replaced the given label
+    label_confidence: float | None = None  # single-modal: P(given label | data)
+
+
+def rejected(sample: Sample, reason: str, detail: str, **fields: object) -> Outcome:
+    return Outcome(
+        id=sample.id,
+        decision="rejected",
+        reason=reason,
+        detail=detail,
+        caption=sample.caption,
+        label=sample.label,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+class Curator:
+    """Holds the models, the live gain index and the selection policy of one curation run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: Encoder | None,
+        captioner: Captioner | None,
+        index: GainIndex,
+        policy: Policy,
+        read_bytes: ReadBytes,
+    ) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.captioner = captioner
+        self.index = index
+        self.policy = policy
+        self.read_bytes = read_bytes
+        if settings.mode == "single" and (encoder is None or encoder.class_names is None):
+            raise ValueError("single-modal mode needs an encoder with a classifier (packaged)")
+
+    # --- step 1: encode + check alignment ------------------------------------------------
+    def score(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
+        """Embeddings and alignment per sample; bad input becomes a rejected Outcome."""
+        if self.settings.mode == "single":
+            samples = [_with_placeholder_caption(s) for s in samples]
+        results = encode_batch(self.encoder, list(samples), self.read_bytes)
+        out: list[Scored | Outcome] = []
+        for sample, res in zip(samples, results, strict=True):
+            if isinstance(res, BadInput):
+                out.append(rejected(sample, REASON_BAD_INPUT, str(res)))
+            elif self.settings.mode == "single":
+                out.append(self._relabel(Scored(sample, res)))
+            else:
+                out.append(Scored(sample, res))
+        return out
+
+    def _relabel(self, item: Scored) -> Scored:
+        """Single-modal cleaning: a label the classifier doubts is replaced by its argmax."""
+        assert self.encoder is not None and self.encoder.class_names is not None
+        decision = clean_label(
+            item.sample.label,
+            item.encoded.probs,
+            self.encoder.class_names,
+            self.settings.label_confidence,
+        )
+        item.sample = replace(item.sample, label=decision.label)
+        item.relabelled = decision.relabelled
+        item.label_confidence = decision.confidence
+        return item
+
+    def is_aligned(self, item: Scored) -> bool:
+        if self.settings.mode == "single":
+            return True  # single-modal samples have no caption to align
+        return not needs_recaption(item.encoded.alignment, self.settings.delta)
+
+    # --- step 2: recaption the misaligned and re-score ------------------------------------
+    def recaption(self, items: Sequence[Scored]) -> list[Scored | Outcome]:
+        """New captions for misaligned samples; still below δ → rejected as misaligned."""
+        if not items:
+            return []
+        if self.captioner is None or self.encoder is None:
+            why = "no captioner/encoder configured to re-score a new caption"
+            return [self._misaligned(it, why) for it in items]
+        images: list[Image.Image] = []
+        for it in items:
+            assert it.sample.image is not None  # scored samples with models have images
+            images.append(Image.open(io.BytesIO(self.read_bytes(it.sample.image))).convert("RGB"))
+        try:
+            captions = self.captioner.caption(images, [it.encoded.top_label for it in items])
+        except Exception as exc:  # a remote captioner can fail; the samples must not be lost
+            return [self._misaligned(it, f"recaption failed: {exc}") for it in items]
+        renamed = [replace(it.sample, caption=c) for it, c in zip(items, captions, strict=True)]
+        rescored = self.score(renamed)
+        out: list[Scored | Outcome] = []
+        for it, res in zip(items, rescored, strict=True):
+            if isinstance(res, Outcome):
+                out.append(res)
+            elif self.is_aligned(res):
+                res.caption_source = "recaptioned"
+                res.original_alignment = it.encoded.alignment
+                out.append(res)
+            else:
+                detail = (
+                    f"alignment {it.encoded.alignment:.3f} and {res.encoded.alignment:.3f} after "
+                    f"recaption are both below delta={self.settings.delta}"
+                )
+                out.append(self._misaligned(res, detail, original=it.encoded.alignment))
+        return out
+
+    def _misaligned(self, item: Scored, detail: str, original: float | None = None) -> Outcome:
+        return rejected(
+            item.sample,
+            REASON_MISALIGNED,
+            detail,
+            alignment=item.encoded.alignment,
+            original_alignment=original,
+        )
+
+    # --- step 3: gain against the live index, then the online policy ----------------------
+    def select(self, items: Sequence[Scored]) -> list[Outcome]:
+        if not items:
+            return []
+        single = self.settings.mode == "single"
+        vectors = {"image": np.stack([it.encoded.image_emb for it in items])}
+        if not single:
+            vectors["text"] = np.stack([it.encoded.text_emb for it in items])
+        batch = self.index.gain_and_add(
+            [it.sample.id for it in items],
+            vectors,
+            [it.sample.label for it in items] if single else None,
+        )
+        outcomes = []
+        for i, it in enumerate(items):
+            gain = None if math.isnan(batch.gain[i]) else float(batch.gain[i])
+            decision = self.policy.decide(it.sample.id, gain)
+            outcome = Outcome(
+                id=it.sample.id,
+                decision="accepted" if decision.accepted else "rejected",
+                reason=None if decision.accepted else decision.reason,
+                detail=None if decision.accepted else _gain_detail(gain, self.settings),
+                gain=gain,
+                alignment=None if single else it.encoded.alignment,
+                caption=it.sample.caption if not single else None,
+                caption_source=it.caption_source,
+                original_alignment=it.original_alignment,
+                label=it.sample.label,
+            )
+            if single:
+                outcome.relabelled = it.relabelled
+                outcome.label_gain = entropy_gain(it.sample.label, batch.neighbour_labels[i])
+            outcome.evicted = list(decision.evicted)
+            outcomes.append(outcome)
+        return outcomes
+
+    # --- everything, for offline use ----------------------------------------------------
+    def curate_batch(self, samples: Sequence[Sample]) -> list[Outcome]:
+        """Outcomes in input order."""
+        scored = self.score(samples)
+        misaligned = [s for s in scored if isinstance(s, Scored) and not self.is_aligned(s)]
+        fixed = dict(zip((id(m) for m in misaligned), self.recaption(misaligned), strict=True))
+        staged: list[Scored | Outcome] = [fixed.get(id(s), s) for s in scored]
+        selected = iter(self.select([s for s in staged if isinstance(s, Scored)]))
+        return [next(selected) if isinstance(s, Scored) else s for s in staged]
+
+
+def apply_evictions(outcomes: Sequence[Outcome]) -> None:
+    """Budget policy: a later, better sample can push an accepted one out of the budget."""
+    by_id = {o.id: o for o in outcomes}
+    for o in outcomes:
+        for evicted_id in o.evicted:
+            victim = by_id.get(evicted_id)
+            if victim is not None and victim.decision == "accepted":
+                victim.decision = "rejected"
+                victim.reason = REASON_OVER_BUDGET
+                victim.detail = f"pushed out of the budget by {o.id}"
+
+
+def _gain_detail(gain: float | None, settings: Settings) -> str:
+    if settings.policy == "threshold" and gain is not None:
+        return f"gain {gain:.4f} < tau={settings.tau}"
+    return f"outside the budget of {settings.budget}"
+
+
+def _with_placeholder_caption(sample: Sample) -> Sample:
+    # Single-modal samples carry a label, not a caption; the encoder still wants some text.
+    return sample if sample.caption else replace(sample, caption=sample.label or "-")

@@ -1,0 +1,157 @@
+"""Offline curation of a file: build the stages from Settings and run them batch by batch."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from infogrowth.clean import make_captioner
+from infogrowth.curate import Curator, ReadBytes, apply_evictions, rejected
+from infogrowth.encode import make_encoder
+from infogrowth.files import RowWriter, count_rows, read_rows
+from infogrowth.gain import GainIndex
+from infogrowth.records import REASON_BAD_INPUT, Outcome, Sample
+from infogrowth.sample import make_policy
+from infogrowth.settings import Settings
+from infogrowth.store import ObjectStore, read_reference
+
+
+def make_reader(settings: Settings, base_dir: Path | None = None) -> ReadBytes:
+    """Image bytes by reference; relative paths are tried against ``base_dir`` first."""
+    store: list[ObjectStore] = []  # created on the first s3:// reference only
+
+    def read(ref: str) -> bytes:
+        if ref.startswith("s3://"):
+            if not store:
+                store.append(ObjectStore.from_settings(settings))
+            return read_reference(ref, store[0])
+        if base_dir is not None and "://" not in ref and not Path(ref).is_absolute():
+            candidate = base_dir / ref
+            if candidate.exists():
+                ref = str(candidate)
+        return read_reference(ref, None)
+
+    return read
+
+
+def make_index(settings: Settings) -> GainIndex:
+    modalities = ("image",) if settings.mode == "single" else ("image", "text")
+    return GainIndex(
+        modalities=modalities,
+        k=settings.k,
+        m=settings.hnsw_m,
+        ef_construction=settings.hnsw_ef_construction,
+        ef=settings.hnsw_ef,
+        mean=settings.gain_mean,
+    )
+
+
+def make_curator(settings: Settings, base_dir: Path | None = None) -> Curator:
+    encoder = make_encoder(settings)
+    return Curator(
+        settings,
+        encoder=encoder,
+        captioner=make_captioner(settings, encoder) if encoder is not None else None,
+        index=make_index(settings),
+        policy=make_policy(settings),
+        read_bytes=make_reader(settings, base_dir),
+    )
+
+
+def row_sample(row: dict[str, Any], seen: set[str]) -> Sample | Outcome:
+    """A Sample, or a rejection when the row itself is unusable (bad JSON, no id, repeated id)."""
+    sample = Sample.from_dict({k: v for k, v in row.items() if not k.startswith("_")})
+    if "_error" in row:
+        return rejected(sample, REASON_BAD_INPUT, row["_error"])
+    if not sample.id:
+        return rejected(sample, REASON_BAD_INPUT, "missing id")
+    if sample.id in seen:
+        return rejected(sample, REASON_BAD_INPUT, f"duplicate id {sample.id!r}")
+    seen.add(sample.id)
+    return sample
+
+
+def curate_outcomes(
+    rows: Iterator[dict[str, Any]], curator: Curator, total: int | None, progress: bool
+) -> list[Outcome]:
+    """One Outcome per row, in row order."""
+    outcomes: list[Outcome] = []
+    seen: set[str] = set()
+    batch: list[tuple[int, Sample]] = []
+    bar = tqdm(total=total, unit="sample", desc="curate", disable=not progress)
+
+    def flush() -> None:
+        results = curator.curate_batch([s for _, s in batch])
+        for (pos, _), outcome in zip(batch, results, strict=True):
+            outcomes[pos] = outcome
+        bar.update(len(batch))
+        batch.clear()
+
+    for row in rows:
+        item = row_sample(row, seen)
+        outcomes.append(item if isinstance(item, Outcome) else None)  # type: ignore[arg-type]
+        if isinstance(item, Outcome):
+            bar.update(1)
+        else:
+            batch.append((len(outcomes) - 1, item))
+            if len(batch) >= curator.settings.batch_size:
+                flush()
+    if batch:
+        flush()
+    bar.close()
+    apply_evictions(outcomes)
+    return outcomes
+
+
+def output_row(row: dict[str, Any], outcome: Outcome, single: bool) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if not k.startswith("_")}
+    out.update(
+        decision=outcome.decision,
+        reason=outcome.reason,
+        detail=outcome.detail,
+        gain=outcome.gain,
+        alignment=outcome.alignment,
+        caption=outcome.caption if not single else row.get("caption"),
+        caption_source=outcome.caption_source,
+    )
+    if single:
+        out.update(
+            label=outcome.label, relabelled=outcome.relabelled, label_gain=outcome.label_gain
+        )
+    return out
+
+
+@dataclass
+class Summary:
+    counts: Counter[str]  # "accepted", "rejected:<reason>"
+    gains: list[float]
+    recaptioned: Counter[str]  # final decision of the samples that got a new caption
+
+    @classmethod
+    def of(cls, outcomes: list[Outcome]) -> Summary:
+        return cls(
+            counts=Counter(
+                o.decision if o.reason is None else f"{o.decision}:{o.reason}" for o in outcomes
+            ),
+            gains=[o.gain for o in outcomes if o.gain is not None],
+            recaptioned=Counter(o.decision for o in outcomes if o.caption_source == "recaptioned"),
+        )
+
+
+def curate_file(src: Path, dst: Path, settings: Settings, progress: bool = True) -> Summary:
+    """Curate ``src`` into ``dst`` (one output row per input row, same order)."""
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file")
+    curator = make_curator(settings, base_dir=src.parent)
+    outcomes = curate_outcomes(read_rows(src), curator, count_rows(src), progress)
+    # Second pass over the input: rows are not all held in memory (embeddings can be large).
+    single = settings.mode == "single"
+    with RowWriter(dst) as writer:
+        for row, outcome in zip(read_rows(src), outcomes, strict=True):
+            writer.write(output_row(row, outcome, single))
+    return Summary.of(outcomes)

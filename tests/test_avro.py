@@ -1,0 +1,219 @@
+"""Avro schemas and the Confluent wire format (no broker needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infogrowth.avro import (
+    AvroSerde,
+    MalformedMessage,
+    SchemaError,
+    decode_any,
+    load_schema,
+    registry,
+    schemas_dir,
+    stringify_extra,
+)
+from infogrowth.records import Outcome
+
+EMB = [0.5, -0.25, 0.125, 1.0]  # exactly representable as float32, so round trips are exact
+
+RAW: dict[str, Any] = {
+    "id": "s-1",
+    "source": "laion-sample",
+    "url": "https://example.org/cat",
+    "image": "s3://images/cat.jpg",
+    "caption": "a cat on a sofa",
+    "label": None,
+    "image_embedding": None,
+    "text_embedding": None,
+    "crawl_time": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+    "extra": {"width": "640", "nsfw": "false"},
+}
+SCORED: dict[str, Any] = {
+    **RAW,
+    "image_embedding": EMB,
+    "text_embedding": EMB,
+    "alignment": 0.31,
+    "top_label": "tabby",
+    "label_confidence": None,
+    "relabelled": False,
+    "attempt": 1,
+    "original_caption": "IMG_0001.jpg",
+    "original_alignment": 0.05,
+}
+RECORDS: dict[str, dict[str, Any]] = {
+    "RawSample": RAW,
+    "ScoredSample": SCORED,
+    "RecaptionRequest": {"sample": SCORED, "alignment": 0.05, "reason": "alignment 0.05 < 0.4"},
+    "AcceptedSample": {
+        "id": "s-1",
+        "image": "s3://images/cat.jpg",
+        "caption": "a cat on a sofa",
+        "caption_source": "recaptioned",
+        "label": "tabby",
+        "relabelled": False,
+        "gain": 0.42,
+        "label_gain": None,
+        "alignment": 0.31,
+        "original_alignment": 0.05,
+        "decision": "accepted",
+        "image_embedding": EMB,
+        "text_embedding": EMB,
+        "extra": {},
+    },
+    "RejectedSample": {
+        "id": "s-2",
+        "image": None,
+        "caption": "",
+        "reason": "bad_input",
+        "detail": "no image reference",
+        "caption_source": "original",
+        "label": None,
+        "gain": None,
+        "label_gain": None,
+        "alignment": None,
+        "original_alignment": None,
+        "decision": "rejected",
+        "extra": {"k": "v"},
+    },
+    "DeadLetter": {
+        "topic": "raw-samples",
+        "partition": 0,
+        "offset": 17,
+        "reason": "wrong magic byte 0x7b, expected 0x00",
+        "original": b'{"id": 1}',
+        "key": None,
+        "stage": "encode",
+    },
+}
+
+
+def test_every_schema_has_a_unique_id_and_a_file() -> None:
+    ids = registry()
+    assert set(ids) == set(RECORDS)
+    assert len(set(ids.values())) == len(ids)
+    for name in ids:
+        assert (schemas_dir() / f"{name}.avsc").is_file()
+        assert json.loads((schemas_dir() / f"{name}.avsc").read_text())["namespace"] == "infogrowth"
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_round_trip(name: str) -> None:
+    serde = AvroSerde(name)
+    assert serde.decode(serde.encode(RECORDS[name])) == RECORDS[name]
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_wire_format_header(name: str) -> None:
+    data = AvroSerde(name).encode(RECORDS[name])
+    assert data[0] == 0
+    assert struct.unpack(">I", data[1:5])[0] == registry()[name]
+    assert decode_any(data) == (name, RECORDS[name])
+
+
+def test_defaults_fill_optional_fields() -> None:
+    serde = AvroSerde("RawSample")
+    decoded = serde.decode(serde.encode({"id": "x"}))
+    assert decoded["id"] == "x" and decoded["image"] is None and decoded["extra"] == {}
+    rejected = AvroSerde("RejectedSample")
+    assert rejected.decode(rejected.encode({"id": "x", "reason": "redundant"}))["decision"] == (
+        "rejected"
+    )
+
+
+def test_numpy_values_and_outcome_fields_are_accepted() -> None:
+    serde = AvroSerde("AcceptedSample")
+    outcome = Outcome(id="a", decision="accepted", gain=0.5, alignment=0.75, caption="c")
+    record = {
+        **outcome.to_dict(),
+        "image_embedding": np.asarray(EMB, dtype=np.float32),
+        "alignment": np.float32(0.75),
+    }
+    decoded = serde.decode(serde.encode(record))
+    assert decoded["image_embedding"] == EMB
+    assert decoded["alignment"] == 0.75 and decoded["caption_source"] == "original"
+
+
+def test_stringify_extra() -> None:
+    assert stringify_extra({"a": "x", "b": 3, "c": [1, 2], "d": None}) == {
+        "a": "x",
+        "b": "3",
+        "c": "[1, 2]",
+        "d": "null",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "record", "field", "words"),
+    [
+        ("RawSample", {"caption": "no id"}, "id", "missing"),
+        ("RawSample", {"id": 7}, "id", "int"),
+        ("RawSample", {"id": "x", "image_embedding": [1.0, "a"]}, "image_embedding", "float"),
+        ("RawSample", {"id": "x", "extra": {"w": 640}}, "extra", "string"),
+        ("RejectedSample", {"id": "x", "reason": "boring"}, "reason", "misaligned"),
+        ("AcceptedSample", {"id": "x", "decision": "rejected"}, "decision", "accepted"),
+        ("RecaptionRequest", {"sample": {"id": 1}, "alignment": 0.1, "reason": "r"}, "id", "int"),
+    ],
+)
+def test_schema_error_names_the_field(
+    name: str, record: dict[str, Any], field: str, words: str
+) -> None:
+    with pytest.raises(SchemaError) as info:
+        AvroSerde(name).encode(record)
+    assert field in str(info.value) and words in str(info.value)
+    assert info.value.field is not None and info.value.field.endswith(field)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "too short"),
+        (b"\x00\x00", "too short"),
+        (b'{"id": "x", "caption": "json, not avro"}', "magic byte"),
+        (b"\x00\x00\x00\x03\xe7\x02x", "unknown schema id 999"),
+        (b"\x00\x00\x00\x00\x04\x02x", "schema id 4 (AcceptedSample)"),
+        (b"\x00\x00\x00\x00\x01", "truncated"),
+        (b"\x00\x00\x00\x00\x01\x40ab", "truncated"),
+    ],
+)
+def test_malformed_message(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=re.escape(reason)) as info:
+        AvroSerde("RawSample").decode(data)
+    assert "\n" not in str(info.value)
+
+
+def test_trailing_garbage_is_malformed() -> None:
+    serde = AvroSerde("RawSample")
+    with pytest.raises(MalformedMessage, match="trailing"):
+        serde.decode(serde.encode(RAW) + b"\x00\x01")
+
+
+def test_random_garbage_never_escapes_as_another_error() -> None:
+    rng = np.random.default_rng(0)
+    serde = AvroSerde("ScoredSample")
+    for _ in range(300):
+        body = rng.integers(0, 256, size=int(rng.integers(0, 64)), dtype=np.uint8).tobytes()
+        with contextlib.suppress(MalformedMessage):  # anything else escapes and fails
+            serde.decode(b"\x00" + struct.pack(">I", serde.schema_id) + body)
+
+
+def test_schemas_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "registry.json").write_text(json.dumps({"Tiny": 42}))
+    tiny = {"type": "record", "name": "Tiny", "namespace": "infogrowth", "fields": [
+        {"name": "n", "type": "int"}]}  # fmt: skip
+    (tmp_path / "Tiny.avsc").write_text(json.dumps(tiny))
+    monkeypatch.setenv("INFOGROWTH_SCHEMAS_DIR", str(tmp_path))
+    serde = AvroSerde("Tiny")
+    assert serde.encode({"n": 1}) == b"\x00\x00\x00\x00\x2a\x02"
+    assert load_schema("Tiny")["name"] == "infogrowth.Tiny"

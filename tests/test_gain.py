@@ -1,0 +1,229 @@
+"""GainIndex: gain semantics, batched == sequential, determinism, persistence, growth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infogrowth.gain import GainIndex, mean_distance
+from infogrowth.records import BadInput
+from infogrowth.sample import ThresholdPolicy
+
+MODS = ("image", "text")
+
+
+def clustered(
+    n: int, dim: int, seed: int, clusters: int = 30, spread: float = 0.3, intrinsic: int = 4
+) -> np.ndarray:
+    """Unit vectors around random centres, each cluster spread on a low-dimensional plane.
+
+    Low intrinsic dimension keeps HNSW (ef=32) exact on this data, so batched and
+    sequential gains must agree to float precision (see test_batched_close_on_hard_data).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    bases = rng.normal(size=(clusters, intrinsic, dim))
+    which = rng.integers(0, clusters, n)
+    x = centres[which] + spread * np.einsum(
+        "ni,nid->nd", rng.normal(size=(n, intrinsic)), bases[which]
+    )
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[str], dict[str, np.ndarray]]:
+    n = 3000
+    image, text = clustered(n, 64, seed=1), clustered(n, 64, seed=2)
+    # Duplicates, including duplicates landing inside the same batch.
+    for src, dst in [(50, 100), (100, 101), (7, 2000), (2000, 2001), (2001, 2002)]:
+        image[dst], text[dst] = image[src], text[src]
+    return [f"s{i}" for i in range(n)], {"image": image, "text": text}
+
+
+def run(ids: list[str], vecs: dict[str, np.ndarray], batch: int, **params) -> np.ndarray:
+    index = GainIndex(**params)
+    gains = [
+        index.gain_and_add(ids[s : s + batch], {m: v[s : s + batch] for m, v in vecs.items()}).gain
+        for s in range(0, len(ids), batch)
+    ]
+    return np.concatenate(gains)
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_first_sample_nan_and_fewer_than_k() -> None:
+    rng = np.random.default_rng(0)
+    x = unit(rng, 3, 8)
+    index = GainIndex(modalities=("image",), k=4)
+    first = index.gain_and_add(["a"], {"image": x[:1]})
+    assert np.isnan(first.gain[0]) and first.neighbours == [[]]
+    batch = index.gain_and_add(["b", "c"], {"image": x[1:]}, labels=["lb", None])
+    assert batch.neighbours == [["a"], ["a", "b"] if batch.neighbours[1][0] == "a" else ["b", "a"]]
+    expected_c = np.mean([1 - x[2] @ x[0], 1 - x[2] @ x[1]])
+    assert batch.gain[0] == pytest.approx(1 - x[1] @ x[0], abs=1e-6)
+    assert batch.gain[1] == pytest.approx(expected_c, abs=1e-6)
+    assert len(index) == 3 and "c" in index and "z" not in index
+    assert index.ids == ["a", "b", "c"]
+
+
+def test_exact_duplicate_has_zero_gain_and_is_rejected() -> None:
+    rng = np.random.default_rng(1)
+    x = unit(rng, 50, 16)
+    for params in ({"k": 1}, {"k": 4, "mean": "geometric"}, {"k": 4, "mean": "harmonic"}):
+        index = GainIndex(modalities=("image",), **params)
+        index.gain_and_add([f"s{i}" for i in range(50)], {"image": x})
+        dup = index.gain_and_add(["dup"], {"image": x[10:11] * 3.0})  # scale: renormalised
+        assert dup.gain[0] == pytest.approx(0.0, abs=1e-6), params
+        assert dup.neighbours[0][0] == "s10"
+        assert not ThresholdPolicy(0.05).decide("dup", float(dup.gain[0])).accepted
+    # Arithmetic mean over k=4: zero once k copies exist.
+    index = GainIndex(modalities=("image",))
+    index.gain_and_add([f"c{i}" for i in range(4)], {"image": np.repeat(x[:1], 4, axis=0)})
+    assert index.gain_and_add(["c4"], {"image": x[:1]}).gain[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_far_sample_has_high_gain() -> None:
+    x = clustered(500, 32, seed=3, clusters=1, spread=0.05)
+    index = GainIndex(modalities=("image",))
+    index.gain_and_add([f"s{i}" for i in range(500)], {"image": x})
+    near = index.gain_and_add(["near"], {"image": x[:1] + 0.01}).gain[0]
+    far = index.gain_and_add(["far"], {"image": -x[:1]}).gain[0]
+    assert near < 0.05 and far > 1.9
+
+
+@pytest.fixture(scope="module")
+def sequential(data) -> np.ndarray:
+    return run(*data, batch=1)
+
+
+@pytest.mark.parametrize("batch", [3, 64, 256, 1000, 3000])
+def test_batched_equals_sequential(data, sequential, batch: int) -> None:
+    batched = run(*data, batch=batch)
+    assert np.isnan(batched[0]) and np.isnan(sequential[0])
+    np.testing.assert_allclose(batched[1:], sequential[1:], atol=1e-6, rtol=0)
+    assert sequential[101] < 0.5  # duplicates score low (k=4: one neighbour at distance 0)
+
+
+def test_batched_close_on_hard_data() -> None:
+    """High intrinsic dimension: HNSW misses a few true neighbours, differently per batching.
+
+    Batched == sequential is exact only up to the HNSW approximation; keep that small.
+    """
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 64))[rng.integers(0, 30, 2000)] + 0.15 * rng.normal(size=(2000, 64))
+    ids, vecs = [f"s{i}" for i in range(2000)], {"image": x.astype(np.float32)}
+    sequential = run(ids, vecs, 1, modalities=("image",))
+    batched = run(ids, vecs, 256, modalities=("image",))
+    assert np.mean(np.abs(batched[1:] - sequential[1:]) > 1e-6) < 0.01
+
+
+def test_in_batch_duplicate_neighbours(data) -> None:
+    ids, vecs = data
+    index = GainIndex()
+    out = index.gain_and_add(ids[:2003], {m: v[:2003] for m, v in vecs.items()})
+    assert "s2000" in out.neighbours[2001] and "s2001" in out.neighbours[2002]
+    dup_gain = GainIndex(k=2, mean="geometric").gain_and_add(
+        ids[:2003], {m: v[:2003] for m, v in vecs.items()}
+    )
+    assert dup_gain.gain[2002] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rerun_is_byte_identical(data) -> None:
+    ids, vecs = data
+    first = run(ids, vecs, 256)
+    assert first.tobytes() == run(ids, vecs, 256).tobytes()
+    assert first.dtype == np.float64
+
+
+def test_persistence_gives_identical_future_gains(data, tmp_path) -> None:
+    ids, vecs = data
+    head = {m: v[:1500] for m, v in vecs.items()}
+    tail = {m: v[1500:] for m, v in vecs.items()}
+    labels = [f"l{i % 7}" if i % 3 else None for i in range(1500)]
+    index = GainIndex(m=16, ef_construction=64)
+    index.gain_and_add(ids[:1500], head, labels=labels)
+
+    index.save(tmp_path / "gain.idx")
+    blob = index.to_bytes()
+    copies = {
+        "load": GainIndex.load(tmp_path / "gain.idx"),
+        "bytes": GainIndex.from_bytes(blob),
+        "rebuild": GainIndex.rebuild(
+            index.ids, index.get_vectors(index.ids), index.labels, **index.params
+        ),
+    }
+    expected = index.gain_and_add(ids[1500:], tail)
+    for name, copy in copies.items():
+        assert copy.ids == ids[:1500] and copy.labels == labels and copy.params == index.params
+        got = copy.gain_and_add(ids[1500:], tail)
+        assert got.gain.tobytes() == expected.gain.tobytes(), name
+        assert got.neighbours == expected.neighbours, name
+        assert got.neighbour_labels == expected.neighbour_labels, name
+
+
+def test_empty_index_round_trip() -> None:
+    copy = GainIndex.from_bytes(GainIndex(modalities=("image",), k=2).to_bytes())
+    assert len(copy) == 0 and copy.k == 2 and copy.modalities == ("image",)
+    assert np.isnan(copy.gain_and_add(["a"], {"image": np.ones((1, 4))}).gain[0])
+    with pytest.raises(ValueError):
+        GainIndex.from_bytes(b"not an index")
+
+
+def test_growth_past_initial_capacity() -> None:
+    rng = np.random.default_rng(4)
+    x = unit(rng, 2500, 8)
+    index = GainIndex(modalities=("image",), m=8, ef_construction=32)
+    for s in range(0, 2500, 700):
+        index.gain_and_add(
+            [f"s{i}" for i in range(s, min(s + 700, 2500))], {"image": x[s : s + 700]}
+        )
+    assert len(index) == 2500
+    np.testing.assert_allclose(index.get_vectors(["s2499"])["image"][0], x[2499], atol=1e-6)
+
+
+def test_input_errors() -> None:
+    index = GainIndex(modalities=("image",))
+    index.gain_and_add(["a"], {"image": np.ones((1, 4))})
+    with pytest.raises(ValueError, match="already"):
+        index.gain_and_add(["a"], {"image": np.ones((1, 4))})
+    with pytest.raises(ValueError, match="duplicate"):
+        index.gain_and_add(["b", "b"], {"image": np.ones((2, 4))})
+    with pytest.raises(ValueError, match="dims"):
+        index.gain_and_add(["b"], {"image": np.ones((1, 5))})
+    with pytest.raises(ValueError, match="keys"):
+        index.gain_and_add(["b"], {"text": np.ones((1, 4))})
+    with pytest.raises(BadInput, match="'c'"):
+        index.gain_and_add(["b", "c"], {"image": np.array([[1, 0, 0, 0], [0, 0, 0, 0.0]])})
+    assert len(index) == 1  # a rejected batch inserts nothing
+    with pytest.raises(ValueError):
+        GainIndex(mean="median")
+
+
+def test_mean_kinds() -> None:
+    d = np.array([[0.1, 0.2, 0.4, 0.8], [0.0, 0.5, 0.5, 0.5], [0.3, np.nan, np.nan, np.nan]])
+    ari, geo, har = (mean_distance(d, kind) for kind in ("arithmetic", "geometric", "harmonic"))
+    assert ari[0] == pytest.approx(0.375)
+    assert geo[0] == pytest.approx((0.1 * 0.2 * 0.4 * 0.8) ** 0.25)
+    assert har[0] == pytest.approx(4 / (10 + 5 + 2.5 + 1.25))
+    assert ari[0] > geo[0] > har[0]  # AM >= GM >= HM
+    assert ari[1] == pytest.approx(0.375) and geo[1] == 0.0 and har[1] == 0.0
+    assert ari[2] == geo[2] == har[2] == pytest.approx(0.3)  # uses what exists
+    assert np.isnan(mean_distance(np.full((1, 4), np.nan))[0])
+
+
+def test_mean_kind_changes_index_gains(data) -> None:
+    ids, vecs = data
+    sub = {m: v[:400] for m, v in vecs.items()}
+    gains = {kind: run(ids[:400], sub, 128, mean=kind)[1:] for kind in ("arithmetic", "geometric")}
+    assert np.all(gains["arithmetic"] >= gains["geometric"] - 1e-9)
+    assert np.any(gains["arithmetic"] > gains["geometric"] + 1e-3)
+
+
+def test_gain_is_mean_of_modalities(data) -> None:
+    ids, vecs = data
+    out = GainIndex().gain_and_add(ids[:300], {m: v[:300] for m, v in vecs.items()})
+    expected = (out.modality_gains["image"] + out.modality_gains["text"]) / 2
+    np.testing.assert_array_equal(out.gain, expected)
