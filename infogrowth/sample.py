@@ -37,24 +37,22 @@ class Policy(Protocol):
     def decide(self, sample_id: str, gain: float | None) -> Decision: ...
 
 
-def _is_missing(gain: float | None) -> bool:
-    """No gain (the first sample has no neighbour): treated as infinitely novel."""
-    return gain is None or math.isnan(gain)
-
-
 class AcceptAll:
+    """Keep everything (gains are still computed and recorded)."""
+
     def decide(self, sample_id: str, gain: float | None) -> Decision:
         return Decision(True)
 
 
 class ThresholdPolicy:
-    """Accept when gain >= tau (or when there is no gain yet)."""
+    """Accept when gain >= tau, or when there is no gain (None/nan: the first sample has no
+    neighbour, so it is infinitely novel)."""
 
     def __init__(self, tau: float) -> None:
         self.tau = float(tau)
 
     def decide(self, sample_id: str, gain: float | None) -> Decision:
-        if _is_missing(gain) or gain >= self.tau:
+        if gain is None or math.isnan(gain) or gain >= self.tau:
             return Decision(True)
         return Decision(False, reason=REASON_REDUNDANT)
 
@@ -78,7 +76,8 @@ class BudgetPolicy:
     def decide(self, sample_id: str, gain: float | None) -> Decision:
         if sample_id in self._kept:
             return Decision(True)
-        entry = (math.inf if _is_missing(gain) else float(gain), _id_hash(sample_id), sample_id)
+        value = math.inf if gain is None or math.isnan(gain) else float(gain)
+        entry = (value, _id_hash(sample_id), sample_id)
         if len(self._heap) < self.budget:
             heapq.heappush(self._heap, entry)
             self._kept.add(sample_id)

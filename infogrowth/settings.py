@@ -44,10 +44,13 @@ class Settings:
     topic_raw: str = "raw-samples"
     topic_scored: str = "scored"
     topic_recaption: str = "recaption"
+    topic_recaptioned: str = "recaptioned"  # new captions on their way back to scoring
     topic_accepted: str = "accepted"
     topic_rejected: str = "rejected"
     topic_dead_letter: str = "dead-letter"
     app_id: str = "infogrowth"
+    take_within: float = 1.0  # seconds an agent waits to fill a batch
+    worker_roles: str = "inference,captioner,curator"  # agents this worker runs
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

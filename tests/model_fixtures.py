@@ -57,9 +57,9 @@ def build_tiny_captioner(directory: Path) -> Path:
     from transformers import (
         GPT2Config,
         GPT2Tokenizer,
-        ViTConfig,
         VisionEncoderDecoderConfig,
         VisionEncoderDecoderModel,
+        ViTConfig,
     )
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,9 @@ def _write_preprocessor(
     crop: int | None = None,
     height: int | None = None,
 ) -> None:
-    size = {"shortest_edge": shortest_edge} if shortest_edge else {"height": height, "width": height}
+    size = (
+        {"shortest_edge": shortest_edge} if shortest_edge else {"height": height, "width": height}
+    )
     config = {
         "image_processor_type": kind,
         "do_resize": True,

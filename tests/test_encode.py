@@ -90,13 +90,18 @@ def test_alignment_is_rowwise_cosine() -> None:
 
 def test_preprocessor_resizes_crops_and_tames_extreme_aspect_ratios() -> None:
     prep = ImagePreprocessor(
-        size={"shortest_edge": 32}, crop={"height": 24, "width": 24}, mean=(0.5,) * 3, std=(0.5,) * 3
+        size={"shortest_edge": 32},
+        crop={"height": 24, "width": 24},
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
     )
     out = prep([Image.new("RGB", (64, 48), (255, 0, 0)), Image.new("L", (1, 5000))])
     assert out.shape == (2, 3, 24, 24) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0], 1.0)  # red channel at 255 → (1 - 0.5) / 0.5
     np.testing.assert_allclose(out[0, 1], -1.0)
-    square = ImagePreprocessor(size={"height": 20, "width": 10}, crop=None, mean=(0,) * 3, std=(1,) * 3)
+    square = ImagePreprocessor(
+        size={"height": 20, "width": 10}, crop=None, mean=(0,) * 3, std=(1,) * 3
+    )
     assert square([Image.new("RGB", (7, 3))]).shape == (1, 3, 20, 10)
 
 
@@ -164,7 +169,8 @@ def test_encode_batch_turns_each_problem_into_bad_input() -> None:
         Sample("ok2", image="blue.png", caption="a blue square"),
         Sample("pre", image_embedding=[2.0] + [0.0] * 7, text_embedding=[1.0, 1.0] + [0.0] * 6),
     ]
-    out = dict(zip([s.id for s in samples], encode_batch(FakeEncoder(), samples, _store(files))))
+    results = encode_batch(FakeEncoder(), samples, _store(files))
+    out = dict(zip([s.id for s in samples], results, strict=True))
     expected = {
         "missing": "not found",
         "noref": "missing image reference",
@@ -198,7 +204,10 @@ def test_store_errors_become_bad_input() -> None:
 
 def test_an_encoder_failure_is_pinned_on_the_one_sample() -> None:
     files = {"odd.png": _png((1, 2, 3), size=(13, 9)), "ok.png": _png((9, 9, 9))}
-    samples = [Sample("odd", image="odd.png", caption="x"), Sample("ok", image="ok.png", caption="y")]
+    samples = [
+        Sample("odd", image="odd.png", caption="x"),
+        Sample("ok", image="ok.png", caption="y"),
+    ]
     odd, ok = encode_batch(FakeEncoder(), samples, _store(files))
     assert isinstance(odd, BadInput) and "width 13" in str(odd)
     assert isinstance(ok, Encoded)
@@ -274,3 +283,16 @@ def test_packaged_encode_batch_end_to_end() -> None:
     assert cat.alignment > wrong.alignment
     assert isinstance(junk, BadInput) and "undecodable" in str(junk)
     assert isinstance(clip_sized, BadInput) and "expected 1280" in str(clip_sized)
+
+
+def test_label_prompt_cache_survives_garbage(tmp_path: Path) -> None:
+    from infogrowth.encode import _read_cached, _write_cached
+
+    path = tmp_path / "sub" / "c.npy"
+    assert _read_cached(path, (2, 3)) is None
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    _write_cached(path, arr)
+    np.testing.assert_array_equal(_read_cached(path, (2, 3)), arr)
+    assert _read_cached(path, (3, 2)) is None  # wrong shape → recompute
+    path.write_bytes(b"garbage")
+    assert _read_cached(path, (2, 3)) is None

@@ -1,0 +1,58 @@
+"""The Faust application: `faust -A agents.app worker` or `infogrowth worker`.
+
+Topics (names from Settings):
+  raw-samples ─▶ inference ─▶ scored ─▶ curator ─▶ accepted / rejected
+                    ▲                     │ misaligned
+                    └─ recaptioned ◀─ captioner ◀─ recaption
+Bad input → rejected (with a reason); undecodable messages → dead-letter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+
+from agents import captioner, curator, inference
+from agents.context import Context
+from infogrowth.settings import Settings
+
+ROLES = {
+    "inference": inference.register,
+    "captioner": captioner.register,
+    "curator": curator.register,
+}
+
+
+def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
+    settings = settings or Settings.from_env()
+    datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        # Kafka transactions: outputs, table changelog and offsets commit together, so a
+        # killed worker neither loses nor duplicates a curated sample.
+        processing_guarantee="exactly_once",
+        store="memory://",  # the table is rebuilt from its changelog topic at start
+        topic_partitions=1,  # one ordered stream into the single-writer curator
+        topic_replication_factor=1,
+        web_enabled=False,
+        datadir=str(datadir),
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,  # a killed worker's partitions move on within ~10 s
+        broker_heartbeat_interval=2.0,
+        broker_max_poll_records=max(settings.batch_size, 100),
+        stream_buffer_maxsize=max(settings.batch_size * 4, 256),
+    )
+    ctx = Context(app, settings)
+    roles = [r.strip() for r in settings.worker_roles.split(",") if r.strip()]
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown worker roles {unknown}; choose from {sorted(ROLES)}")
+    for role in roles:
+        ROLES[role](ctx)
+    return app, ctx
+
+
+app, context = create_app()

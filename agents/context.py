@@ -1,0 +1,64 @@
+"""What the agents share: settings, serdes, topics, the core stages and a model executor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from typing import Any, TypeVar
+
+import faust
+
+from infogrowth.avro import AvroSerde
+from infogrowth.curate import Curator
+from infogrowth.offline import make_curator
+from infogrowth.settings import Settings
+
+log = logging.getLogger("infogrowth.agents")
+T = TypeVar("T")
+
+SCHEMAS = ("RawSample", "ScoredSample", "RecaptionRequest", "AcceptedSample", "RejectedSample")
+
+
+class Context:
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.serde = {name: AvroSerde(name) for name in (*SCHEMAS, "DeadLetter")}
+        # One thread: models and the index are used by one writer at a time, and the event
+        # loop stays free to heartbeat while a batch is encoded (no rebalances mid-batch).
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infogrowth-model")
+
+    def topic(self, *names: str) -> faust.TopicT:
+        return self.app.topic(
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    @cached_property
+    def curator(self) -> Curator:
+        return make_curator(self.settings)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def send(self, topic_name: str, schema: str, record: dict[str, Any]) -> None:
+        key = str(record.get("id") or record.get("sample", {}).get("id", "")).encode()
+        await self.topic(topic_name).send(key=key, value=self.serde[schema].encode(record))
+
+    async def dead_letter(self, event: faust.EventT, stage: str, reason: str) -> None:
+        msg = event.message
+        log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
+        record = {
+            "topic": msg.topic,
+            "partition": msg.partition,
+            "offset": msg.offset,
+            "reason": reason,
+            "original": bytes(msg.value or b""),
+            "key": None if msg.key is None else bytes(msg.key),
+            "stage": stage,
+        }
+        await self.topic(self.settings.topic_dead_letter).send(
+            key=record["key"], value=self.serde["DeadLetter"].encode(record)
+        )

@@ -1,0 +1,173 @@
+"""Curator agent: the single writer of the gain index.
+
+Reads `scored` in order; aligned samples pass through the ordered gate to the gain stage
+and the policy (→ `accepted` / `rejected`); misaligned ones go to `recaption` and hold
+their place in the gate until their new caption comes back. Its state lives in a
+changelog-backed Faust table, and the app runs with Kafka transactions (exactly-once), so
+after a crash the index is rebuilt from the committed table and nothing is emitted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import faust
+
+from agents import curator_state as state_codec
+from agents.context import Context
+from infogrowth.avro import MalformedMessage
+from infogrowth.curate import Scored, rejected
+from infogrowth.messages import outcome_record, recaption_request, scored_from_record
+from infogrowth.records import REASON_MISALIGNED, Outcome
+
+log = logging.getLogger("infogrowth.curator")
+STAGE = "curator"
+
+
+class CuratorState:
+    """Bridges the in-memory index/gate and the Faust table that makes them durable."""
+
+    def __init__(self, ctx: Context, table: faust.Table) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.restored: state_codec.Restored | None = None
+
+    def load(self) -> state_codec.Restored:
+        if self.restored is None:
+            curator = self.ctx.curator
+            self.restored = state_codec.restore(
+                dict(self.table.data), curator.index, curator.policy
+            )
+            curator.index = self.restored.index
+            log.info(
+                "curator state: %d indexed, %d queued", len(curator.index), len(self.restored.gate)
+            )
+        return self.restored
+
+    def put(self, key: str, value: bytes) -> None:
+        # The source topic has one partition, so the changelog has one too; writing the
+        # partition explicitly lets us update the table from a batch (take_events).
+        self.table.data[key.encode()] = value
+        self.table.send_changelog(
+            0, key.encode(), value, key_serializer="raw", value_serializer="raw"
+        )
+
+    def seq(self) -> int:
+        st = self.load()
+        st.next_seq += 1
+        return st.next_seq - 1
+
+
+def register(ctx: Context) -> None:
+    s = ctx.settings
+    raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    table = ctx.app.Table("curator-state", partitions=1, schema=raw)
+    durable = CuratorState(ctx, table)
+
+    @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
+    async def curator(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(s.batch_size, within=s.take_within):
+            st = durable.load()
+            released, st.released = list(st.released), []
+            for ev in events:
+                released += await _admit(ctx, durable, ev)
+            if released:
+                await _finish(ctx, durable, released)
+
+
+async def _admit(
+    ctx: Context, durable: CuratorState, event: faust.EventT
+) -> list[tuple[str, bytes]]:
+    """Puts one scored message into the gate; returns what the gate releases."""
+    try:
+        record = ctx.serde["ScoredSample"].decode(event.value)
+    except MalformedMessage as exc:
+        await ctx.dead_letter(event, STAGE, str(exc))
+        return []
+    st = durable.load()
+    key, raw = record["id"], bytes(event.value)
+    if record.get("attempt", 0) > 0:
+        if not st.gate.waiting(key):
+            return []  # a redelivered recaption: already handled
+        durable.put(key, state_codec.queued(_seq_of(durable, key), raw))
+        return st.gate.resolve(key, raw)
+    if key in st.finished or key in st.gate:
+        return []  # redelivered by an upstream retry: same id, same content
+    item = scored_from_record(record)
+    seq = durable.seq()
+    if ctx.curator.is_aligned(item):
+        durable.put(key, state_codec.queued(seq, raw))
+        return st.gate.push(key, raw)
+    await ctx.send(
+        ctx.settings.topic_recaption,
+        "RecaptionRequest",
+        recaption_request(item, ctx.settings.delta),
+    )
+    durable.put(key, state_codec.queued(seq, None))
+    return st.gate.push(key, None)
+
+
+def _seq_of(durable: CuratorState, key: str) -> int:
+    return json.loads(durable.table.data[key.encode()])["seq"]
+
+
+async def _finish(ctx: Context, durable: CuratorState, released: list[tuple[str, bytes]]) -> None:
+    """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
+    items = [scored_from_record(ctx.serde["ScoredSample"].decode(raw)) for _, raw in released]
+    aligned = [it for it in items if ctx.curator.is_aligned(it)]
+    outcomes = await ctx.run(ctx.curator.select, aligned)
+    by_id: dict[str, Outcome] = {o.id: o for o in outcomes}
+    st = durable.load()
+    for it in items:
+        key = it.sample.id
+        seq = _seq_of(durable, key)
+        outcome = by_id.get(key)
+        if outcome is None:
+            outcome = _still_misaligned(it, ctx.settings.delta)
+            durable.put(key, state_codec.rejected(seq))
+        else:
+            vectors = {"image": it.encoded.image_emb}
+            if it.encoded.text_emb is not None and "text" in ctx.curator.index.modalities:
+                vectors["text"] = it.encoded.text_emb
+            durable.put(key, state_codec.indexed(seq, vectors, it.sample.label, outcome.gain))
+        st.finished.add(key)
+        await _emit(ctx, outcome, it)
+        for evicted in outcome.evicted:
+            await _emit_eviction(ctx, evicted, by=key)
+
+
+def _still_misaligned(item: Scored, delta: float) -> Outcome:
+    error = (item.sample.extra.get("extra") or {}).get("recaption_error")
+    detail = error or (
+        f"alignment {item.original_alignment} and {item.encoded.alignment:.3f} after recaption "
+        f"are both below delta={delta}"
+    )
+    return rejected(
+        item.sample,
+        REASON_MISALIGNED,
+        detail,
+        alignment=item.encoded.alignment,
+        original_alignment=item.original_alignment,
+        caption_source=item.caption_source,
+    )
+
+
+async def _emit(ctx: Context, outcome: Outcome, item: Scored) -> None:
+    record: dict[str, Any] = outcome_record(outcome, item.sample, item)
+    if outcome.decision == "accepted":
+        await ctx.send(ctx.settings.topic_accepted, "AcceptedSample", record)
+    else:
+        await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record)
+
+
+async def _emit_eviction(ctx: Context, sample_id: str, by: str) -> None:
+    """Budget policy: a better sample displaced an accepted one. Downstream consumers see a
+    rejection for an id they saw accepted and drop it (the export does)."""
+    record = {
+        "id": sample_id,
+        "reason": "over_budget",
+        "detail": f"pushed out of the budget by {by}",
+    }
+    await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record)

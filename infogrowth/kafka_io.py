@@ -1,0 +1,339 @@
+"""Small confluent-kafka helpers for the batch commands (ingest, export) and tests.
+
+The streaming agents use Faust; these are for reading a topic from start to end once,
+producing a file's records reliably, and failing with one line when the broker is away.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import cache
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infogrowth.avro import AvroSerde, SchemaError
+
+log = logging.getLogger("infogrowth.kafka")
+
+
+def _silent_logger() -> logging.Logger:
+    """librdkafka prints every failed connection attempt; route those logs nowhere."""
+    quiet = logging.getLogger("infogrowth.kafka.quiet")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    quiet.setLevel(logging.CRITICAL + 1)
+    return quiet
+
+
+def _error_text(exc: BaseException) -> str:
+    err = exc.args[0] if exc.args else None
+    text = err.str() if isinstance(err, KafkaError) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+# --- broker and topics -------------------------------------------------------------------
+def check_broker(bootstrap: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError (one line) unless a broker answers a metadata request."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        reason = _error_text(exc)
+        raise ConnectionError(f"Kafka broker at {bootstrap} is unreachable ({reason})") from None
+    if not metadata.brokers:
+        raise ConnectionError(f"Kafka broker at {bootstrap} is unreachable (no brokers listed)")
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns those created. Idempotent.
+
+    Waits until every topic is visible with a leader on each partition, so a producer or
+    consumer started right after does not race the creation.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
+    wanted = list(dict.fromkeys(names))
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [n for n in wanted if n not in existing]
+    if missing:
+        new = [NewTopic(n, partitions, 1, config=dict(config or {})) for n in missing]
+        for name, future in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # lost a race: fine
+                    raise RuntimeError(f"cannot create topic {name}: {_error_text(exc)}") from None
+    _wait_for_leaders(admin, wanted, timeout)
+    return missing
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        if all(_ready(topics.get(n)) for n in names):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {names} not ready after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _ready(meta: Any) -> bool:
+    return (
+        meta is not None
+        and meta.error is None
+        and bool(meta.partitions)
+        and all(p.leader >= 0 for p in meta.partitions.values())
+    )
+
+
+# --- producing ---------------------------------------------------------------------------
+@cache
+def _compression() -> str:
+    """zstd when this librdkafka build has it, else lz4 (always built in)."""
+    try:
+        Producer({"compression.type": "zstd", "logger": _silent_logger()})
+    except KafkaException:
+        return "lz4"
+    return "zstd"
+
+
+def make_producer(bootstrap: str, **overrides: Any) -> Producer:
+    """An idempotent, acks=all producer. Overrides use librdkafka names:
+    ``make_producer(b, **{"transactional.id": "x"})``."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": _compression(),
+        "logger": log,
+    }
+    config.update(overrides)
+    return Producer(config)
+
+
+def produce_records(
+    producer: Producer,
+    topic: str,
+    serde: AvroSerde,
+    records: Iterable[Mapping[str, Any]],
+    key: Callable[[Mapping[str, Any]], Any] | None = lambda r: r["id"],
+    on_invalid: Callable[[Mapping[str, Any], SchemaError], None] | None = None,
+    flush_timeout: float = 60.0,
+) -> int:
+    """Encode and produce every record, then flush; returns the number produced.
+
+    A record that violates the schema raises SchemaError, or is passed to ``on_invalid``
+    and skipped. Delivery failures are collected and raised together as one RuntimeError
+    after the flush, so one bad partition does not hide how many records were lost.
+    """
+    failures: Counter[str] = Counter()
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failures[err.str()] += 1
+
+    produced = 0
+    for record in records:
+        try:
+            value = serde.encode(record)
+        except SchemaError as exc:
+            if on_invalid is None:
+                raise
+            on_invalid(record, exc)
+            continue
+        raw_key = None if key is None else key(record)
+        encoded_key = raw_key.encode() if isinstance(raw_key, str) else raw_key
+        _produce_one(producer, topic, value, encoded_key, on_delivery)
+        produced += 1
+    left = producer.flush(flush_timeout)
+    if left:
+        failures[f"not delivered within {flush_timeout:.0f}s"] += left
+    if failures:
+        lost = sum(failures.values())
+        detail = "; ".join(f"{n}× {text}" for text, n in failures.most_common(3))
+        raise RuntimeError(f"{lost} of {produced} records to {topic} failed: {detail}")
+    return produced
+
+
+def _produce_one(
+    producer: Producer, topic: str, value: bytes, key: bytes | None, on_delivery: Callable
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            break
+        except BufferError:  # local queue full: serve delivery reports, then retry
+            producer.poll(0.5)
+    producer.poll(0)
+
+
+# --- consuming ---------------------------------------------------------------------------
+class ReadTimeout(RuntimeError):
+    """The end of the topic was not reached within the time allowed."""
+
+
+def _consumer(
+    bootstrap: str, group_id: str | None, from_beginning: bool, isolation: str
+) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            # librdkafka needs a group id even for assign(); a private one commits nothing.
+            "group.id": group_id or f"infogrowth-read-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": group_id is not None,
+            "enable.auto.offset.store": False,  # store only what was handed to the caller
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "isolation.level": isolation,
+            "enable.partition.eof": True,
+            "logger": log,
+        }
+    )
+
+
+def _partitions(consumer: Consumer, bootstrap: str, topic: str, timeout: float) -> list[int]:
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise ConnectionError(
+            f"Kafka broker at {bootstrap} is unreachable ({_error_text(exc)})"
+        ) from None
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+    return sorted(meta.partitions)
+
+
+def _ends(consumer: Consumer, topic: str, partitions: list[int], timeout: float) -> dict[int, int]:
+    # With isolation.level=read_committed the "high" offset is the last stable offset.
+    ends = {}
+    for p in partitions:
+        marks = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        if marks is None:
+            raise ConnectionError(f"no watermark offsets for {topic}[{p}] within {timeout}s")
+        ends[p] = marks[1]
+    return ends
+
+
+def end_offsets(
+    bootstrap: str, topic: str, isolation: str = "read_committed", timeout: float = 10.0
+) -> dict[int, int]:
+    """Partition -> end offset (last stable offset under read_committed)."""
+    consumer = _consumer(bootstrap, None, True, isolation)
+    try:
+        return _ends(consumer, topic, _partitions(consumer, bootstrap, topic, timeout), timeout)
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    group_id: str | None = None,
+    from_beginning: bool = True,
+    until_end: bool = True,
+    timeout_s: float = 30.0,
+    isolation: str = "read_committed",
+    ends: Mapping[int, int] | None = None,
+    poll_s: float = 0.25,
+) -> Iterator[Message]:
+    """Every message of every partition, up to the end offsets taken at call time.
+
+    Without ``group_id`` all partitions are assigned from offset 0 (nothing is committed);
+    with one, the group subscribes and commits what was yielded. ``ends`` fixes the stop
+    offsets (e.g. from ``end_offsets``). Transaction markers and aborted records take offsets
+    but are never delivered, so a partition counts as finished on its EOF event or once its
+    position reaches the end, never by counting messages. With ``until_end=False`` reading
+    goes on until nothing arrives for ``timeout_s``; with it, such a stall raises ReadTimeout.
+    """
+    consumer = _consumer(bootstrap, group_id, from_beginning, isolation)
+    try:
+        partitions = _partitions(consumer, bootstrap, topic, timeout=min(timeout_s, 10.0))
+        stop = dict(ends) if ends is not None else _ends(consumer, topic, partitions, timeout_s)
+        if group_id is None:
+            start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+            consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+        else:
+            consumer.subscribe([topic])
+        yield from _drain(consumer, topic, stop, until_end, timeout_s, poll_s)
+    finally:  # with a group, close() commits the offsets stored for yielded messages
+        consumer.close()
+
+
+def _drain(
+    consumer: Consumer,
+    topic: str,
+    stop: dict[int, int],
+    until_end: bool,
+    timeout_s: float,
+    poll_s: float,
+) -> Iterator[Message]:
+    done = {p for p, end in stop.items() if end <= 0} if until_end else set()
+    last_progress = time.monotonic()
+    while not until_end or len(done) < len(stop):
+        msg = consumer.poll(poll_s)
+        if msg is None:
+            if until_end:
+                done |= _reached(consumer, topic, stop)
+            if time.monotonic() - last_progress > timeout_s:
+                if not until_end:
+                    return
+                raise ReadTimeout(_stall_message(consumer, topic, stop, done, timeout_s))
+            continue
+        last_progress = time.monotonic()
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                done.add(msg.partition())
+                continue
+            if err.retriable() or err.code() in _TRANSIENT:
+                continue
+            raise RuntimeError(f"reading {topic}: {err.str()}")
+        if until_end and msg.offset() >= stop.get(msg.partition(), 0):
+            done.add(msg.partition())  # produced after the call: not ours
+            continue
+        yield msg
+        consumer.store_offsets(message=msg)
+        if until_end and msg.offset() + 1 >= stop[msg.partition()]:
+            done.add(msg.partition())
+
+
+_TRANSIENT = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+
+
+def _reached(consumer: Consumer, topic: str, stop: dict[int, int]) -> set[int]:
+    """Partitions whose fetch position is already at or past their end offset."""
+    assigned = {tp.partition for tp in consumer.assignment()}
+    tps = [TopicPartition(topic, p) for p in stop if p in assigned]
+    return {tp.partition for tp in consumer.position(tps) if tp.offset >= stop[tp.partition]}
+
+
+def _stall_message(
+    consumer: Consumer, topic: str, stop: dict[int, int], done: set[int], timeout_s: float
+) -> str:
+    waiting = sorted(set(stop) - done)
+    return (
+        f"reading {topic}: end not reached after {timeout_s:.0f}s without progress "
+        f"(partitions {waiting} short of offsets {[stop[p] for p in waiting]})"
+    )
