@@ -33,25 +33,35 @@ class CuratorState:
         self.ctx = ctx
         self.table = table
         self.restored: state_codec.Restored | None = None
+        self.entries: dict[str, state_codec.Entry] = {}  # the table, keys as str
 
     def load(self) -> state_codec.Restored:
         if self.restored is None:
             curator = self.ctx.curator
-            self.restored = state_codec.restore(
-                dict(self.table.data), curator.index, curator.policy
-            )
+            self.restored = state_codec.restore(self._entries(), curator.index, curator.policy)
             curator.index = self.restored.index
             log.info(
                 "curator state: %d indexed, %d queued", len(curator.index), len(self.restored.gate)
             )
         return self.restored
 
-    def put(self, key: str, value: bytes) -> None:
+    def _entries(self) -> dict[str, state_codec.Entry]:
+        self.entries.update((k, v) for k, v in self.table.data.items() if v)
+        return self.entries
+
+    def seq_of(self, key: str) -> int:
+        return self.entries[key]["seq"]
+
+    def put(self, key: str, value: state_codec.Entry) -> None:
         # The source topic has one partition, so the changelog has one too; writing the
-        # partition explicitly lets us update the table from a batch (take_events).
-        self.table.data[key.encode()] = value
+        # partition explicitly lets us update the table from a batch (take_events). Key and
+        # value are serialised here (the producer buffer sends bytes as they are) as the
+        # JSON that the table's recovery decodes.
+        self.entries[key] = value
+        self.table.data[key] = value
+        raw_key, raw_value = json.dumps(key).encode(), json.dumps(value).encode()
         self.table.send_changelog(
-            0, key.encode(), value, key_serializer="raw", value_serializer="raw"
+            0, raw_key, raw_value, key_serializer="raw", value_serializer="raw"
         )
 
     def seq(self) -> int:
@@ -62,8 +72,8 @@ class CuratorState:
 
 def register(ctx: Context) -> None:
     s = ctx.settings
-    raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    table = ctx.app.Table("curator-state", partitions=1, schema=raw)
+    # JSON keys and values: what Faust's changelog recovery decodes by default.
+    table = ctx.app.Table("curator-state", partitions=1, key_type=str, value_type=dict)
     durable = CuratorState(ctx, table)
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
@@ -91,7 +101,7 @@ async def _admit(
     if record.get("attempt", 0) > 0:
         if not st.gate.waiting(key):
             return []  # a redelivered recaption: already handled
-        durable.put(key, state_codec.queued(_seq_of(durable, key), raw))
+        durable.put(key, state_codec.queued(durable.seq_of(key), raw))
         return st.gate.resolve(key, raw)
     if key in st.finished or key in st.gate:
         return []  # redelivered by an upstream retry: same id, same content
@@ -109,10 +119,6 @@ async def _admit(
     return st.gate.push(key, None)
 
 
-def _seq_of(durable: CuratorState, key: str) -> int:
-    return json.loads(durable.table.data[key.encode()])["seq"]
-
-
 async def _finish(ctx: Context, durable: CuratorState, released: list[tuple[str, bytes]]) -> None:
     """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
     items = [scored_from_record(ctx.serde["ScoredSample"].decode(raw)) for _, raw in released]
@@ -122,7 +128,7 @@ async def _finish(ctx: Context, durable: CuratorState, released: list[tuple[str,
     st = durable.load()
     for it in items:
         key = it.sample.id
-        seq = _seq_of(durable, key)
+        seq = durable.seq_of(key)
         outcome = by_id.get(key)
         if outcome is None:
             outcome = _still_misaligned(it, ctx.settings.delta)

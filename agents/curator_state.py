@@ -1,6 +1,6 @@
 """The curator's durable state, one changelog-backed table entry per sample id.
 
-Entries (JSON, vectors as base64 float32):
+Entries (JSON dicts, vectors as base64 float32):
   queued   — in the ordered gate (``record`` = the ScoredSample bytes, or None while it
              waits for its recaption);
   indexed  — in the gain index (its vectors, label and gain: enough to rebuild the index and
@@ -12,7 +12,6 @@ Entries (JSON, vectors as base64 float32):
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,21 +30,23 @@ def _unvec(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype=np.float32)
 
 
-def queued(seq: int, record: bytes | None) -> bytes:
+Entry = dict[str, Any]
+
+
+def queued(seq: int, record: bytes | None) -> Entry:
     body = None if record is None else base64.b64encode(record).decode()
-    return json.dumps({"state": "queued", "seq": seq, "record": body}).encode()
+    return {"state": "queued", "seq": seq, "record": body}
 
 
 def indexed(
     seq: int, vectors: dict[str, np.ndarray], label: str | None, gain: float | None
-) -> bytes:
-    entry = {"state": "indexed", "seq": seq, "label": label, "gain": gain,
-             "vectors": {m: _vec(v) for m, v in vectors.items()}}  # fmt: skip
-    return json.dumps(entry).encode()
+) -> Entry:
+    vecs = {m: _vec(v) for m, v in vectors.items()}
+    return {"state": "indexed", "seq": seq, "label": label, "gain": gain, "vectors": vecs}
 
 
-def rejected(seq: int) -> bytes:
-    return json.dumps({"state": "rejected", "seq": seq}).encode()
+def rejected(seq: int) -> Entry:
+    return {"state": "rejected", "seq": seq}
 
 
 @dataclass
@@ -59,12 +60,9 @@ class Restored:
     released: list[tuple[str, bytes]] = field(default_factory=list)  # ready at restore time
 
 
-def restore(entries: dict[Any, Any], index: GainIndex, policy: Policy) -> Restored:
+def restore(entries: dict[str, Entry], index: GainIndex, policy: Policy) -> Restored:
     """Replays the table in arrival order into a fresh index, policy and gate."""
-    parsed = sorted(
-        ((_text(k), json.loads(_text(v))) for k, v in entries.items() if v),
-        key=lambda kv: kv[1]["seq"],
-    )
+    parsed = sorted(entries.items(), key=lambda kv: kv[1]["seq"])
     state = Restored(index=index)
     done = [(k, e) for k, e in parsed if e["state"] == "indexed"]
     if done:
@@ -84,7 +82,3 @@ def restore(entries: dict[Any, Any], index: GainIndex, policy: Policy) -> Restor
             state.finished.add(key)
     state.next_seq = parsed[-1][1]["seq"] + 1 if parsed else 0
     return state
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes | bytearray) else str(value)

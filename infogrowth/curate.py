@@ -205,12 +205,16 @@ class Curator:
     # --- everything, for offline use ----------------------------------------------------
     def curate_batch(self, samples: Sequence[Sample]) -> list[Outcome]:
         """Outcomes in input order."""
+        return [outcome for outcome, _ in self.curate_items(samples)]
+
+    def curate_items(self, samples: Sequence[Sample]) -> list[tuple[Outcome, Scored | None]]:
+        """Outcomes in input order, each with the scored sample behind it (None if bad input)."""
         scored = self.score(samples)
         misaligned = [s for s in scored if isinstance(s, Scored) and not self.is_aligned(s)]
         fixed = dict(zip((id(m) for m in misaligned), self.recaption(misaligned), strict=True))
         staged: list[Scored | Outcome] = [fixed.get(id(s), s) for s in scored]
         selected = iter(self.select([s for s in staged if isinstance(s, Scored)]))
-        return [next(selected) if isinstance(s, Scored) else s for s in staged]
+        return [(next(selected), s) if isinstance(s, Scored) else (s, None) for s in staged]
 
 
 def apply_evictions(outcomes: Sequence[Outcome]) -> None:

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
+
+from infogrowth.settings import Settings
 
 # (file inside the package, caption written for it). Only files that ship in the wheels.
 SKIMAGE_PHOTOS = {
@@ -104,3 +112,95 @@ def build_demo_set(out_dir: Path) -> Path:
 
 def _row(sample_id: str, image: str, caption: str, kind: str) -> dict[str, object]:
     return {"id": sample_id, "image": image, "caption": caption, "source": "demo", "kind": kind}
+
+
+# --- the streaming demo (`infogrowth demo`, the README's main command) --------------------
+def demo_settings(settings: Settings, tag: str) -> Settings:
+    """Topics and consumer groups of their own per run, so runs never see each other."""
+    topics = {
+        f.name: f"demo-{tag}.{getattr(settings, f.name)}"
+        for f in fields(Settings)
+        if f.name.startswith("topic_")
+    }
+    return replace(settings, app_id=f"infogrowth-demo-{tag}", **topics)
+
+
+def run_demo(settings: Settings, timeout_s: float = 900.0) -> int:
+    from infogrowth.export import export_dataset
+    from infogrowth.ingest import ingest_file
+    from infogrowth.pipeline import ensure_pipeline_topics, start_worker, wait_for_outcomes
+    from infra.__main__ import cmd_up
+
+    cmd_up(settings)  # local broker + S3 (no-op when already running)
+    tag = time.strftime("%Y%m%d-%H%M%S")
+    run = demo_settings(settings, tag)
+    work = Path(settings.data_dir).resolve() / "demo"
+    samples = build_demo_set(work)
+    ensure_pipeline_topics(run)
+    log_path = work / f"worker-{tag}.log"
+    print(f"demo {tag}: worker log in {log_path}")
+    worker = start_worker(run, log_path=str(log_path))
+    try:
+        ingested = ingest_file(samples, run, prefix="demo/images/", progress=False)
+        print(ingested.line())
+        expected = {json.loads(line)["id"] for line in samples.read_text().splitlines()}
+        started = time.monotonic()
+        outcomes = wait_for_outcomes(run, expected, timeout_s=timeout_s, worker=worker)
+        elapsed = time.monotonic() - started
+    finally:
+        _stop(worker)
+    kinds = {r["id"]: r["kind"] for r in map(json.loads, samples.read_text().splitlines())}
+    print_report(outcomes, kinds, elapsed, run)
+    exported = export_dataset(f"s3://{run.s3_bucket}/datasets/demo-{tag}", run, progress=False)
+    print(exported.line())
+    print("the broker and S3 keep running for you: `make down` stops them")
+    return 0
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def print_report(
+    outcomes: dict[str, dict], kinds: dict[str, str], seconds: float, run: Settings
+) -> None:
+    print(
+        f"\n{len(outcomes)} samples curated in {seconds:.0f} s (δ={run.delta}, k={run.k}, "
+        f"policy={run.policy}, tau={run.tau}, encoder={run.encoder}, "
+        f"captioner={run.captioner})"
+    )
+    columns = ("id", 24), ("what it is", 18), ("decision", 9), ("why", 12)
+    header = " ".join(f"{name:<{width}}" for name, width in columns)
+    header += f" {'gain':>6} {'align':>6}  caption"
+    print(header)
+    print("-" * len(header))
+    for sample_id in sorted(
+        outcomes, key=lambda i: (outcomes[i]["decision"], outcomes[i].get("reason") or "", i)
+    ):
+        r = outcomes[sample_id]
+        caption = r.get("caption") or ""
+        if r.get("caption_source") == "recaptioned":
+            caption = f"[recaptioned] {caption}"
+        cells = sample_id, kinds.get(sample_id, ""), r["decision"], r.get("reason") or ""
+        line = " ".join(f"{cell:<{width}}" for cell, (_, width) in zip(cells, columns, strict=True))
+        print(f"{line} {_num(r.get('gain')):>6} {_num(r.get('alignment')):>6}  {caption[:60]}")
+    counts = Counter(
+        r["decision"] if not r.get("reason") else f"rejected ({r['reason']})"
+        for r in outcomes.values()
+    )
+    recaptioned = sum(1 for r in outcomes.values() if r.get("caption_source") == "recaptioned")
+    print(
+        "\n"
+        + ", ".join(f"{n} {k}" for k, n in counts.most_common())
+        + f"; {recaptioned} got a new caption"
+    )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

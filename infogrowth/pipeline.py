@@ -1,0 +1,85 @@
+"""Running the streaming pipeline: its topics, a worker process, and its outcomes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from typing import Any
+
+from infogrowth.avro import MalformedMessage, decode_any
+from infogrowth.kafka_io import end_offsets, ensure_topics, read_topic
+from infogrowth.settings import ENV_PREFIX, Settings
+
+
+def topic_names(settings: Settings) -> list[str]:
+    return [getattr(settings, f.name) for f in fields(Settings) if f.name.startswith("topic_")]
+
+
+def ensure_pipeline_topics(settings: Settings) -> None:
+    # One partition each: the curator is the single writer of the index and needs one
+    # ordered stream (see infogrowth/order.py).
+    ensure_topics(settings.kafka_bootstrap, topic_names(settings), partitions=1)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as INFOGROWTH_* variables, for a worker in another process."""
+    env = {}
+    for f in fields(Settings):
+        if f.name != "extra":
+            env[ENV_PREFIX + f.name.upper()] = str(getattr(settings, f.name))
+    return env
+
+
+def start_worker(settings: Settings, log_path: str | None = None, **popen: Any) -> subprocess.Popen:
+    """`infogrowth worker` in a child process (its own session, so it can be killed whole)."""
+    env = {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1"}
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    cmd = [sys.executable, "-m", "infogrowth.cli", "worker"]
+    return subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+    )
+
+
+def read_outcomes(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Last committed outcome per sample id, from `accepted` and `rejected`."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    for topic in (settings.topic_accepted, settings.topic_rejected):
+        for msg in read_topic(settings.kafka_bootstrap, topic, timeout_s=30):
+            try:
+                _, record = decode_any(msg.value())
+            except MalformedMessage:
+                continue
+            if record.get("reason") == "over_budget" and record["id"] in outcomes:
+                outcomes[record["id"]].update(decision="rejected", reason="over_budget")
+            else:
+                outcomes[record["id"]] = record
+    return outcomes
+
+
+def wait_for_outcomes(
+    settings: Settings,
+    expected: set[str],
+    timeout_s: float = 600.0,
+    worker: subprocess.Popen | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Polls the output topics until every expected id has an outcome."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcomes = read_outcomes(settings)
+        if expected <= outcomes.keys():
+            return outcomes
+        if worker is not None and worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode} before finishing")
+        if time.monotonic() > deadline:
+            missing = sorted(expected - outcomes.keys())
+            raise TimeoutError(
+                f"{len(missing)} samples without an outcome after {timeout_s:.0f} s: {missing[:5]}"
+            )
+        time.sleep(2.0)
+
+
+def raw_count(settings: Settings) -> int:
+    return sum(end_offsets(settings.kafka_bootstrap, settings.topic_raw).values())

@@ -1,0 +1,74 @@
+"""Shared by the streaming tests: isolated settings per run, data sets, topic reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infogrowth.demo import demo_settings
+from infogrowth.kafka_io import read_topic
+from infogrowth.settings import Settings
+
+
+def run_settings(kafka: str, s3: Any, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings with topics, consumer group and bucket nobody else uses."""
+    base = Settings.from_env(
+        kafka_bootstrap=kafka,
+        s3_endpoint=s3.endpoint,
+        s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key,
+        s3_bucket="pipeline",
+        data_dir=str(tmp_path / "data"),
+        batch_size=16,
+        take_within=0.3,
+        **overrides,
+    )
+    return demo_settings(base, uuid.uuid4().hex[:8])
+
+
+def with_settings(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, **changes)
+
+
+def embedding_rows(n: int, dim: int = 24, seed: int = 0) -> list[dict[str, Any]]:
+    """Samples with precomputed embeddings: clusters, exact and near duplicates, a few
+    misaligned captions (text unrelated to the image) and a NaN embedding."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, dim))
+    rows = []
+    for i in range(n):
+        img = centres[i % 12] + 0.35 * rng.normal(size=dim)
+        txt = img + 0.2 * rng.normal(size=dim)
+        if i % 10 == 3 and rows:  # an exact re-crawl of an earlier sample
+            prev = rows[int(rng.integers(len(rows)))]
+            img, txt = np.array(prev["image_embedding"]), np.array(prev["text_embedding"])
+        if i % 17 == 5:  # a caption about something else
+            txt = rng.normal(size=dim)
+        rows.append({"id": f"s{i:04d}", "caption": f"sample {i}", "source": "test",
+                     "image_embedding": img.astype(np.float32).tolist(),
+                     "text_embedding": txt.astype(np.float32).tolist()})  # fmt: skip
+    rows[7]["image_embedding"][0] = float("nan")
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def topic_values(settings: Settings, topic: str) -> list[bytes]:
+    return [m.value() for m in read_topic(settings.kafka_bootstrap, topic, timeout_s=30)]
+
+
+def kill(worker: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if worker.poll() is None:
+        os.killpg(worker.pid, sig)
+        worker.wait(timeout=60)
