@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from agents.context import Context
 from infogrowth.avro import MalformedMessage
@@ -22,31 +23,43 @@ def register(ctx: Context) -> None:
     @ctx.app.agent(ctx.topic(s.topic_recaption), name="captioner")
     async def captioner(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
-            requests = []
+            requests, bad = [], []
             for ev in events:
                 try:
-                    requests.append(serde.decode(ev.value))
+                    requests.append((ev.message.tp, serde.decode(ev.value)))
                 except MalformedMessage as exc:
-                    await ctx.dead_letter(ev, STAGE, str(exc))
-            if requests:
-                await _caption(ctx, requests)
+                    bad.append((ev, str(exc)))
+            captions, error = await _caption(ctx, [r for _, r in requests])
+            async with ctx.atomic():  # the model ran outside: commits wait only for the sends
+                for ev, reason in bad:
+                    await ctx.dead_letter(ev, STAGE, reason)
+                for (source, request), caption in zip(requests, captions, strict=True):
+                    await _send_back(ctx, request, caption, error, source)
 
 
-async def _caption(ctx: Context, requests: list[dict[str, Any]]) -> None:
+async def _caption(
+    ctx: Context, requests: list[dict[str, Any]]
+) -> tuple[list[str | None], str | None]:
+    if not requests:
+        return [], None
     items = [scored_from_record(r["sample"]) for r in requests]
     try:
-        captions: list[str | None] = list(await ctx.run(ctx.curator.new_captions, items))
-        error = None
+        return list(await ctx.run(ctx.curator.new_captions, items)), None
     except Exception as exc:  # remote endpoints time out, local models run out of memory...
-        captions, error = [None] * len(requests), f"recaption failed: {exc}"
-    for request, caption in zip(requests, captions, strict=True):
-        sample = dict(request["sample"])
-        sample.update(
-            attempt=1,
-            original_caption=sample["caption"],
-            original_alignment=request["alignment"],
-            caption=caption if caption is not None else sample["caption"],
-        )
-        if error is not None:
-            sample["extra"] = {**sample.get("extra", {}), "recaption_error": error}
-        await ctx.send(ctx.settings.topic_recaptioned, "ScoredSample", sample)
+        return [None] * len(requests), f"recaption failed: {exc}"
+
+
+async def _send_back(
+    ctx: Context, request: dict[str, Any], caption: str | None, error: str | None, source: TP
+) -> None:
+    """The sample with its new caption (or, on failure, its old one and the reason)."""
+    sample = dict(request["sample"])
+    sample.update(
+        attempt=1,
+        original_caption=sample["caption"],
+        original_alignment=request["alignment"],
+        caption=caption if caption is not None else sample["caption"],
+    )
+    if error is not None:
+        sample["extra"] = {**sample.get("extra", {}), "recaption_error": error}
+    await ctx.send(ctx.settings.topic_recaptioned, "ScoredSample", sample, source)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import Any, TypeVar
 
 import faust
+from faust.types import TP
 
+from agents.atomic import BatchCommits, transactional_id
 from infogrowth.avro import AvroSerde
 from infogrowth.curate import Curator
 from infogrowth.offline import make_curator
@@ -30,6 +33,8 @@ class Context:
         # One thread: models and the index are used by one writer at a time, and the event
         # loop stays free to heartbeat while a batch is encoded (no rebalances mid-batch).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infogrowth-model")
+        self.commits = BatchCommits(app)
+        self.unconfirmed: list[asyncio.Future[Any]] = []
 
     def topic(self, *names: str) -> faust.TopicT:
         return self.app.topic(
@@ -43,9 +48,36 @@ class Context:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def send(self, topic_name: str, schema: str, record: dict[str, Any]) -> None:
+    @asynccontextmanager
+    async def atomic(self) -> AsyncIterator[None]:
+        """A batch's sends and state writes: committed together or not at all."""
+        async with self.commits.hold():
+            yield
+            await self.confirm()
+
+    async def send(self, topic_name: str, schema: str, record: dict[str, Any], source: TP) -> None:
+        """Sends ``record`` in the transaction that commits the ``source`` partition."""
         key = str(record.get("id") or record.get("sample", {}).get("id", "")).encode()
-        await self.topic(topic_name).send(key=key, value=self.serde[schema].encode(record))
+        await self.publish(topic_name, key, self.serde[schema].encode(record), source)
+
+    async def publish(
+        self,
+        topic_name: str,
+        key: bytes | None,
+        value: bytes,
+        source: TP,
+        partition: int | None = None,
+    ) -> None:
+        tid = transactional_id(self.app, source)
+        delivery = await self.app.producer.send(
+            topic_name, key, value, partition, None, None, transactional_id=tid
+        )
+        self.unconfirmed.append(delivery)
+
+    async def confirm(self) -> None:
+        """Waits until the broker has every message sent so far (errors surface here)."""
+        pending, self.unconfirmed = self.unconfirmed, []
+        await asyncio.gather(*pending)
 
     async def dead_letter(self, event: faust.EventT, stage: str, reason: str) -> None:
         msg = event.message
@@ -59,6 +91,5 @@ class Context:
             "key": None if msg.key is None else bytes(msg.key),
             "stage": stage,
         }
-        await self.topic(self.settings.topic_dead_letter).send(
-            key=record["key"], value=self.serde["DeadLetter"].encode(record)
-        )
+        value = self.serde["DeadLetter"].encode(record)
+        await self.publish(self.settings.topic_dead_letter, record["key"], value, msg.tp)

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from agents import curator_state as state_codec
 from agents.context import Context
@@ -34,6 +35,7 @@ class CuratorState:
         self.table = table
         self.restored: state_codec.Restored | None = None
         self.entries: dict[str, state_codec.Entry] = {}  # the table, keys as str
+        self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
 
     def load(self) -> state_codec.Restored:
         if self.restored is None:
@@ -53,16 +55,19 @@ class CuratorState:
         return self.entries[key]["seq"]
 
     def put(self, key: str, value: state_codec.Entry) -> None:
-        # The source topic has one partition, so the changelog has one too; writing the
-        # partition explicitly lets us update the table from a batch (take_events). Key and
-        # value are serialised here (the producer buffer sends bytes as they are) as the
-        # JSON that the table's recovery decodes.
         self.entries[key] = value
         self.table.data[key] = value
-        raw_key, raw_value = json.dumps(key).encode(), json.dumps(value).encode()
-        self.table.send_changelog(
-            0, raw_key, raw_value, key_serializer="raw", value_serializer="raw"
-        )
+        # JSON key and value: what the table's changelog recovery decodes.
+        self.unsent.append((json.dumps(key).encode(), json.dumps(value).encode()))
+
+    async def flush(self, source: TP) -> None:
+        """Sends this batch's entries to the changelog in the batch's transaction
+        (``send_changelog`` goes through a buffer that can miss it). The source topic has
+        one partition, so the changelog has one too."""
+        unsent, self.unsent = self.unsent, []
+        topic = self.table.changelog_topic.get_topic_name()
+        for raw_key, raw_value in unsent:
+            await self.ctx.publish(topic, raw_key, raw_value, source, partition=0)
 
     def seq(self) -> int:
         st = self.load()
@@ -73,18 +78,21 @@ class CuratorState:
 def register(ctx: Context) -> None:
     s = ctx.settings
     # JSON keys and values: what Faust's changelog recovery decodes by default.
-    table = ctx.app.Table("curator-state", partitions=1, key_type=str, value_type=dict)
+    table = ctx.app.Table("curator-state", partitions=1, key_type=str, value_type=None)
     durable = CuratorState(ctx, table)
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
     async def curator(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
-            st = durable.load()
-            released, st.released = list(st.released), []
-            for ev in events:
-                released += await _admit(ctx, durable, ev)
-            if released:
-                await _finish(ctx, durable, released)
+            source = events[0].message.tp  # `scored` has a single partition
+            async with ctx.atomic():
+                st = durable.load()
+                released, st.released = list(st.released), []
+                for ev in events:
+                    released += await _admit(ctx, durable, ev)
+                if released:
+                    await _finish(ctx, durable, released, source)
+                await durable.flush(source)
 
 
 async def _admit(
@@ -110,16 +118,15 @@ async def _admit(
     if ctx.curator.is_aligned(item):
         durable.put(key, state_codec.queued(seq, raw))
         return st.gate.push(key, raw)
-    await ctx.send(
-        ctx.settings.topic_recaption,
-        "RecaptionRequest",
-        recaption_request(item, ctx.settings.delta),
-    )
+    request = recaption_request(item, ctx.settings.delta)
+    await ctx.send(ctx.settings.topic_recaption, "RecaptionRequest", request, event.message.tp)
     durable.put(key, state_codec.queued(seq, None))
     return st.gate.push(key, None)
 
 
-async def _finish(ctx: Context, durable: CuratorState, released: list[tuple[str, bytes]]) -> None:
+async def _finish(
+    ctx: Context, durable: CuratorState, released: list[tuple[str, bytes]], source: TP
+) -> None:
     """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
     items = [scored_from_record(ctx.serde["ScoredSample"].decode(raw)) for _, raw in released]
     aligned = [it for it in items if ctx.curator.is_aligned(it)]
@@ -139,9 +146,9 @@ async def _finish(ctx: Context, durable: CuratorState, released: list[tuple[str,
                 vectors["text"] = it.encoded.text_emb
             durable.put(key, state_codec.indexed(seq, vectors, it.sample.label, outcome.gain))
         st.finished.add(key)
-        await _emit(ctx, outcome, it)
+        await _emit(ctx, outcome, it, source)
         for evicted in outcome.evicted:
-            await _emit_eviction(ctx, evicted, by=key)
+            await _emit_eviction(ctx, evicted, key, source)
 
 
 def _still_misaligned(item: Scored, delta: float) -> Outcome:
@@ -160,15 +167,15 @@ def _still_misaligned(item: Scored, delta: float) -> Outcome:
     )
 
 
-async def _emit(ctx: Context, outcome: Outcome, item: Scored) -> None:
+async def _emit(ctx: Context, outcome: Outcome, item: Scored, source: TP) -> None:
     record: dict[str, Any] = outcome_record(outcome, item.sample, item)
     if outcome.decision == "accepted":
-        await ctx.send(ctx.settings.topic_accepted, "AcceptedSample", record)
+        await ctx.send(ctx.settings.topic_accepted, "AcceptedSample", record, source)
     else:
-        await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record)
+        await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record, source)
 
 
-async def _emit_eviction(ctx: Context, sample_id: str, by: str) -> None:
+async def _emit_eviction(ctx: Context, sample_id: str, by: str, source: TP) -> None:
     """Budget policy: a better sample displaced an accepted one. Downstream consumers see a
     rejection for an id they saw accepted and drop it (the export does)."""
     record = {
@@ -176,4 +183,4 @@ async def _emit_eviction(ctx: Context, sample_id: str, by: str) -> None:
         "reason": "over_budget",
         "detail": f"pushed out of the budget by {by}",
     }
-    await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record)
+    await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record, source)

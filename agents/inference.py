@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import faust
+from faust.types import TP
 
 from agents.context import Context
 from infogrowth.avro import MalformedMessage, decode_any
@@ -26,9 +27,16 @@ def register(ctx: Context) -> None:
     @ctx.app.agent(source, name="inference")
     async def inference(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
-            batch = [item for ev in events if (item := await _parse(ctx, ev)) is not None]
-            if batch:
-                await _score_and_route(ctx, batch)
+            parsed = [(ev, _parse(ev)) for ev in events]
+            batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
+            samples = [it.sample for _, it in batch]
+            results = await ctx.run(ctx.curator.score, samples) if samples else []
+            async with ctx.atomic():  # the model ran outside: commits wait only for the sends
+                for ev, it in parsed:
+                    if isinstance(it, str):
+                        await ctx.dead_letter(ev, STAGE, it)
+                for (ev, item), res in zip(batch, results, strict=True):
+                    await _route(ctx, item, res, ev.message.tp)
 
 
 class _Item:
@@ -39,40 +47,31 @@ class _Item:
         self.previous = previous
 
 
-async def _parse(ctx: Context, event: faust.EventT) -> _Item | None:
+def _parse(event: faust.EventT) -> _Item | str:
+    """The sample to score, or why the message goes to the dead-letter topic."""
     try:
         name, record = decode_any(event.value)
     except MalformedMessage as exc:
-        await ctx.dead_letter(event, STAGE, str(exc))
-        return None
+        return str(exc)
     if name == "RawSample":
         if not record["id"]:
-            await ctx.dead_letter(event, STAGE, "RawSample without an id")
-            return None
+            return "RawSample without an id"
         return _Item(sample_from_raw(record), None)
     if name == "ScoredSample" and record.get("attempt", 0) > 0:
         return _Item(scored_from_record(record).sample, record)
-    await ctx.dead_letter(event, STAGE, f"unexpected {name} record on {event.message.topic}")
-    return None
+    return f"unexpected {name} record on {event.message.topic}"
 
 
-async def _score_and_route(ctx: Context, batch: list[_Item]) -> None:
-    results = await ctx.run(ctx.curator.score, [it.sample for it in batch])
-    for item, res in zip(batch, results, strict=True):
-        if item.previous is not None:
-            res = _recaptioned(item.previous, res)
-        if isinstance(res, Outcome):
-            await ctx.send(
-                ctx.settings.topic_rejected,
-                "RejectedSample",
-                outcome_record(res, item.sample, None),
-            )
-        else:
-            original = item.previous.get("original_caption") if item.previous else None
-            record = scored_record(
-                res, attempt=1 if item.previous else 0, original_caption=original
-            )
-            await ctx.send(ctx.settings.topic_scored, "ScoredSample", record)
+async def _route(ctx: Context, item: _Item, res: Scored | Outcome, source: TP) -> None:
+    if item.previous is not None:
+        res = _recaptioned(item.previous, res)
+    if isinstance(res, Outcome):
+        record = outcome_record(res, item.sample, None)
+        await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record, source)
+    else:
+        original = item.previous.get("original_caption") if item.previous else None
+        record = scored_record(res, attempt=1 if item.previous else 0, original_caption=original)
+        await ctx.send(ctx.settings.topic_scored, "ScoredSample", record, source)
 
 
 def _recaptioned(previous: dict, res: Scored | Outcome) -> Scored:

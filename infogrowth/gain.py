@@ -171,32 +171,51 @@ class GainIndex:
         return GainBatch(gain, neighbours, neighbour_labels, per_mod)
 
     def _neighbours(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest earlier samples of each row: (distances float64 nan-padded, positions -1)."""
+        """k nearest earlier samples of each row: (distances float64 nan-padded, positions -1).
+
+        hnswlib (earlier batches) and an exact pass (earlier rows of this batch) propose
+        candidates; their distances are then recomputed one way for all of them, so a
+        gain does not depend on where the batch boundaries fell.
+        """
         n0, n = len(self._ids), len(x)
-        cand_d: list[np.ndarray] = []
         cand_p: list[np.ndarray] = []
         if n0 > 0:
-            labels, dist = self._indices[mod].knn_query(
+            labels, _ = self._indices[mod].knn_query(
                 x, k=min(self.k, n0), num_threads=self.query_threads
             )
-            cand_d.append(dist.astype(np.float64))
             cand_p.append(labels.astype(np.int64))
         if n > 1:
-            d, p = self._in_batch(x)
-            cand_d.append(d)
-            cand_p.append(p + n0)
-        if not cand_d:
+            in_batch = self._in_batch(x)
+            cand_p.append(np.where(in_batch >= 0, in_batch + n0, -1))
+        if not cand_p:
             return np.full((n, self.k), np.nan), np.full((n, self.k), -1, dtype=np.int64)
-        return self._merge(np.hstack(cand_d), np.hstack(cand_p))
+        pos = np.hstack(cand_p)
+        return self._merge(self._exact_distances(mod, x, pos), pos)
 
-    def _in_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k nearest among the earlier rows of the batch; inf where none exists."""
+    def _in_batch(self, x: np.ndarray) -> np.ndarray:
+        """Positions (within the batch) of the k nearest earlier rows; -1 where none exists."""
         n = len(x)
         kb = min(self.k, n - 1)
         sim = x @ x.T
         sim[_upper_mask(n)] = -np.inf  # only rows before i are "earlier"
         idx = np.argpartition(-sim, kb - 1, axis=1)[:, :kb]
-        return 1.0 - np.take_along_axis(sim, idx, axis=1).astype(np.float64), idx.astype(np.int64)
+        earlier = np.isfinite(np.take_along_axis(sim, idx, axis=1))
+        return np.where(earlier, idx, -1).astype(np.int64)
+
+    def _exact_distances(self, mod: str, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """1 − cos of each row and its candidates, inf where pos < 0. float32 products are
+        exact in float64, and the float64 sum runs in the same order for every pair."""
+        n0 = len(self._ids)
+        flat = pos.ravel()
+        stored, in_batch = (flat >= 0) & (flat < n0), flat >= n0
+        others = np.zeros((flat.size, x.shape[1]), dtype=np.float64)
+        if stored.any():
+            others[stored] = self._indices[mod].get_items(flat[stored])
+        others[in_batch] = x[flat[in_batch] - n0]
+        rows = np.repeat(x.astype(np.float64), pos.shape[1], axis=0)
+        dist = 1.0 - (rows * others).sum(axis=1)
+        dist[flat < 0] = np.inf
+        return dist.reshape(pos.shape)
 
     def _merge(self, dist: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keep the k smallest candidates per row, nan/-1 padded to k columns."""

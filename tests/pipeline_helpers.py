@@ -55,7 +55,8 @@ def embedding_rows(n: int, dim: int = 24, seed: int = 0) -> list[dict[str, Any]]
         rows.append({"id": f"s{i:04d}", "caption": f"sample {i}", "source": "test",
                      "image_embedding": img.astype(np.float32).tolist(),
                      "text_embedding": txt.astype(np.float32).tolist()})  # fmt: skip
-    rows[7]["image_embedding"][0] = float("nan")
+    if n > 7:
+        rows[7]["image_embedding"][0] = float("nan")
     return rows
 
 
@@ -69,6 +70,11 @@ def topic_values(settings: Settings, topic: str) -> list[bytes]:
 
 
 def kill(worker: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signals the worker's process group; a worker that ignores SIGTERM gets SIGKILL."""
     if worker.poll() is None:
         os.killpg(worker.pid, sig)
-        worker.wait(timeout=60)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)

@@ -1,0 +1,57 @@
+"""Kafka transactions for the agents: which transaction a message joins, and batches that
+never straddle a commit.
+
+With ``processing_guarantee="exactly_once"`` Faust keeps one transactional producer per
+source partition and commits, from a timer task, the source offsets together with what
+that producer sent. Two things in faust-streaming 0.15 (pinned in pyproject.toml) would
+still let a crash duplicate or lose output, and this module closes both:
+
+* Faust chooses the producer from the *destination* topic and only knows topics the app
+  consumes; a message to ``accepted``, ``rejected`` or ``dead-letter`` silently went out
+  through the plain producer, outside any transaction. ``transactional_id`` names the
+  producer of the *source* partition instead, as Kafka Streams does.
+* The commit timer can run at any ``await`` of an agent, so a commit could land inside a
+  batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
+  keeps commits out of a batch by holding ``Consumer._commit_fut``, the future Faust
+  itself uses so that one commit runs at a time (a commit that finds it set waits, then
+  skips), and commits at the end of the batch when one is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import faust
+from faust.types import TP
+
+
+def transactional_id(app: faust.App, source: TP) -> str | None:
+    """The producer whose transaction commits ``source``'s offsets (Faust's naming)."""
+    if not app.in_transaction:
+        return None
+    return f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+
+
+class BatchCommits:
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self.last_commit = time.monotonic()
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        consumer = self.app.consumer
+        while consumer._commit_fut is not None:  # a commit or another batch is running
+            await consumer.maybe_wait_for_commit_to_finish()
+        held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        consumer._commit_fut = held
+        try:
+            yield
+        finally:
+            consumer._commit_fut = None
+            held.set_result(None)  # a timer commit that waited now skips: we commit here
+        if time.monotonic() - self.last_commit >= self.app.conf.broker_commit_interval:
+            self.last_commit = time.monotonic()
+            await consumer.commit()
