@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from dataclasses import fields, replace
@@ -128,7 +125,12 @@ def demo_settings(settings: Settings, tag: str) -> Settings:
 def run_demo(settings: Settings, timeout_s: float = 900.0) -> int:
     from infogrowth.export import export_dataset
     from infogrowth.ingest import ingest_file
-    from infogrowth.pipeline import ensure_pipeline_topics, start_worker, wait_for_outcomes
+    from infogrowth.pipeline import (
+        ensure_pipeline_topics,
+        start_worker,
+        stop_worker,
+        wait_for_outcomes,
+    )
     from infra.__main__ import cmd_up
 
     cmd_up(settings)  # local broker + S3 (no-op when already running)
@@ -148,23 +150,13 @@ def run_demo(settings: Settings, timeout_s: float = 900.0) -> int:
         outcomes = wait_for_outcomes(run, expected, timeout_s=timeout_s, worker=worker)
         elapsed = time.monotonic() - started
     finally:
-        _stop(worker)
+        stop_worker(worker)
     kinds = {r["id"]: r["kind"] for r in map(json.loads, samples.read_text().splitlines())}
     print_report(outcomes, kinds, elapsed, run)
     exported = export_dataset(f"s3://{run.s3_bucket}/datasets/demo-{tag}", run, progress=False)
     print(exported.line())
     print("the broker and S3 keep running for you: `make down` stops them")
     return 0
-
-
-def _stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
 
 
 def print_report(

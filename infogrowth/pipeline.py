@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,18 @@ def start_worker(settings: Settings, log_path: str | None = None, **popen: Any) 
     return subprocess.Popen(
         cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
     )
+
+
+def stop_worker(worker: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 30.0) -> None:
+    """Signals the worker's process group; one still alive after ``grace_s`` gets SIGKILL."""
+    if worker.poll() is not None:
+        return
+    os.killpg(worker.pid, sig)
+    try:
+        worker.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=grace_s)
 
 
 def read_outcomes(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import uuid
@@ -15,6 +14,7 @@ import numpy as np
 
 from infogrowth.demo import demo_settings
 from infogrowth.kafka_io import read_topic
+from infogrowth.pipeline import stop_worker
 from infogrowth.settings import Settings
 
 
@@ -70,11 +70,4 @@ def topic_values(settings: Settings, topic: str) -> list[bytes]:
 
 
 def kill(worker: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signals the worker's process group; a worker that ignores SIGTERM gets SIGKILL."""
-    if worker.poll() is None:
-        os.killpg(worker.pid, sig)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=30)
+    stop_worker(worker, sig)
