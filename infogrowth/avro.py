@@ -43,7 +43,10 @@ def schemas_dir() -> Path:
     configured = os.environ.get(SCHEMAS_ENV)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "schemas"
+    return _BUNDLED
+
+
+_BUNDLED = Path(__file__).resolve().parent.parent / "schemas"
 
 
 @cache
@@ -149,10 +152,13 @@ class AvroSerde:
         datum = plain(record)
         if not isinstance(datum, Mapping):
             raise SchemaError(f"{self.name}: expected a mapping, got {type(record).__name__}")
-        try:
-            validate(datum, self.schema, raise_errors=True)
-        except ValidationError as exc:
-            raise _schema_error(self.name, exc, datum) from None
+        # The boolean check is the fast path: with raise_errors=True fastavro builds (and
+        # formats, embeddings included) an error for every union branch it tries.
+        if not validate(datum, self.schema, raise_errors=False):
+            try:
+                validate(datum, self.schema, raise_errors=True)
+            except ValidationError as exc:
+                raise _schema_error(self.name, exc, datum) from None
         out = io.BytesIO()
         out.write(self._header)
         fastavro.schemaless_writer(out, self.schema, datum)
@@ -190,7 +196,12 @@ def decode_any(data: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def _name_of(schema_id: int) -> str | None:
-    return next((n for n, i in registry().items() if i == schema_id), None)
+    return _names(schemas_dir()).get(schema_id)
+
+
+@cache
+def _names(directory: Path) -> dict[int, str]:
+    return {i: n for n, i in _registry(directory).items()}
 
 
 def _read_body(data: bytes, schema: dict[str, Any], name: str) -> dict[str, Any]:
