@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infogrowth.demo import DEMO_DEFAULTS
 from infogrowth.settings import ENV_PREFIX, Settings
 
 if TYPE_CHECKING:
@@ -34,9 +35,15 @@ SETTING_HELP = {
 }
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
-    """One flag per Settings field (default from INFOGROWTH_<NAME> or the built-in default)."""
-    defaults = Settings.from_env()
+def add_settings_flags(
+    parser: argparse.ArgumentParser,
+    only: Sequence[str] | None = None,
+    command_defaults: dict[str, Any] | None = None,
+) -> None:
+    """One flag per Settings field (default from INFOGROWTH_<NAME>, else the command's own
+    default, else the built-in one)."""
+    defaults = Settings.from_env(defaults=command_defaults)
+    parser.set_defaults(command_defaults=command_defaults or {})
     group = parser.add_argument_group("settings (also read from INFOGROWTH_<NAME> variables)")
     for f in fields(Settings):
         if f.name == "extra" or (only is not None and f.name not in only):
@@ -67,7 +74,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | No
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     names = {f.name for f in fields(Settings)}
-    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return Settings.from_env(defaults=getattr(args, "command_defaults", None), **given)
 
 
 CURATE_FLAGS = (
@@ -175,10 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and export the curated dataset to S3. `make down` stops the broker and S3.",
     )
     demo.add_argument("--timeout", type=float, default=900, help="seconds to wait for the worker")
-    add_settings_flags(demo, CURATE_FLAGS + IO_FLAGS)
-    # ~50 samples are too few for k=4 to tell a near-duplicate from a sparse neighbourhood:
-    # the demo compares each sample with its single nearest neighbour unless told otherwise.
-    demo.set_defaults(func=cmd_demo, k=1)
+    add_settings_flags(demo, CURATE_FLAGS + IO_FLAGS, DEMO_DEFAULTS)  # why: infogrowth/demo.py
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

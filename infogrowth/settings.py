@@ -54,10 +54,16 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then INFOGROWTH_<FIELD> variables, then explicit overrides (the CLI)."""
+    def from_env(
+        cls,
+        environ: dict[str, str] | None = None,
+        defaults: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Built-in defaults, then ``defaults`` (e.g. a command's own), then INFOGROWTH_<FIELD>
+        variables, then explicit overrides (the CLI)."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(defaults or {})
         hints = get_type_hints(cls)
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
