@@ -139,9 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dest", required=True, help="s3://BUCKET/datasets/NAME or a directory")
     export.add_argument("--format", choices=("parquet", "webdataset"), default="parquet")
     export.add_argument("--topic", help="source topic (default: --topic-accepted)")
+    export.add_argument(
+        "--rejected-topic",
+        help="where over_budget evictions are read from, to leave those samples out "
+        "(default: --topic-rejected when --topic is not given)",
+    )
     export.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_settings_flags(export, IO_FLAGS + ("topic_accepted", "app_id"))
+    add_settings_flags(export, IO_FLAGS + ("topic_accepted", "topic_rejected", "app_id"))
     export.set_defaults(func=cmd_export)
 
     worker = sub.add_parser(
@@ -232,6 +237,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         fmt=args.format,
         topic=args.topic,
+        rejected_topic=args.rejected_topic,
         shard_size=args.shard_size,
         progress=not args.quiet,
     )

@@ -143,6 +143,7 @@ class ExportSummary:
     count: int = 0  # samples in the dataset
     read: int = 0  # messages read from the topic
     duplicates: int = 0
+    evicted: int = 0  # accepted, then pushed out of the budget (over_budget in rejected)
     skipped: int = 0  # undecodable messages, unreadable images (webdataset)
     shards: list[dict[str, Any]] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -157,7 +158,7 @@ class ExportSummary:
         return (
             f"exported {self.count} samples in {len(self.shards)} {self.format} shards to "
             f"{self.dest} (read {self.read}, duplicates {self.duplicates}, "
-            f"skipped {self.skipped})"
+            f"evicted {self.evicted}, skipped {self.skipped})"
         )
 
 
@@ -186,6 +187,27 @@ def collect(
     bar.close()
     winners = sorted(latest.values(), key=lambda t: (t[0], t[1]))
     return [serde.decode(value) for _, _, value in winners]
+
+
+def _ends_if_exists(settings: Settings, topic: str) -> dict[int, int]:
+    try:
+        return end_offsets(settings.kafka_bootstrap, topic)
+    except ValueError:  # no such topic: nothing was ever rejected
+        return {}
+
+
+def evicted_ids(settings: Settings, topic: str, ends: dict[int, int]) -> set[str]:
+    """Ids that the budget policy pushed out after accepting them (reason over_budget)."""
+    serde = AvroSerde("RejectedSample")
+    evicted = set()
+    for msg in read_topic(settings.kafka_bootstrap, topic, ends=ends):
+        try:
+            record = serde.decode(msg.value() or b"")
+        except MalformedMessage:
+            continue
+        if record.get("reason") == "over_budget":
+            evicted.add(record["id"])
+    return evicted
 
 
 # --- formats -----------------------------------------------------------------------------
@@ -331,6 +353,7 @@ def build_manifest(
             "end_offsets": {str(p): off for p, off in sorted(ends.items())},
             "messages": summary.read,
             "duplicates": summary.duplicates,
+            "evicted": summary.evicted,
         },
         "app_id": settings.app_id,
         "settings": {n: getattr(settings, n) for n in RECORDED_SETTINGS},
@@ -345,20 +368,32 @@ def export_dataset(
     *,
     fmt: str = "parquet",
     topic: str | None = None,
+    rejected_topic: str | None = None,
     shard_size: int = 1000,
     progress: bool = True,
 ) -> ExportSummary:
-    """Write the accepted samples (up to the topic's current end) as a sharded dataset."""
+    """Write the accepted samples (up to the topic's current end) as a sharded dataset.
+
+    Samples the budget policy evicted later (``over_budget`` records in ``rejected_topic``,
+    by default the rejected topic paired with the default accepted one) are left out.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
-    topic = topic or settings.topic_accepted
+    if topic is None:
+        topic, rejected_topic = settings.topic_accepted, rejected_topic or settings.topic_rejected
     check_broker(settings.kafka_bootstrap)
     ends = end_offsets(settings.kafka_bootstrap, topic)  # first: a missing topic writes nothing
+    # After the accepted ends: an eviction of a sample past them does not matter.
+    rejected_ends = _ends_if_exists(settings, rejected_topic) if rejected_topic else {}
     sink, name = open_dest(dest, settings)
     summary = ExportSummary(dest=sink.location, format=fmt)
     records = collect(settings, topic, ends, summary, progress)
+    if rejected_ends:
+        evicted = evicted_ids(settings, rejected_topic, rejected_ends)
+        kept = [r for r in records if r["id"] not in evicted]
+        summary.evicted, records = len(records) - len(kept), kept
     bar = tqdm(total=len(records), unit="sample", desc="export: write", disable=not progress)
     if fmt == "parquet":
         write_parquet(records, sink, shard_size, summary, bar)

@@ -312,3 +312,35 @@ def test_ensure_topics_is_idempotent(kafka: str, kafka_admin: Any) -> None:
 def test_read_missing_topic_is_a_clear_error(kafka: str) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         list(read_topic(kafka, f"nope-{uuid.uuid4().hex[:8]}", timeout_s=5))
+
+
+def test_export_leaves_out_samples_evicted_by_the_budget(
+    kafka: str,
+    s3: S3Server,
+    topic_factory: Callable[..., str],
+    accepted_topic: tuple[str, str, dict[str, bytes]],
+) -> None:
+    topic, bucket, _ = accepted_topic
+    rejected = topic_factory("rejected")
+    evictions = [{"id": "s-1", "reason": "over_budget", "detail": "pushed out by s-3"}]
+    misaligned = [{"id": "s-0", "reason": "misaligned", "detail": "not an eviction"}]
+    produce_records(
+        make_producer(kafka), rejected, AvroSerde("RejectedSample"), evictions + misaligned
+    )
+    settings = _settings(kafka, s3, bucket)
+
+    summary = export_dataset(
+        f"s3://{bucket}/datasets/budget",
+        settings,
+        topic=topic,
+        rejected_topic=rejected,
+        progress=False,
+    )
+
+    assert summary.evicted == 1 and summary.count == 3
+    manifest = json.loads(s3.store(bucket).get_bytes("datasets/budget/manifest.json"))
+    assert manifest["source"]["evicted"] == 1
+    table = pq.read_table(
+        io.BytesIO(s3.store(bucket).get_bytes("datasets/budget/part-00000.parquet"))
+    )
+    assert sorted(table.column("id").to_pylist()) == ["s-0", "s-2", "s-3"]
