@@ -20,12 +20,15 @@ still let a crash duplicate or lose output, and this module closes both:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import faust
 from faust.types import TP
+
+log = logging.getLogger("infogrowth.agents")
 
 
 def transactional_id(app: faust.App, source: TP) -> str | None:
@@ -49,6 +52,13 @@ class BatchCommits:
         consumer._commit_fut = held
         try:
             yield
+        except Exception as exc:
+            # Part of the batch may be in memory (index, gate) but not in Kafka: stop the
+            # worker rather than go on from a state nobody committed. The restarted worker
+            # rebuilds it from the table and gets the batch again.
+            log.exception("batch failed inside its transaction; stopping the worker")
+            await self.app.crash(exc)
+            raise
         finally:
             consumer._commit_fut = None
             held.set_result(None)  # a timer commit that waited now skips: we commit here

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write the accepted samples as a sharded dataset (Parquet or WebDataset)",
         description="Read the accepted topic from start to its current end (committed records "
-        "only), keep one record per id, and write shards plus manifest.json to DEST: "
+        "only), keep one record per id, leave out samples the budget policy evicted later, "
+        "and write shards plus manifest.json to DEST: "
         "s3://BUCKET/datasets/NAME or a local directory.",
     )
     export.add_argument("--dest", required=True, help="s3://BUCKET/datasets/NAME or a directory")
