@@ -35,12 +35,21 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, log_path: str | None = None, **popen: Any) -> subprocess.Popen:
-    """`infogrowth worker` in a child process (its own session, so it can be killed whole)."""
+    """`infogrowth worker` in a child process: its own session, so it can be killed whole,
+    and killed by the kernel if this process dies (a demo or test run stopped with -9)."""
+    from infra import die_with_parent_process
+
     env = {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1"}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     cmd = [sys.executable, "-m", "infogrowth.cli", "worker"]
     return subprocess.Popen(
-        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        cmd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent_process,
+        **popen,
     )
 
 

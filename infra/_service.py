@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("infra")
@@ -52,7 +51,7 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent_process() -> None:
     """preexec_fn: ask the kernel to SIGKILL this child when its parent dies (even by -9)."""
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
@@ -175,7 +174,7 @@ class LocalService(ABC):
                 )
 
     def _spawn(self, cmd: list[str]) -> None:
-        preexec: Callable[[], None] | None = _die_with_parent if self.die_with_parent else None
+        preexec = die_with_parent_process if self.die_with_parent else None
         with self.out_file.open("ab") as out:
             # New session: a Ctrl-C in the terminal goes to pytest/the CLI, which then stops
             # the server cleanly, instead of killing it mid-write.

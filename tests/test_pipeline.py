@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -23,10 +26,12 @@ from infogrowth.offline import curate_file
 from infogrowth.pipeline import (
     ensure_pipeline_topics,
     read_outcomes,
+    settings_env,
     start_worker,
     wait_for_outcomes,
 )
 from infogrowth.replay import replay
+from infra._service import pid_alive
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
@@ -130,3 +135,24 @@ def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_pa
         d["topic"] == settings.topic_raw and d["reason"] and d["stage"] == "inference"
         for d in letters
     )
+
+
+def test_a_worker_dies_with_the_process_that_started_it(kafka, s3, tmp_path):
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed")
+    script = (
+        "import time\n"
+        "from infogrowth.pipeline import start_worker\n"
+        "from infogrowth.settings import Settings\n"
+        "print(start_worker(Settings.from_env()).pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, **settings_env(settings)}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    worker_pid = int(parent.stdout.readline())
+    assert pid_alive(worker_pid)
+    parent.kill()  # SIGKILL: no chance to clean up
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while pid_alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(worker_pid), "the worker outlived its parent"
