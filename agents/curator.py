@@ -34,28 +34,23 @@ class CuratorState:
         self.ctx = ctx
         self.table = table
         self.restored: state_codec.Restored | None = None
-        self.entries: dict[str, state_codec.Entry] = {}  # the table, keys as str
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
 
     def load(self) -> state_codec.Restored:
         if self.restored is None:
             curator = self.ctx.curator
-            self.restored = state_codec.restore(self._entries(), curator.index, curator.policy)
+            entries = {k: v for k, v in self.table.data.items() if v}
+            self.restored = state_codec.restore(entries, curator.index, curator.policy)
             curator.index = self.restored.index
             log.info(
                 "curator state: %d indexed, %d queued", len(curator.index), len(self.restored.gate)
             )
         return self.restored
 
-    def _entries(self) -> dict[str, state_codec.Entry]:
-        self.entries.update((k, v) for k, v in self.table.data.items() if v)
-        return self.entries
-
     def seq_of(self, key: str) -> int:
-        return self.entries[key]["seq"]
+        return self.table.data[key]["seq"]
 
     def put(self, key: str, value: state_codec.Entry) -> None:
-        self.entries[key] = value
         self.table.data[key] = value
         # JSON key and value: what the table's changelog recovery decodes.
         self.unsent.append((json.dumps(key).encode(), json.dumps(value).encode()))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +12,6 @@ import numpy as np
 
 from infogrowth.demo import demo_settings
 from infogrowth.kafka_io import read_topic
-from infogrowth.pipeline import stop_worker
 from infogrowth.settings import Settings
 
 
@@ -67,7 +64,3 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def topic_values(settings: Settings, topic: str) -> list[bytes]:
     return [m.value() for m in read_topic(settings.kafka_bootstrap, topic, timeout_s=30)]
-
-
-def kill(worker: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    stop_worker(worker, sig)

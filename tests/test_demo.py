@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 
 import pytest
-from pipeline_helpers import kill, run_settings
+from pipeline_helpers import run_settings
 
 from infogrowth.demo import DEMO_DEFAULTS, build_demo_set
 from infogrowth.export import export_dataset
 from infogrowth.ingest import ingest_file
 from infogrowth.offline import curate_file
-from infogrowth.pipeline import ensure_pipeline_topics, start_worker, wait_for_outcomes
+from infogrowth.pipeline import (
+    ensure_pipeline_topics,
+    start_worker,
+    stop_worker,
+    wait_for_outcomes,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
@@ -29,7 +35,7 @@ def test_demo_set_streams_to_the_same_decisions_as_the_offline_curator(kafka, s3
         assert ingested.produced == len(rows) and ingested.missing == 1
         streamed = wait_for_outcomes(settings, set(kinds), timeout_s=600, worker=worker)
     finally:
-        kill(worker)
+        stop_worker(worker, signal.SIGKILL)
 
     curate_file(samples, tmp_path / "offline.jsonl", settings, progress=False)
     lines = (tmp_path / "offline.jsonl").read_text().splitlines()

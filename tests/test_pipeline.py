@@ -13,7 +13,6 @@ import pytest
 from confluent_kafka import Producer
 from pipeline_helpers import (
     embedding_rows,
-    kill,
     run_settings,
     topic_values,
     with_settings,
@@ -28,6 +27,7 @@ from infogrowth.pipeline import (
     read_outcomes,
     settings_env,
     start_worker,
+    stop_worker,
     wait_for_outcomes,
 )
 from infogrowth.replay import replay
@@ -62,14 +62,14 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
         deadline = time.monotonic() + 60
         while len(read_outcomes(settings)) <= 300 and time.monotonic() < deadline:
             time.sleep(0.2)
-        kill(worker, signal.SIGKILL)
+        stop_worker(worker, signal.SIGKILL)
         done_before_restart = len(read_outcomes(settings))
         worker = start_worker(settings, log_path=log)
         outcomes = wait_for_outcomes(
             settings, _ids(first) | _ids(second), timeout_s=300, worker=worker
         )
     finally:
-        kill(worker, signal.SIGTERM)
+        stop_worker(worker, signal.SIGTERM)
 
     assert done_before_restart < 600 or pytest.skip("the worker finished before it was killed")
     accepted = [decode_any(v)[1] for v in topic_values(settings, settings.topic_accepted)]
@@ -129,7 +129,7 @@ def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_pa
             ]
             time.sleep(0.5)
     finally:
-        kill(worker, signal.SIGTERM)
+        stop_worker(worker, signal.SIGTERM)
     assert [d["original"] for d in letters] == garbage
     assert all(
         d["topic"] == settings.topic_raw and d["reason"] and d["stage"] == "inference"
