@@ -14,6 +14,7 @@ from pathlib import Path
 import faust
 
 from agents import captioner, curator, inference
+from agents.atomic import recover_committed_changelogs
 from agents.context import Context
 from infogrowth.settings import Settings
 
@@ -26,6 +27,7 @@ ROLES = {
 
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     settings = settings or Settings.from_env()
+    recover_committed_changelogs()
     datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

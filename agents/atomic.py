@@ -10,6 +10,12 @@ still let a crash duplicate or lose output, and this module closes both:
   consumes; a message to ``accepted``, ``rejected`` or ``dead-letter`` silently went out
   through the plain producer, outside any transaction. ``transactional_id`` names the
   producer of the *source* partition instead, as Kafka Streams does.
+* Table recovery under transactions takes a changelog's high-water from the last stable
+  offset *cached from the last fetch*, which is unknown (None) for a partition this
+  consumer has not fetched yet, as after a restart. Faust then reads the changelog as empty
+  and the curator restarts with no state: samples waiting in its gate never get an outcome
+  and later gains are computed against an empty index. ``recover_committed_changelogs``
+  asks the broker instead (ListOffsets under read_committed answers the LSO).
 * The commit timer can run at any ``await`` of an agent, so a commit could land inside a
   batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
   keeps commits out of a batch by holding ``Consumer._commit_fut``, the future Faust
@@ -26,6 +32,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 log = logging.getLogger("infogrowth.agents")
@@ -36,6 +43,17 @@ def transactional_id(app: faust.App, source: TP) -> str | None:
     if not app.in_transaction:
         return None
     return f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+
+
+async def _last_stable_offsets(self: AIOKafkaConsumerThread, partitions: list[TP]) -> dict:
+    # The worker's consumer reads read_committed, so end_offsets() is the last stable offset.
+    return await self._ensure_consumer().end_offsets(partitions)
+
+
+def recover_committed_changelogs() -> None:
+    """Table recovery reads each changelog up to its last stable offset, as the broker
+    reports it (see the module docstring)."""
+    AIOKafkaConsumerThread._highwaters = _last_stable_offsets  # type: ignore[method-assign]
 
 
 class BatchCommits:
