@@ -148,7 +148,8 @@ class AvroSerde:
         return f"AvroSerde({self.name!r}, id={self.schema_id})"
 
     def encode(self, record: Mapping[str, Any] | Any) -> bytes:
-        """Validate strictly, then frame. Raises SchemaError naming the field."""
+        """Validate strictly, then frame. Raises SchemaError (naming the field when the
+        schema check finds it)."""
         datum = plain(record)
         if not isinstance(datum, Mapping):
             raise SchemaError(f"{self.name}: expected a mapping, got {type(record).__name__}")
@@ -161,7 +162,11 @@ class AvroSerde:
                 raise _schema_error(self.name, exc, datum) from None
         out = io.BytesIO()
         out.write(self._header)
-        fastavro.schemaless_writer(out, self.schema, datum)
+        try:
+            fastavro.schemaless_writer(out, self.schema, datum)
+        except (ValueError, OverflowError) as exc:  # past validation: a lone surrogate in a
+            # string (UnicodeEncodeError), an integer too large for a float or long
+            raise SchemaError(f"{self.name}: cannot encode ({_one_line(exc)})") from None
         return out.getvalue()
 
     def decode(self, data: bytes) -> dict[str, Any]:

@@ -78,6 +78,9 @@ class Curator:
         self.index = index
         self.policy = policy
         self.read_bytes = read_bytes
+        # (image, text) sizes precomputed embeddings must have, learnt from the first valid one
+        # when the encoder does not fix them: a later sample of another size is bad input.
+        self.embedding_dims: tuple[int, int] | None = None
         if settings.mode == "single" and (encoder is None or encoder.class_names is None):
             raise ValueError("single-modal mode needs an encoder with a classifier (packaged)")
 
@@ -86,7 +89,10 @@ class Curator:
         """Embeddings and alignment per sample; bad input becomes a rejected Outcome."""
         if self.settings.mode == "single":
             samples = [_with_placeholder_caption(s) for s in samples]
-        results = encode_batch(self.encoder, list(samples), self.read_bytes)
+        results = encode_batch(
+            self.encoder, list(samples), self.read_bytes, expected_dims=self.embedding_dims
+        )
+        self.embedding_dims = self.embedding_dims or _precomputed_dims(samples, results)
         out: list[Scored | Outcome] = []
         for sample, res in zip(samples, results, strict=True):
             if isinstance(res, BadInput):
@@ -233,6 +239,15 @@ def _gain_detail(gain: float | None, settings: Settings) -> str:
     if settings.policy == "threshold" and gain is not None:
         return f"gain {gain:.4f} < tau={settings.tau}"
     return f"outside the budget of {settings.budget}"
+
+
+def _precomputed_dims(
+    samples: Sequence[Sample], results: Sequence[Encoded | BadInput]
+) -> tuple[int, int] | None:
+    for sample, res in zip(samples, results, strict=True):
+        if sample.has_embeddings and isinstance(res, Encoded):
+            return res.image_emb.size, res.image_emb.size  # _precomputed checks they are equal
+    return None
 
 
 def _with_placeholder_caption(sample: Sample) -> Sample:

@@ -505,7 +505,7 @@ def encode_batch(
     (validated; the two must have the same size since alignment is their cosine). Otherwise
     the image is read with ``read_bytes(ref)`` and decoded, and both sides are encoded.
     ``expected_dims`` = (image, text) sizes that precomputed embeddings must have; by default
-    those of ``encoder`` when it has one.
+    those of ``encoder`` when it has one, else those of the first valid precomputed sample.
     """
     if expected_dims is None and encoder is not None and encoder.image_dim is not None:
         expected_dims = (encoder.image_dim, encoder.text_dim or encoder.image_dim)
@@ -514,7 +514,9 @@ def encode_batch(
     for i, sample in enumerate(samples):
         try:
             if sample.has_embeddings:
-                results[i] = _precomputed(sample, expected_dims)
+                results[i] = encoded = _precomputed(sample, expected_dims)
+                dim = encoded.image_emb.size  # = the text size: _precomputed checks it
+                expected_dims = expected_dims or (dim, dim)
                 continue
             if encoder is None:
                 raise BadInput("precomputed mode needs both image_embedding and text_embedding")
@@ -599,15 +601,15 @@ def _encode_many(
 def _precomputed(sample: Sample, expected: tuple[int, int] | None) -> Encoded:
     image = _vector(sample.image_embedding, "image_embedding")
     text = _vector(sample.text_embedding, "text_embedding")
-    if expected is not None:
-        for vec, want, what in ((image, expected[0], "image"), (text, expected[1], "text")):
-            if vec.shape[0] != want:
-                raise BadInput(f"{what}_embedding has {vec.shape[0]} dims, expected {want}")
     if image.shape != text.shape:
         raise BadInput(
             f"image_embedding ({image.shape[0]}) and text_embedding ({text.shape[0]}) dims "
             "differ; precomputed embeddings must share one space"
         )
+    if expected is not None:
+        for vec, want, what in ((image, expected[0], "image"), (text, expected[1], "text")):
+            if vec.shape[0] != want:
+                raise BadInput(f"{what}_embedding has {vec.shape[0]} dims, expected {want}")
     image, text = l2_normalise(image), l2_normalise(text)
     return Encoded(image, text, float(image @ text), None, None, image)
 
@@ -615,15 +617,23 @@ def _precomputed(sample: Sample, expected: tuple[int, int] | None) -> Encoded:
 def _vector(value: Any, what: str) -> np.ndarray:
     try:
         vec = np.asarray(value, dtype=np.float64)
+    except OverflowError as exc:  # a JSON integer with hundreds of digits
+        raise BadInput(f"{what} holds a number too large for a float") from exc
     except (TypeError, ValueError) as exc:
         raise BadInput(f"{what} is not a list of numbers") from exc
     if vec.ndim != 1 or vec.size == 0:
         raise BadInput(f"{what} must be a non-empty 1-D list, got shape {vec.shape}")
     if not np.isfinite(vec).all():
         raise BadInput(f"{what} contains NaN or infinity")
-    if not np.linalg.norm(vec) > 0:
+    if not np.abs(vec).max() > 0:
         raise BadInput(f"{what} has zero norm")
-    return vec.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = vec.astype(np.float32)
+        # Its float32 norm must be finite and non-zero, or normalising yields zeros or NaN.
+        if not 0 < np.linalg.norm(out) < np.inf:
+            largest = np.abs(vec).max()
+            raise BadInput(f"{what} is outside the float32 range (largest value {largest:.3g})")
+    return out
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,30 +26,57 @@ def file_format(path: str | Path) -> str:
 def count_rows(path: str | Path) -> int:
     if file_format(path) == "parquet":
         return pq.ParquetFile(path).metadata.num_rows
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         return sum(1 for line in fh if line.strip())
 
 
 def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Rows as dicts. A JSONL line that is not a JSON object is yielded as ``{"_error": ...}``
-    so the caller can reject it with a reason instead of stopping the whole run."""
+    """Rows as dicts. A JSONL line that cannot be read as a JSON object is yielded as
+    ``{"_error": "line N: why", "_line": N}`` so the caller can reject it with a reason
+    instead of stopping the whole run."""
     if file_format(path) == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             yield from batch.to_pylist()
         return
-    with open(path, encoding="utf-8") as fh:
+    # Binary, so that one invalid UTF-8 byte spoils its own line only.
+    with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield {"_error": f"line {lineno}: invalid JSON ({exc.msg})", "_line": lineno}
-                continue
-            if not isinstance(row, dict):
-                yield {"_error": f"line {lineno}: not a JSON object", "_line": lineno}
-                continue
+                row = _parse_line(line)
+            except ValueError as exc:
+                row = {"_error": f"line {lineno}: {exc}", "_line": lineno}
             yield row
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _parse_line(line: bytes) -> dict[str, Any]:
+    """One JSONL line as a JSON object; ValueError with a one-line reason otherwise."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = line[exc.start]
+        raise ValueError(f"invalid UTF-8 (byte {byte:#04x} at offset {exc.start})") from None
+    try:
+        row = json.loads(text)
+    except RecursionError:
+        raise ValueError("invalid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer over Python's 4300 digits
+        raise ValueError(f"invalid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    # json accepts an escaped lone surrogate ("\\ud800"): no valid text holds one, and it
+    # fails later when the row is written out, so it is rejected here. Checked only on lines
+    # that contain such an escape.
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"invalid JSON (lone surrogate {exc.object[exc.start]!r})") from None
+    return row
 
 
 class RowWriter:
@@ -71,10 +99,45 @@ class RowWriter:
         if self._fh is not None:
             self._fh.close()
         else:
-            pq.write_table(pa.Table.from_pylist(self._rows), self.path)
+            pq.write_table(_table(self._rows), self.path)
 
     def __enter__(self) -> RowWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Columns from every row's keys (not only the first row's), in order of appearance."""
+    names = dict.fromkeys(name for row in rows for name in row)
+    return pa.table({name: _column([row.get(name) for row in rows]) for name in names})
+
+
+def _column(values: list[Any]) -> pa.Array:
+    """One typed column; a value Arrow cannot hold (an integer beyond int64 in a rejected row's
+    embedding) becomes null, and a column whose values mix types (a caption that is a number
+    in one row) is kept as text instead of failing the whole file."""
+    try:
+        return pa.array(values)
+    except _ARROW_ERRORS:
+        pass
+    try:
+        return pa.array([v if _fits_arrow(v) else None for v in values])
+    except _ARROW_ERRORS:
+        return pa.array([v if v is None or isinstance(v, str) else _json(v) for v in values])
+
+
+_ARROW_ERRORS = (pa.ArrowException, OverflowError)
+
+
+def _fits_arrow(value: Any) -> bool:
+    try:
+        pa.array([value])
+    except _ARROW_ERRORS:
+        return False
+    return True
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)

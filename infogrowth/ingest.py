@@ -19,7 +19,7 @@ from minio.error import S3Error
 from tqdm import tqdm
 from urllib3.exceptions import HTTPError
 
-from infogrowth.avro import AvroSerde, SchemaError
+from infogrowth.avro import AvroSerde
 from infogrowth.files import count_rows, read_rows
 from infogrowth.kafka_io import check_broker, ensure_topics, make_producer, produce_records
 from infogrowth.messages import raw_record
@@ -37,7 +37,7 @@ class IngestSummary:
     uploaded: int = 0  # rows whose local image is now in S3 (new or already there)
     new_uploads: int = 0  # objects actually written by this run
     missing: int = 0  # rows produced with a local image that could not be read
-    skipped: int = 0  # rows not produced: bad JSON, no id, schema violation
+    skipped: int = 0  # rows not produced: unreadable line, no id, schema violation, too large
     problems: list[str] = field(default_factory=list)
 
     def note(self, problem: str) -> None:
@@ -180,7 +180,7 @@ def ingest_file(
             if record is not None:
                 yield record
 
-    def invalid(record: Mapping[str, Any], exc: SchemaError) -> None:
+    def invalid(record: Mapping[str, Any], exc: ValueError) -> None:
         summary.skipped += 1
         summary.note(f"{record.get('id')}: {exc}")
 

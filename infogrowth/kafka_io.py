@@ -108,6 +108,26 @@ def _ready(meta: Any) -> bool:
 
 
 # --- producing ---------------------------------------------------------------------------
+# Largest record the producer sends (librdkafka's message.max.bytes, also its default; below
+# the broker's own default of 1,048,588). librdkafka counts key + value + RECORD_OVERHEAD
+# (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD) against it and refuses a larger record at produce().
+MESSAGE_MAX_BYTES = 1_000_000
+RECORD_OVERHEAD = 36
+
+
+class RecordTooLarge(ValueError):
+    """An encoded record over MESSAGE_MAX_BYTES: it would be refused, so it is never sent."""
+
+
+def _check_size(key: bytes | None, value: bytes) -> None:
+    size = len(key or b"") + len(value) + RECORD_OVERHEAD
+    if size > MESSAGE_MAX_BYTES:
+        raise RecordTooLarge(
+            f"record is {size:,} bytes, over the {MESSAGE_MAX_BYTES:,}-byte limit "
+            "(message.max.bytes)"
+        )
+
+
 @cache
 def _compression() -> str:
     """zstd when this librdkafka build has it, else lz4 (always built in)."""
@@ -127,6 +147,7 @@ def make_producer(bootstrap: str, **overrides: Any) -> Producer:
         "acks": "all",
         "linger.ms": 5,
         "compression.type": _compression(),
+        "message.max.bytes": MESSAGE_MAX_BYTES,
         "logger": log,
     }
     config.update(overrides)
@@ -139,14 +160,15 @@ def produce_records(
     serde: AvroSerde,
     records: Iterable[Mapping[str, Any]],
     key: Callable[[Mapping[str, Any]], Any] | None = lambda r: r["id"],
-    on_invalid: Callable[[Mapping[str, Any], SchemaError], None] | None = None,
+    on_invalid: Callable[[Mapping[str, Any], ValueError], None] | None = None,
     flush_timeout: float = 60.0,
 ) -> int:
     """Encode and produce every record, then flush; returns the number produced.
 
-    A record that violates the schema raises SchemaError, or is passed to ``on_invalid``
-    and skipped. Delivery failures are collected and raised together as one RuntimeError
-    after the flush, so one bad partition does not hide how many records were lost.
+    A record that violates the schema (SchemaError) or is too large to send (RecordTooLarge)
+    raises, or is passed to ``on_invalid`` and skipped. Delivery failures are collected and
+    raised together as one RuntimeError after the flush, so one bad partition does not hide
+    how many records were lost.
     """
     failures: Counter[str] = Counter()
 
@@ -158,13 +180,14 @@ def produce_records(
     for record in records:
         try:
             value = serde.encode(record)
-        except SchemaError as exc:
+            raw_key = None if key is None else key(record)
+            encoded_key = raw_key.encode() if isinstance(raw_key, str) else raw_key
+            _check_size(encoded_key, value)
+        except (SchemaError, RecordTooLarge) as exc:
             if on_invalid is None:
                 raise
             on_invalid(record, exc)
             continue
-        raw_key = None if key is None else key(record)
-        encoded_key = raw_key.encode() if isinstance(raw_key, str) else raw_key
         _produce_one(producer, topic, value, encoded_key, on_delivery)
         produced += 1
     left = producer.flush(flush_timeout)
