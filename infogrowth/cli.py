@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import fields
+import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infogrowth.demo import DEMO_DEFAULTS
-from infogrowth.settings import ENV_PREFIX, Settings
+from infogrowth.settings import (
+    CONFIG_ENV,
+    FIELD_TYPES,
+    SECRET_FIELDS,
+    Layer,
+    Settings,
+    env_layer,
+    env_name,
+    file_layer,
+    mask_secrets,
+    shown,
+)
 
 if TYPE_CHECKING:
     from infogrowth.offline import Summary
@@ -35,47 +47,74 @@ SETTING_HELP = {
 }
 
 
+SETTINGS_GROUP = (
+    "each setting also comes from a YAML file (--config, or INFOGROWTH_CONFIG) and from an "
+    "INFOGROWTH_<NAME> variable; precedence: built-in default < the command's default < "
+    "config file < environment < flag. Defaults shown leave out the config file; secrets "
+    "show as ***."
+)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def add_settings_flags(
     parser: argparse.ArgumentParser,
     only: Sequence[str] | None = None,
     command_defaults: dict[str, Any] | None = None,
 ) -> None:
-    """One flag per Settings field (default from INFOGROWTH_<NAME>, else the command's own
-    default, else the built-in one)."""
-    defaults = Settings.from_env(defaults=command_defaults)
+    """--config plus one flag per Settings field; --help shows each field's default."""
     parser.set_defaults(command_defaults=command_defaults or {})
-    group = parser.add_argument_group("settings (also read from INFOGROWTH_<NAME> variables)")
-    for f in fields(Settings):
-        if f.name == "extra" or (only is not None and f.name not in only):
+    group = parser.add_argument_group("settings", SETTINGS_GROUP)
+    group.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help=f"YAML file of settings, e.g. a recipe kept in git (env {CONFIG_ENV})",
+    )
+    defaults = help_defaults(command_defaults)
+    for name, kind in FIELD_TYPES.items():
+        if only is not None and name not in only:
             continue
-        default = getattr(defaults, f.name)
-        kind = type(default)
-        flag = "--" + f.name.replace("_", "-")
-        text = SETTING_HELP.get(f.name, f.name.replace("_", " "))
-        help_text = f"{text} (default: {default!r}; env {ENV_PREFIX}{f.name.upper()})"
+        text = SETTING_HELP.get(name, name.replace("_", " "))
+        default = shown(name, defaults[name]).replace("%", "%%")  # help is %-formatted
+        help_text = f"{text} (default: {default}; env {env_name(name)})"
         if kind is bool:
+            action: Any = argparse.BooleanOptionalAction
+            group.add_argument(flag_name(name), dest=name, action=action, help=help_text)
+        else:  # parsed with the other layers, so a bad value is reported the same way
             group.add_argument(
-                flag,
-                dest=f.name,
-                default=None,
-                action=argparse.BooleanOptionalAction,
-                help=help_text,
-            )
-        else:
-            group.add_argument(
-                flag,
-                dest=f.name,
-                type=kind,
-                default=None,
-                metavar=kind.__name__.upper(),
-                help=help_text,
+                flag_name(name), dest=name, metavar=kind.__name__.upper(), help=help_text
             )
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    names = {f.name for f in fields(Settings)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    return Settings.from_env(defaults=getattr(args, "command_defaults", None), **given)
+def help_defaults(command_defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """Each field's value before the config file and flags: what --help shows."""
+    try:
+        settings = Settings.from_env(defaults=command_defaults)
+    except ValueError:  # a bad variable is reported when the command runs, not in --help
+        settings = Settings.from_layers(Layer("command defaults", command_defaults or {}))
+    return {name: getattr(settings, name) for name in FIELD_TYPES}
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if environ is None else environ
+    layers = [Layer("command defaults", getattr(args, "command_defaults", {}))]
+    config = getattr(args, "config", None) or env.get(CONFIG_ENV)
+    if config:
+        layers.append(file_layer(config))
+    given = {k: v for k, v in vars(args).items() if k in FIELD_TYPES and v is not None}
+    layers += [env_layer(env), Layer("command line", given, flag_name)]
+    return Settings.from_layers(*layers)
+
+
+def given_secrets(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
+    """Secret values from the variables and flags, known even when the settings are invalid."""
+    found = [environ.get(env_name(name)) for name in SECRET_FIELDS]
+    found += [getattr(args, name, None) for name in SECRET_FIELDS]
+    return [value for value in found if value]
 
 
 CURATE_FLAGS = (
@@ -197,15 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    secrets = given_secrets(args, os.environ)
     try:
         settings = settings_from_args(args)
+        secrets += settings.secret_values()
         return int(args.func(args, settings) or 0)
-    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as exc:
-        print(f"infogrowth {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"infogrowth {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        return report_error(args.command, exc, secrets)
+
+
+def one_line_errors() -> tuple[type[BaseException], ...]:
+    """Failures of input, settings or infrastructure: a one-line message, no traceback."""
+    from minio.error import MinioException
+    from urllib3.exceptions import HTTPError
+
+    return (ValueError, OSError, RuntimeError, MinioException, HTTPError)
+
+
+def report_error(command: str, exc: Exception, secrets: list[str]) -> int:
+    """Print the error (secrets masked); exit status 2 for a one-line error, else 1."""
+    if isinstance(exc, one_line_errors()):
+        line = " ".join(str(exc).split()) or type(exc).__name__
+        print(mask_secrets(f"infogrowth {command}: error: {line}", secrets), file=sys.stderr)
+        return 2
+    text = "".join(traceback.format_exception(exc))
+    print(mask_secrets(text, secrets), end="", file=sys.stderr)
+    return 1
 
 
 def cmd_curate(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,12 +1,35 @@
-"""One typed settings object, read from the environment (INFOGROWTH_*) and the CLI."""
+"""One typed settings object, assembled from layers; each overrides the ones before it:
+
+built-in defaults < a command's own defaults < a YAML config file (``--config`` or
+INFOGROWTH_CONFIG) < INFOGROWTH_<NAME> variables < command-line flags.
+
+A bad value in any layer is a one-line ``SettingsError`` naming the layer and the field.
+Secret fields (marked with ``secret()``) never show their value: repr, ``--help`` and error
+messages print ``***`` instead.
+"""
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "INFOGROWTH_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+MASK = "***"
+WORKER_ROLES = ("inference", "captioner", "curator")
+# The built-in S3 credentials are those of the gateway infra/ starts on this machine.
+LOCAL_S3_SECRET_KEY = "infogrowth-secret"
+
+
+def secret(default: str) -> Any:
+    """A field whose value is never shown (repr, --help, error messages print *** instead)."""
+    return field(default=default, metadata={"secret": True})
 
 
 @dataclass(frozen=True)
@@ -36,7 +59,7 @@ class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "infogrowth"
-    s3_secret_key: str = "infogrowth-secret"
+    s3_secret_key: str = secret(LOCAL_S3_SECRET_KEY)  # accepted for a local endpoint only
     s3_bucket: str = "infogrowth"
     s3_secure: bool = False
     data_dir: str = ".data"
@@ -56,45 +79,228 @@ class Settings:
     @classmethod
     def from_env(
         cls,
-        environ: dict[str, str] | None = None,
-        defaults: dict[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> Settings:
         """Built-in defaults, then ``defaults`` (e.g. a command's own), then INFOGROWTH_<FIELD>
-        variables, then explicit overrides (the CLI)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = dict(defaults or {})
-        hints = get_type_hints(cls)
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and f.name != "extra":
-                values[f.name] = _parse(hints[f.name], raw, f.name)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **values)
+        variables, then explicit overrides (None means "not given")."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls.from_layers(
+            Layer("command defaults", defaults or {}), env_layer(environ), Layer("code", given)
+        )
+
+    @classmethod
+    def from_layers(cls, *layers: Layer) -> Settings:
+        """The built-in defaults overridden by each layer in turn (later layers win)."""
+        values: dict[str, Any] = {}
+        for layer in layers:
+            values.update(layer.typed())
+        return cls(**values)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.delta <= 1.0:
-            raise ValueError(f"delta must be in [0, 1], got {self.delta}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.gain_mean not in ("arithmetic", "geometric", "harmonic"):
-            raise ValueError(
-                f"gain_mean must be arithmetic|geometric|harmonic, got {self.gain_mean}"
+        for name in CHECKS:
+            problem = value_problem(name, getattr(self, name))
+            if problem:
+                raise SettingsError(None, name, problem)
+        if self.s3_secret_key == LOCAL_S3_SECRET_KEY and not is_local(self.s3_endpoint):
+            raise SettingsError(
+                None,
+                "s3_secret_key",
+                f"the built-in default is for the local S3 gateway only, not for s3_endpoint "
+                f"{self.s3_endpoint!r}: set {env_name('s3_secret_key')}, --s3-secret-key or "
+                "s3_secret_key in the config file",
             )
-        if self.policy not in ("threshold", "budget", "all"):
-            raise ValueError(f"policy must be threshold|budget|all, got {self.policy}")
-        if self.mode not in ("multimodal", "single"):
-            raise ValueError(f"mode must be multimodal|single, got {self.mode}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def __repr__(self) -> str:
+        parts = (f"{f.name}={shown(f.name, getattr(self, f.name))}" for f in fields(self))
+        return f"Settings({', '.join(parts)})"
+
+    def secret_values(self) -> list[str]:
+        return [getattr(self, name) for name in SECRET_FIELDS]
+
+    def mask(self, text: str) -> str:
+        """``text`` with the value of every secret field replaced by ***."""
+        return mask_secrets(text, self.secret_values())
 
 
-def _parse(kind: Any, raw: str, name: str) -> Any:
+# Fields a layer may set, with their types ("extra" is filled by code only).
+FIELD_TYPES: dict[str, type] = {
+    name: kind for name, kind in get_type_hints(Settings).items() if name != "extra"
+}
+SECRET_FIELDS = frozenset(f.name for f in fields(Settings) if f.metadata.get("secret"))
+
+
+class SettingsError(ValueError):
+    """One bad setting, as one line: ``<source>: <field as the source spells it>: <problem>``."""
+
+    def __init__(self, source: str | None, key: str | None, problem: str) -> None:
+        super().__init__(": ".join(part for part in (source, key, problem) if part))
+        self.source = source
+        self.key = key
+
+
+def shown(name: str, value: Any) -> str:
+    """How a field's value may appear in text: *** for secrets."""
+    return MASK if name in SECRET_FIELDS else repr(value)
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    for value in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def is_local(endpoint: str) -> bool:
+    """Whether a 'host:port' endpoint is on this machine."""
     try:
-        if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if kind in (int, float):
-            return kind(raw)
+        host = urlsplit("//" + endpoint).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- value checks ------------------------------------------------------------------------
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"must be in [{low}, {high}]"
+
+
+def _at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {'|'.join(choices)}"
+
+
+def _roles(value: str) -> str | None:
+    roles = [r.strip() for r in value.split(",") if r.strip()]
+    if roles and set(roles) <= set(WORKER_ROLES):
+        return None
+    return f"must be a comma-separated subset of {','.join(WORKER_ROLES)}"
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "delta": _between(0, 1),
+    "label_confidence": _between(0, 1),
+    "k": _at_least(1),
+    "hnsw_m": _at_least(1),
+    "hnsw_ef_construction": _at_least(1),
+    "hnsw_ef": _at_least(1),
+    "batch_size": _at_least(1),
+    "gain_mean": _one_of("arithmetic", "geometric", "harmonic"),
+    "policy": _one_of("threshold", "budget", "all"),
+    "mode": _one_of("multimodal", "single"),
+    "worker_roles": _roles,
+}
+
+
+def value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a field's (typed) value, as "<rule>, got <value>"; None if fine."""
+    check = CHECKS.get(name)
+    problem = check(value) if check else None
+    return f"{problem}, got {shown(name, value)}" if problem else None
+
+
+# --- typing values from a source ---------------------------------------------------------
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _from_text(kind: type, raw: str) -> Any:
+    """A string (environment, flag, quoted YAML) as a value of ``kind``; ValueError if not."""
+    if kind is bool and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return raw.strip().lower() in TRUE_WORDS
+    if kind is str:
         return raw
-    except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    raise ValueError(f"must be {KIND_WORDS[kind]}")
+
+
+def typed_value(kind: type, value: Any) -> Any:
+    """``value`` as ``kind``: strings are parsed, other values must already have the type
+    (an int is a float too, a bool is not a number)."""
+    if isinstance(value, str):
+        return _from_text(kind, value)
+    if isinstance(value, bool) == (kind is bool) and isinstance(value, kind):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"must be {KIND_WORDS[kind]}")
+
+
+# --- layers ------------------------------------------------------------------------------
+def _same(name: str) -> str:
+    return name
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Setting values from one source, keyed by field name."""
+
+    source: str  # named in error messages: a file name, "environment", "command line"
+    values: Mapping[Any, Any]
+    spell: Callable[[str], str] = _same  # how the source writes a field's name
+
+    def typed(self) -> dict[str, Any]:
+        """The values converted to their field's type and checked; SettingsError if one is bad."""
+        return {str(key): self._typed(str(key), value) for key, value in self.values.items()}
+
+    def _typed(self, name: str, value: Any) -> Any:
+        if name not in FIELD_TYPES:
+            close = difflib.get_close_matches(name, FIELD_TYPES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(self.source, name, f"unknown setting{hint}")
+        try:
+            typed = typed_value(FIELD_TYPES[name], value)
+        except ValueError as exc:
+            problem: str | None = f"{exc}, got {shown(name, value)}"
+        else:
+            problem = value_problem(name, typed)
+        if problem:
+            raise SettingsError(self.source, self.spell(name), problem)
+        return typed
+
+
+def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
+    """The INFOGROWTH_<FIELD> variables that are set (other INFOGROWTH_* names are ignored)."""
+    env = os.environ if environ is None else environ
+    values = {name: env[env_name(name)] for name in FIELD_TYPES if env_name(name) in env}
+    return Layer("environment", values, env_name)
+
+
+def file_layer(path: str) -> Layer:
+    """The settings in a YAML file: a mapping of field names to values."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise SettingsError(path, None, f"cannot read ({reason})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # its str() quotes the offending lines: keep the position
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise SettingsError(path, None, f"not valid YAML ({where}{problem})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise SettingsError(path, None, "must be a mapping of setting names to values")
+    return Layer(path, values)
