@@ -44,7 +44,7 @@ async def _caption(
         return [], None
     items = [scored_from_record(r["sample"]) for r in requests]
     try:
-        return list(await ctx.run(ctx.curator.new_captions, items)), None
+        return list(await ctx.run_while_store_down(ctx.curator.new_captions, items)), None
     except Exception as exc:  # remote endpoints time out, local models run out of memory...
         return [None] * len(requests), f"recaption failed: {exc}"
 

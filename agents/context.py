@@ -18,6 +18,7 @@ from infogrowth.avro import AvroSerde
 from infogrowth.curate import Curator
 from infogrowth.offline import make_curator
 from infogrowth.settings import Settings
+from infogrowth.store import StoreUnavailable
 
 log = logging.getLogger("infogrowth.agents")
 T = TypeVar("T")
@@ -47,6 +48,18 @@ class Context:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def run_while_store_down(self, fn: Callable[..., T], *args: Any) -> T:
+        """``run``, retried with backoff while the object store is unavailable: an outage
+        delays the batch (uncommitted, so nothing is lost) instead of rejecting its samples."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.run(fn, *args)
+            except StoreUnavailable as exc:
+                log.warning("%s; retrying the batch in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[None]:

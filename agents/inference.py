@@ -30,7 +30,7 @@ def register(ctx: Context) -> None:
             parsed = [(ev, _parse(ev)) for ev in events]
             batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
             samples = [it.sample for _, it in batch]
-            results = await ctx.run(ctx.curator.score, samples) if samples else []
+            results = await ctx.run_while_store_down(ctx.curator.score, samples) if samples else []
             async with ctx.atomic():  # the model ran outside: commits wait only for the sends
                 for ev, it in parsed:
                     if isinstance(it, str):

@@ -53,6 +53,14 @@ _UNIT_TOL = 1e-6
 # float32 dot products of equal unit vectors land within ~1e-7 of distance 0; snap such
 # distances to exactly 0 so a duplicate is a duplicate (geometric/harmonic means hinge on it).
 _ZERO_TOL = 1e-6
+# The first EXACT_PREFIX samples are also searched exactly (one float32 GEMM), so an index of
+# up to that many samples gives exact gains whatever the batching (HNSW alone can miss a
+# neighbour, e.g. among many identical vectors, and which one depends on the graph it
+# searches). Exact search is faster than HNSW at this size on two cores (shared/notes).
+EXACT_PREFIX = 30_000
+# Extra exact candidates per row: a float32 near-tie at the k-th place is settled by the
+# float64 re-score rather than by GEMM rounding, which varies with batch shape.
+_EXACT_MARGIN = 4
 _PARAMS = ("modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads")
 
 
@@ -108,6 +116,7 @@ class GainIndex:
         self._ids: list[str] = []
         self._labels: list[str | None] = []
         self._pos: dict[str, int] = {}
+        self._prefix: dict[str, np.ndarray] = {}  # modality -> first EXACT_PREFIX vectors
 
     # --- container protocol ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -179,6 +188,8 @@ class GainIndex:
         """
         n0, n = len(self._ids), len(x)
         cand_p: list[np.ndarray] = []
+        if n0 > 0 and mod in self._prefix:
+            cand_p.append(self._exact_prefix(mod, x))
         if n0 > 0:
             labels, _ = self._indices[mod].knn_query(
                 x, k=min(self.k, n0), num_threads=self.query_threads
@@ -189,8 +200,15 @@ class GainIndex:
             cand_p.append(np.where(in_batch >= 0, in_batch + n0, -1))
         if not cand_p:
             return np.full((n, self.k), np.nan), np.full((n, self.k), -1, dtype=np.int64)
-        pos = np.hstack(cand_p)
+        pos = _first_occurrences(np.hstack(cand_p))
         return self._merge(self._exact_distances(mod, x, pos), pos)
+
+    def _exact_prefix(self, mod: str, x: np.ndarray) -> np.ndarray:
+        """Positions of the nearest stored samples among the first EXACT_PREFIX, by GEMM."""
+        prefix = self._prefix[mod][: min(len(self._ids), EXACT_PREFIX)]
+        kb = min(self.k + _EXACT_MARGIN, len(prefix))
+        sim = x @ prefix.T
+        return np.argpartition(-sim, kb - 1, axis=1)[:, :kb].astype(np.int64)
 
     def _in_batch(self, x: np.ndarray) -> np.ndarray:
         """Positions (within the batch) of the k nearest earlier rows; -1 where none exists."""
@@ -244,9 +262,24 @@ class GainIndex:
         positions = np.arange(n0, n0 + n, dtype=np.int64)
         for mod in self.modalities:
             self._indices[mod].add_items(mats[mod], positions, num_threads=1)
+            self._keep_prefix(mod, mats[mod], n0)
         self._pos.update(zip(ids, range(n0, n0 + n), strict=True))
         self._ids.extend(ids)
         self._labels.extend(labels)
+
+    def _keep_prefix(self, mod: str, x: np.ndarray, n0: int) -> None:
+        """Copies rows n0… of ``x`` into the exact-search prefix (grown by doubling)."""
+        take = x[: max(0, EXACT_PREFIX - n0)]
+        if len(take) == 0:
+            return
+        buf = self._prefix.get(mod)
+        if buf is None or len(buf) < n0 + len(take):
+            size = min(EXACT_PREFIX, max(2 * (0 if buf is None else len(buf)), n0 + len(take)))
+            grown = np.empty((size, x.shape[1]), np.float32)
+            if buf is not None:
+                grown[:n0] = buf[:n0]
+            self._prefix[mod] = buf = grown
+        buf[n0 : n0 + len(take)] = take
 
     def _create(self, dims: dict[str, int]) -> None:
         self.dims = dict(dims)
@@ -402,7 +435,22 @@ class GainIndex:
         index._ids = list(header["ids"])
         index._labels = list(header["labels"])
         index._pos = {sample_id: i for i, sample_id in enumerate(index._ids)}
+        head = list(range(min(len(index._ids), EXACT_PREFIX)))
+        for mod in index.modalities:
+            stored = np.asarray(index._indices[mod].get_items(head), dtype=np.float32)
+            index._keep_prefix(mod, stored.reshape(len(head), index.dims[mod]), 0)
         return index
+
+
+def _first_occurrences(pos: np.ndarray) -> np.ndarray:
+    """``pos`` with each row's repeated positions (found by two searches) set to -1."""
+    order = np.argsort(pos, axis=1, kind="stable")
+    ranked = np.take_along_axis(pos, order, axis=1)
+    repeat = np.zeros(pos.shape, dtype=bool)
+    repeat[:, 1:] = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0)
+    out = pos.copy()
+    np.put_along_axis(out, order, np.where(repeat, -1, ranked), axis=1)
+    return out
 
 
 @functools.lru_cache(maxsize=4)

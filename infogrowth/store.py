@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from minio import Minio
 from minio.error import S3Error
+from urllib3.exceptions import HTTPError
 
 from infogrowth.records import BadInput
 
@@ -101,15 +102,18 @@ class ObjectStore:
         bucket, key = self._locate(uri_or_key)
         try:
             response = self.client.get_object(bucket, key, offset=offset, length=length or 0)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
         except S3Error as exc:
             if exc.code in MISSING_CODES:
                 raise FileNotFoundError(f"s3://{bucket}/{key}: {exc.code}") from None
-            raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+            raise StoreUnavailable(f"S3 at {self.endpoint}: {exc.code}") from None
+        except HTTPError as exc:
+            reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[-160:]
+            raise StoreUnavailable(f"S3 at {self.endpoint} is unreachable ({reason})") from None
 
     def exists(self, uri_or_key: str) -> bool:
         bucket, key = self._locate(uri_or_key)
@@ -129,6 +133,11 @@ class ObjectStore:
     def delete(self, uri_or_key: str) -> None:
         bucket, key = self._locate(uri_or_key)
         self.client.remove_object(bucket, key)
+
+
+class StoreUnavailable(ConnectionError):
+    """The object store did not answer (down, unreachable, refusing): the sample is fine,
+    so streaming stages retry instead of rejecting it."""
 
 
 def read_reference(ref: str | None, store: ObjectStore | None = None) -> bytes:

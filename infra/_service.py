@@ -233,6 +233,14 @@ class LocalService(ABC):
         self._proc = None
         return True
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown, nothing flushed (fault tests)."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            self._wait_exit(pid, 30.0)
+        self._proc = None
+
     def _wait_exit(self, pid: int, timeout_s: float) -> bool:
         if self._proc is not None and self._proc.pid == pid:
             try:

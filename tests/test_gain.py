@@ -227,3 +227,31 @@ def test_gain_is_mean_of_modalities(data) -> None:
     out = GainIndex().gain_and_add(ids[:300], {m: v[:300] for m, v in vecs.items()})
     expected = (out.modality_gains["image"] + out.modality_gains["text"]) / 2
     np.testing.assert_array_equal(out.gain, expected)
+
+
+def _clustered_with_duplicates(n: int, dim: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(12, dim))[np.arange(n) % 12] + 0.35 * rng.normal(size=(n, dim))
+    for i in range(3, n, 10):  # exact re-crawls: HNSW graphs handle many ties poorly
+        x[i] = x[rng.integers(i)]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_gains_are_exact_and_batching_independent_on_a_small_index():
+    x = _clustered_with_duplicates(2000, 64)
+    ids = [f"s{i}" for i in range(len(x))]
+    exact = []
+    for i in range(len(x)):
+        d = np.sort(1.0 - x[:i].astype(np.float64) @ x[i].astype(np.float64))[:4]
+        exact.append(np.clip(d, 0, 2).mean() if i else np.nan)
+    runs = {}
+    for batch in (1, 16, 500):
+        index = GainIndex(modalities=("image",), k=4)
+        gains = [
+            index.gain_and_add(ids[s : s + batch], {"image": x[s : s + batch]}).gain
+            for s in range(0, len(x), batch)
+        ]
+        runs[batch] = np.concatenate(gains)
+    assert np.array_equal(runs[1], runs[16], equal_nan=True)
+    assert np.array_equal(runs[1], runs[500], equal_nan=True)
+    np.testing.assert_allclose(runs[16], np.array(exact), atol=1e-6)

@@ -1,0 +1,156 @@
+"""A worker run under faults: a supervisor that restarts the worker (as systemd or Kubernetes
+would), fault injection at a share of committed outcomes, and the checks every fault test
+makes (exactly one outcome per sample, offline equality, restored state = committed state)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline_helpers import topic_values
+
+from infogrowth.avro import decode_any
+from infogrowth.kafka_io import read_topic
+from infogrowth.offline import curate_file
+from infogrowth.pipeline import outcome_count, start_worker, stop_worker
+from infogrowth.settings import Settings
+
+STATE_LINE = re.compile(r"\[(\d+)\] \[INFO\] curator state: (\d+) indexed, (\d+) queued")
+
+
+@dataclass
+class Supervised:
+    """The worker, restarted whenever it exits; remembers the state each start should restore."""
+
+    settings: Settings
+    log_path: Path
+    worker: subprocess.Popen | None = None
+    expected_state: dict[int, tuple[int, int]] = field(default_factory=dict)  # pid -> counts
+    starts: int = 0
+
+    def start(self) -> None:
+        # The old worker is gone, so the committed changelog is what the new one must restore.
+        committed = committed_state(self.settings) if self.starts else None
+        self.worker = start_worker(self.settings, log_path=str(self.log_path))
+        if committed is not None:
+            self.expected_state[self.worker.pid] = committed
+        self.starts += 1
+
+    def kill(self) -> None:
+        assert self.worker is not None
+        stop_worker(self.worker, signal.SIGKILL)
+
+    def keep_alive(self) -> None:
+        if self.worker is None or self.worker.poll() is not None:
+            self.start()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            stop_worker(self.worker, signal.SIGTERM)
+
+    def wait_until_restoring(self, timeout_s: float = 60.0) -> None:
+        """Returns once the current worker has started reading its changelog."""
+        assert self.worker is not None
+        marker = f"[{self.worker.pid}] [INFO] [^---Recovery]: Highwater"
+        deadline = time.monotonic() + timeout_s
+        while marker not in self.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the restarted worker never began recovery"
+            time.sleep(0.05)
+
+    def restored_states(self) -> dict[int, tuple[int, int]]:
+        """pid -> (indexed, queued) as each worker logged it after recovery."""
+        found = {}
+        for m in STATE_LINE.finditer(self.log_path.read_text(errors="replace")):
+            found.setdefault(int(m[1]), (int(m[2]), int(m[3])))
+        return found
+
+
+def committed_state(settings: Settings) -> tuple[int, int]:
+    """(indexed, queued) in the committed curator table: what a restart must restore."""
+    latest: dict[str, str] = {}
+    topic = f"{settings.app_id}-curator-state-changelog"
+    for msg in read_topic(settings.kafka_bootstrap, topic, timeout_s=30):
+        value = msg.value()
+        latest[json.loads(msg.key())] = json.loads(value)["state"] if value else "gone"
+    states = Counter(latest.values())
+    return states["indexed"], states["queued"]
+
+
+def wait_for_share(settings: Settings, share: float, total: int, timeout_s: float = 240) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (done := outcome_count(settings)) < share * total:
+        assert time.monotonic() < deadline, f"only {done} of {total} outcomes after {timeout_s}s"
+        time.sleep(0.1)
+    return done
+
+
+def drain(run: Supervised, ids: set[str], timeout_s: float) -> dict[str, list[dict[str, Any]]]:
+    """Keeps the worker alive until every id has an outcome; all committed outcome records
+    per id (read_committed), so a test sees duplicates too."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run.keep_alive()
+        if outcome_count(run.settings) >= len(ids):
+            outcomes = outcome_records(run.settings)
+            if ids <= outcomes.keys():
+                return outcomes
+        missing = len(ids) - min(len(ids), outcome_count(run.settings))
+        assert time.monotonic() < deadline, f"~{missing} samples without outcome after {timeout_s}s"
+        time.sleep(1.0)
+
+
+def outcome_records(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for topic in (settings.topic_accepted, settings.topic_rejected):
+        for value in topic_values(settings, topic):
+            record = decode_any(value)[1]
+            found.setdefault(record["id"], []).append(record)
+    return found
+
+
+def assert_exactly_once_and_offline_equal(
+    run: Supervised,
+    outcomes: dict[str, list[dict[str, Any]]],
+    input_file: Path,
+    tmp_path: Path,
+    tolerance: float = 0.0,
+) -> None:
+    twice = {i: [r["decision"] for r in rs] for i, rs in outcomes.items() if len(rs) > 1}
+    assert not twice, f"{len(twice)} samples with more than one outcome: {list(twice.items())[:3]}"
+    offline_path = tmp_path / "offline.jsonl"
+    curate_file(input_file, offline_path, run.settings, progress=False)
+    offline = {r["id"]: r for r in map(json.loads, offline_path.read_text().splitlines())}
+    assert outcomes.keys() == offline.keys()
+    decisions = {i: (rs[0]["decision"], offline[i]["decision"]) for i, rs in outcomes.items()}
+    differ = {i: d for i, d in decisions.items() if d[0] != d[1]}
+    assert not differ, f"{len(differ)} decisions differ from offline: {list(differ.items())[:5]}"
+    gains = {i: (rs[0].get("gain"), offline[i]["gain"]) for i, rs in outcomes.items()}
+    off = {
+        i: g
+        for i, g in gains.items()
+        if (g[0] is None) != (g[1] is None) or (g[0] is not None and abs(g[0] - g[1]) > tolerance)
+    }
+    sample = list(off.items())[:5]
+    assert not off, f"{len(off)} gains differ from offline (streamed, offline): {sample}"
+
+
+def assert_restored_committed_state(run: Supervised) -> None:
+    """Every restarted worker that got as far as recovery rebuilt exactly the committed table."""
+    restored = run.restored_states()
+    checked = {pid: restored[pid] for pid in run.expected_state if pid in restored}
+    assert checked, f"no restarted worker logged its restored state ({run.log_path})"
+    for pid, counts in checked.items():
+        assert counts == run.expected_state[pid], (
+            f"worker {pid} restored (indexed, queued)={counts}, committed {run.expected_state[pid]}"
+        )
+
+
+Fault = Callable[[Supervised], None]
