@@ -75,7 +75,8 @@ def replay(settings: Settings, version: str, progress: bool = True) -> ReplayRes
     bar.close()
     apply_evictions([o for o, _, _ in pairs])
     _produce(settings, result, pairs)
-    result.summary = Summary.of([o for o, _, _ in pairs])
+    captioner = curator.captioner.name if curator.captioner is not None else None
+    result.summary = Summary.of([o for o, _, _ in pairs], captioner)
     return result
 
 
