@@ -141,11 +141,11 @@ class Curator:
         """A classifier judges the labels it knows by name; the others wait for the kNN
         vote in ``select`` (their ``label_confidence`` stays None)."""
         scored = [it for it in items if isinstance(it, Scored)]
-        for it in scored:
-            if it.sample.label is not None:
-                self.user_labels.setdefault(str(it.sample.label).casefold(), str(it.sample.label))
         judged: dict[int, Scored | Outcome] = {}
         for it, (probs, names) in zip(scored, self._class_probs(scored), strict=True):
+            # The user's label set as seen so far, row by row: batches never change a verdict.
+            if it.sample.label is not None:
+                self.user_labels.setdefault(str(it.sample.label).casefold(), str(it.sample.label))
             verdict = (
                 None
                 if probs is None
