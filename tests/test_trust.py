@@ -5,13 +5,14 @@ user's own labels."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from model_fixtures import build_tiny_classifier, jpeg_bytes, photos
-from pipeline_helpers import embedding_rows, write_jsonl
+from pipeline_helpers import embedding_rows, run_settings, write_jsonl
 
 from infogrowth.cli import main
 from infogrowth.demo import DEMO_DEFAULTS, SKIMAGE_PHOTOS, WRONG_CAPTIONS
@@ -217,3 +218,65 @@ def test_a_user_image_classifier_judges_the_labels_it_knows(tmp_path: Path) -> N
     # The model cannot name "rocket": it is left to the neighbours' vote (none yet).
     assert result["c"]["label"] == "rocket" and not result["c"]["relabelled"]
     assert result["c"]["label_confidence"] is None
+
+
+# --- the same decisions through the streaming worker ---------------------------------------
+def _stream(settings: Settings, src: Path, tmp_path: Path) -> dict[str, dict]:
+    from infogrowth.ingest import ingest_file
+    from infogrowth.pipeline import (
+        ensure_pipeline_topics,
+        start_worker,
+        stop_worker,
+        wait_for_outcomes,
+    )
+
+    ids = {json.loads(line)["id"] for line in src.read_text().splitlines()}
+    ensure_pipeline_topics(settings)
+    worker = start_worker(settings, log_path=str(tmp_path / "worker.log"))
+    try:
+        ingest_file(src, settings, prefix="trust/", progress=False)
+        return wait_for_outcomes(settings, ids, timeout_s=300, worker=worker)
+    finally:
+        stop_worker(worker, signal.SIGKILL)
+
+
+def _offline(settings: Settings, src: Path, tmp_path: Path) -> dict[str, dict]:
+    curate_file(src, tmp_path / "offline.jsonl", settings, progress=False)
+    lines = (tmp_path / "offline.jsonl").read_text().splitlines()
+    return {r["id"]: r for r in map(json.loads, lines)}
+
+
+@pytest.mark.kafka
+@pytest.mark.s3
+def test_the_worker_votes_on_labels_like_the_offline_curator(kafka, s3, tmp_path: Path) -> None:
+    rows, flipped = _noisy_digits(seed=3)
+    src = write_jsonl(tmp_path / "digits.jsonl", rows[:300])
+    settings = run_settings(kafka, s3, tmp_path, mode="single", encoder="precomputed", policy="all")
+    streamed = _stream(settings, src, tmp_path)
+    offline = _offline(settings, src, tmp_path)
+    fields = ("decision", "reason", "label", "label_confidence", "original_label")
+    for sample_id, want in offline.items():
+        got = streamed[sample_id]
+        assert {f: got.get(f) for f in fields} == {f: want[f] for f in fields}, sample_id
+        assert got.get("relabelled") == want["relabelled"], sample_id
+    # 300 samples are a cold start (precision needs more neighbours), but few flips escape.
+    relabelled = {i for i, r in streamed.items() if r.get("relabelled")}
+    assert len(relabelled & flipped) >= 0.8 * len(flipped & streamed.keys()) > 0
+
+
+@pytest.mark.kafka
+@pytest.mark.s3
+@pytest.mark.slow
+def test_the_worker_marks_label_captions_and_never_rescores_them(kafka, s3, tmp_path: Path):
+    src = write_jsonl(tmp_path / "photos.jsonl", _photo_rows(tmp_path))
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="packaged", captioner="label", **DEMO_DEFAULTS
+    )
+    streamed = _stream(settings, src, tmp_path)
+    offline = _offline(settings, src, tmp_path)
+    for sample_id, want in offline.items():
+        got = streamed[sample_id]
+        for field in ("decision", "reason", "caption", "caption_source"):
+            assert got.get(field) == want[field], (sample_id, field)
+    cat = streamed["chelsea"]
+    assert cat["caption_source"] == "label_fallback" and cat["alignment"] is None
