@@ -268,11 +268,13 @@ class Curator:
             gain = None if math.isnan(batch.gain[i]) else float(batch.gain[i])
             if single and it.label_confidence is None:  # no classifier judged it: kNN vote
                 verdict = knn_vote(it.sample.label, batch.neighbour_labels[i])
-                voted = self._apply_verdict(it, verdict)
+                # On a copy: the index (and the curator's durable state) keep the given label.
+                voted = self._apply_verdict(replace(it), verdict)
                 if isinstance(voted, Outcome):
                     voted.gain = gain
                     outcomes.append(voted)
                     continue
+                it = voted  # noqa: PLW2901 - the outcome reports the voted label
             decision = self.policy.decide(it.sample.id, gain)
             outcome = Outcome(
                 id=it.sample.id,

@@ -166,6 +166,21 @@ def test_label_action_reject_rejects_the_same_rows_as_mislabelled(tmp_path: Path
         assert rejected[i]["label_confidence"] < 0.5
 
 
+def test_a_vote_leaves_the_scored_items_and_the_index_with_the_given_labels() -> None:
+    # The worker's durable state stores each selected item's label next to its vectors: it
+    # must be the label the index holds, or a restarted curator would vote differently.
+    from infogrowth.offline import make_curator
+    from infogrowth.records import Sample
+
+    rows, _ = _noisy_digits()
+    curator = make_curator(Settings(mode="single", encoder="precomputed", policy="all"))
+    items = curator.score([Sample.from_dict(r) for r in rows[:200]])
+    given = [it.sample.label for it in items]
+    outcomes = curator.select(items)
+    assert any(o.relabelled for o in outcomes)
+    assert [it.sample.label for it in items] == given == curator.index.labels
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("label", ["3", "nominal"])
 def test_the_imagenet_classifier_never_overwrites_labels_it_does_not_know(
