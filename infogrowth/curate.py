@@ -195,10 +195,14 @@ class Curator:
 
     def adopt_caption(self, item: Scored, source: str, original_alignment: float | None) -> None:
         """Marks a re-scored sample with where its caption came from. A label caption keeps
-        no alignment: the only scorer at hand is built from the labels that wrote it."""
+        no alignment: the only scorer at hand is built from the labels that wrote it. An
+        "original" caption came back unchanged (no captioner, or it failed): it keeps its
+        first score, so the verdict is the offline one to the last bit."""
         item.caption_source = source
-        item.original_alignment = None if source == "original" else original_alignment
-        if source == CAPTION_SOURCE_LABEL:
+        item.original_alignment = original_alignment
+        if source == "original":
+            item.encoded.alignment, item.original_alignment = original_alignment, None
+        elif source == CAPTION_SOURCE_LABEL:
             item.encoded.alignment = None
 
     # --- step 2: recaption the misaligned and re-score ------------------------------------
