@@ -57,6 +57,7 @@ from infogrowth.settings import Settings
 CAPTION_PROMPT = "Describe this image in one sentence."
 CAPTION_SOURCE_LABEL = "label_fallback"  # caption_source of the (unscored) label captions
 NO_CAPTIONER = "recaptioning needs a captioning model (--captioner transformers or openai)"
+NO_ENCODER = "precomputed embeddings cannot be recaptioned (no encoder to score a new caption)"
 
 
 def needs_recaption(alignment: float | None, delta: float) -> bool:

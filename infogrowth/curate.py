@@ -17,6 +17,7 @@ from PIL import Image
 from infogrowth.clean import (
     CAPTION_SOURCE_LABEL,
     NO_CAPTIONER,
+    NO_ENCODER,
     Captioner,
     ImageClassifier,
     LabelVerdict,
@@ -190,8 +191,14 @@ class Curator:
             return True  # kept on the user's explicit opt-in, not by a score (see clean.py)
         return not needs_recaption(item.encoded.alignment, self.settings.delta)
 
+    def no_recaption_reason(self) -> str | None:
+        """Why misaligned samples are rejected without a new caption; None if they get one."""
+        if self.encoder is None:
+            return NO_ENCODER
+        return NO_CAPTIONER if self.captioner is None else None
+
     def no_captioner_detail(self) -> str:
-        return f"alignment below delta={self.settings.delta}; {NO_CAPTIONER}"
+        return f"alignment below delta={self.settings.delta}; {self.no_recaption_reason()}"
 
     def adopt_caption(self, item: Scored, source: str, original_alignment: float | None) -> None:
         """Marks a re-scored sample with where its caption came from. A label caption keeps

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from infogrowth.clean import CAPTION_SOURCE_LABEL, NO_CAPTIONER, make_captioner
+from infogrowth.clean import CAPTION_SOURCE_LABEL, make_captioner
 from infogrowth.curate import Curator, ReadBytes, apply_evictions, rejected
 from infogrowth.encode import make_encoder
 from infogrowth.files import RowWriter, count_rows, read_rows
@@ -138,7 +138,8 @@ class Summary:
     notes: list[str] = field(default_factory=list)  # what the user should know about the run
 
     @classmethod
-    def of(cls, outcomes: list[Outcome], captioner: str | None = None) -> Summary:
+    def of(cls, outcomes: list[Outcome], no_recaption: str | None = None) -> Summary:
+        """``no_recaption``: why misaligned samples got no new caption (None: they could)."""
         counts = Counter(
             o.decision if o.reason is None else f"{o.decision}:{o.reason}" for o in outcomes
         )
@@ -148,9 +149,9 @@ class Summary:
             recaptioned=Counter(o.decision for o in outcomes if o.caption_source == "recaptioned"),
         )
         misaligned = counts[f"rejected:{REASON_MISALIGNED}"]
-        if misaligned and captioner is None:
+        if misaligned and no_recaption:
             summary.notes.append(
-                f"{misaligned} misaligned samples were rejected, not recaptioned: {NO_CAPTIONER}"
+                f"{misaligned} misaligned samples were rejected, not recaptioned: {no_recaption}"
             )
         labelled = sum(1 for o in outcomes if o.caption_source == CAPTION_SOURCE_LABEL)
         if labelled:
@@ -173,5 +174,4 @@ def curate_file(src: Path, dst: Path, settings: Settings, progress: bool = True)
     with RowWriter(dst) as writer:
         for row, outcome in zip(read_rows(src), outcomes, strict=True):
             writer.write(output_row(row, outcome, single))
-    captioner = curator.captioner.name if curator.captioner is not None else None
-    return Summary.of(outcomes, captioner)
+    return Summary.of(outcomes, curator.no_recaption_reason())
