@@ -285,7 +285,7 @@ class Curator:
                     voted.gain = gain
                     outcomes.append(voted)
                     continue
-                it = voted  # noqa: PLW2901 - the outcome reports the voted label
+                it = voted  # the outcome reports the voted label
             decision = self.policy.decide(it.sample.id, gain)
             outcome = Outcome(
                 id=it.sample.id,

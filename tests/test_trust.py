@@ -181,6 +181,32 @@ def test_a_vote_leaves_the_scored_items_and_the_index_with_the_given_labels() ->
     assert [it.sample.label for it in items] == given == curator.index.labels
 
 
+def test_label_verdicts_travel_in_the_avro_records() -> None:
+    from infogrowth.avro import AvroSerde
+    from infogrowth.messages import outcome_record
+    from infogrowth.offline import make_curator
+    from infogrowth.records import Sample
+
+    rows, _ = _noisy_digits()
+    samples = [Sample.from_dict(r) for r in rows[:200]]
+    for action, schema in (("relabel", "AcceptedSample"), ("reject", "RejectedSample")):
+        settings = Settings(mode="single", encoder="precomputed", policy="all", label_action=action)
+        curator = make_curator(settings)
+        pairs = curator.curate_items(samples)
+        doubted = [(o, it) for o, it in pairs if o.relabelled or o.reason == "mislabelled"]
+        assert doubted
+        for outcome, item in doubted:
+            sample = next(s for s in samples if s.id == outcome.id)
+            record = AvroSerde(schema).decode(
+                AvroSerde(schema).encode(outcome_record(outcome, sample, item))
+            )
+            assert record["label_confidence"] == outcome.label_confidence < 0.5
+            if action == "reject":
+                assert record["reason"] == "mislabelled" and record["label"] == sample.label
+            else:
+                assert (record["original_label"], record["relabelled"]) == (sample.label, True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("label", ["3", "nominal"])
 def test_the_imagenet_classifier_never_overwrites_labels_it_does_not_know(
