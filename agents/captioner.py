@@ -1,6 +1,7 @@
 """Captioning worker: misaligned samples from `recaption` get a new caption and go back to
-scoring through `recaptioned`. A captioner failure sends the old caption back with the
-reason, so the curator rejects the sample as misaligned instead of waiting for it forever."""
+scoring through `recaptioned`. A captioner failure, or no captioner configured (the default),
+sends the old caption back with the reason, so the curator rejects the sample as misaligned
+instead of waiting for it forever, with the same detail as an offline run."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ async def _caption(
 ) -> tuple[list[str | None], str | None]:
     if not requests:
         return [], None
+    if ctx.curator.captioner is None:
+        return [None] * len(requests), ctx.curator.no_captioner_detail()
     items = [scored_from_record(r["sample"]) for r in requests]
     try:
         return list(await ctx.run_while_store_down(ctx.curator.new_captions, items)), None
@@ -59,6 +62,7 @@ async def _send_back(
         original_caption=sample["caption"],
         original_alignment=request["alignment"],
         caption=caption if caption is not None else sample["caption"],
+        caption_source="original" if caption is None else ctx.curator.captioner.caption_source,
     )
     if error is not None:
         sample["extra"] = {**sample.get("extra", {}), "recaption_error": error}

@@ -64,7 +64,7 @@ def _parse(event: faust.EventT) -> _Item | str:
 
 async def _route(ctx: Context, item: _Item, res: Scored | Outcome, source: TP) -> None:
     if item.previous is not None:
-        res = _recaptioned(item.previous, res)
+        res = _recaptioned(ctx, item.previous, res)
     if isinstance(res, Outcome):
         record = outcome_record(res, item.sample, None)
         await ctx.send(ctx.settings.topic_rejected, "RejectedSample", record, source)
@@ -74,15 +74,15 @@ async def _route(ctx: Context, item: _Item, res: Scored | Outcome, source: TP) -
         await ctx.send(ctx.settings.topic_scored, "ScoredSample", record, source)
 
 
-def _recaptioned(previous: dict, res: Scored | Outcome) -> Scored:
+def _recaptioned(ctx: Context, previous: dict, res: Scored | Outcome) -> Scored:
     """A re-scored sample always goes back to the curator, which holds its place in line.
 
     If the new caption could not even be scored, the old embeddings travel on with the
     original low alignment and the reason, so the curator rejects it as misaligned.
     """
     if isinstance(res, Scored):
-        res.caption_source = "recaptioned"
-        res.original_alignment = previous.get("original_alignment")
+        source = previous.get("caption_source") or "recaptioned"
+        ctx.curator.adopt_caption(res, source, previous.get("original_alignment"))
         return res
     old = scored_from_record(previous)
     old.sample = replace(old.sample, caption=previous.get("original_caption"))

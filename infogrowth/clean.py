@@ -3,19 +3,26 @@
 Multimodal (the paper's cleaner): a sample whose alignment = cos(image, caption) is below δ
 gets a new caption from a ``Captioner``; it is kept only if the new caption scores ≥ δ.
 
+A new caption counts only when a scorer that did not produce it rates it ≥ δ. Without a
+captioning model (``captioner=none``, the default) misaligned samples are rejected as
+``misaligned`` (filter mode, as DataComp does).
+
 Captioners:
-* ``LabelCaptioner``: "a photo of a {label}" from the encoder's top ImageNet label. Offline
-  and instant, but it only names one object; with the packaged encoder it is scored against
-  an anchor built from the same label prompts, so it nearly always passes δ (by design: it is
-  the offline stand-in for a captioning model).
+* ``LabelCaptioner`` (explicit opt-in only): "a photo of a {label}" from the encoder's top
+  ImageNet label. The packaged encoder's alignment compares a caption with those same label
+  prompts, so the label caption would always pass its own re-score: it is therefore not
+  re-scored at all. Its samples carry ``caption_source="label_fallback"`` and no alignment,
+  and are kept only because the user asked for it, not because anything confirmed them.
 * ``TransformersCaptioner``: a local image-to-text model (see its docstring for the
   architectures supported).
 * ``OpenAICaptioner``: any OpenAI-compatible chat endpoint with vision (vLLM, llama.cpp
   server, Ollama, OpenAI).
 
-Single-modal (classification, the paper's ImageNet setting): ``clean_label`` relabels a sample
-whose classifier confidence in its label is below a threshold, and ``entropy_gain`` scores a
-label against its neighbours' labels.
+Single-modal (classification): a label is doubtful when the evidence gives it less than
+``label_confidence`` and prefers another of the user's labels. The evidence is a classifier
+(``classifier_vote``) only when the classifier knows the label by name, else the labels of
+the k nearest earlier samples (``knn_vote``). ``entropy_gain`` scores a label against its
+neighbours' labels.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import os
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +55,9 @@ from infogrowth.encode import (
 from infogrowth.settings import Settings
 
 CAPTION_PROMPT = "Describe this image in one sentence."
+CAPTION_SOURCE_LABEL = "label_fallback"  # caption_source of the (unscored) label captions
+NO_CAPTIONER = "recaptioning needs a captioning model (--captioner transformers or openai)"
+NO_ENCODER = "precomputed embeddings cannot be recaptioned (no encoder to score a new caption)"
 
 
 def needs_recaption(alignment: float | None, delta: float) -> bool:
@@ -60,6 +71,7 @@ class CaptionError(RuntimeError):
 
 class Captioner(ABC):
     name: str = "captioner"
+    caption_source: str = "recaptioned"  # what records with its captions say
 
     @abstractmethod
     def caption(self, images: Sequence[Image.Image], top_labels: Sequence[str | None]) -> list[str]:
@@ -70,6 +82,7 @@ class LabelCaptioner(Captioner):
     """ "a photo of a {label}" from the classifier's top label (needs an encoder with classes)."""
 
     name = "label"
+    caption_source = CAPTION_SOURCE_LABEL
 
     def __init__(self, template: str = LABEL_PROMPT):
         self.template = template
@@ -250,14 +263,14 @@ def _caption_from_response(payload: bytes, url: str) -> str:
 
 
 def make_captioner(settings: Settings, encoder: Encoder | None) -> Captioner | None:
-    """The configured captioner, or None when a new caption could not be scored anyway.
+    """The configured captioner, or None (``none``, or a new caption could not be scored).
 
     Recaptioning needs an encoder to score the new caption, so without one (precomputed
     mode) there is none. The label captioner also needs a classifier (the packaged encoder).
     """
-    if encoder is None:
-        return None
     kind = settings.captioner
+    if encoder is None or kind == "none":
+        return None
     if kind == "label":
         if encoder.class_names is None:
             raise ValueError(
@@ -269,10 +282,102 @@ def make_captioner(settings: Settings, encoder: Encoder | None) -> Captioner | N
         return TransformersCaptioner(settings.captioner_model, settings.device)
     if kind == "openai":
         return OpenAICaptioner(settings.captioner_url, settings.captioner_model)
-    raise ValueError(f"captioner must be label|transformers|openai, got {kind!r}")
+    raise ValueError(f"captioner must be none|label|transformers|openai, got {kind!r}")
 
 
 # --- single-modal label cleaning ----------------------------------------------------------
+@dataclass(frozen=True)
+class LabelVerdict:
+    """What the evidence says about a given label."""
+
+    confidence: float | None  # P(given label | d): classifier probability or vote share
+    winner: str | None = None  # the label the evidence prefers, when it is not the given one
+
+    def doubtful(self, threshold: float) -> bool:
+        return (
+            self.winner is not None
+            and self.confidence is not None
+            and (self.confidence < threshold)
+        )
+
+
+def knn_vote(label: str | None, neighbour_labels: Sequence[str | None]) -> LabelVerdict:
+    """The share of the neighbours that carry ``label``, and the label most of them carry
+    when it beats ``label`` (ties go to the given label, then to the smallest name).
+    No neighbours (the first samples): no evidence, confidence None."""
+    if not neighbour_labels:
+        return LabelVerdict(None)
+    counts = Counter(str(n) for n in neighbour_labels if n is not None)
+    given = counts.get(str(label), 0) if label is not None else 0
+    share = given / len(neighbour_labels)
+    if not counts:
+        return LabelVerdict(share)
+    best, votes = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return LabelVerdict(share, best if votes > given else None)
+
+
+def classifier_vote(
+    label: str | None,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    user_labels: Mapping[str, str],
+) -> LabelVerdict | None:
+    """The classifier's view of ``label``, or None when it does not know the label by name
+    (a classifier never judges a label it cannot name: digit "3" is not ImageNet class 3).
+
+    A replacement is only ever one of ``user_labels`` (casefolded name → the user's spelling,
+    the labels seen so far), never a class the user does not use.
+    """
+    if label is None:
+        return None
+    names = [n.casefold() for n in class_names]
+    wanted = str(label).strip().casefold()
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    own = [i for i, n in enumerate(names) if n == wanted]
+    if not own or p.shape[0] != len(names):
+        return None
+    given = float(p[own].max())
+    candidates = [i for i, n in enumerate(names) if n in user_labels and n != wanted]
+    best = max(candidates, key=lambda i: p[i], default=None)
+    if best is None or not p[best] > given:
+        return LabelVerdict(given)
+    return LabelVerdict(given, user_labels[names[best]])
+
+
+@lru_cache(maxsize=2)
+def _classifier_model(model_path: str, device: str) -> tuple[Any, ImagePreprocessor]:
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(model_path)
+    preprocess = ImagePreprocessor.from_config(Path(model_path) / "preprocessor_config.json")
+    return model.eval().to(device), preprocess
+
+
+class ImageClassifier:
+    """A user's image-classification model (transformers ``AutoModelForImageClassification``
+    in a local directory with ``preprocessor_config.json``); class names from ``id2label``."""
+
+    def __init__(self, model_path: str, device: str = "auto", batch_size: int = 32):
+        from transformers import AutoConfig
+
+        self.model_path = str(model_path)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        id2label = AutoConfig.from_pretrained(self.model_path).id2label
+        self.class_names = tuple(str(id2label[i]) for i in sorted(id2label, key=int))
+
+    def probs(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
+        model, preprocess = _classifier_model(self.model_path, self.device)
+        out = []
+        with torch.inference_mode():
+            for part in chunks(list(images), self.batch_size):
+                x = torch.from_numpy(preprocess(part)).to(self.device)
+                out.append(torch.softmax(model(pixel_values=x).logits.float(), -1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+
 @dataclass(frozen=True)
 class LabelDecision:
     label: str  # the final label (the original one unless relabelled)

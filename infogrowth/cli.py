@@ -35,13 +35,21 @@ SETTING_HELP = {
     "policy": "online selection: threshold (gain ≥ tau), budget (best --budget gains), all",
     "tau": "gain threshold of the threshold policy",
     "budget": "number of samples kept by the budget policy",
-    "encoder": "packaged (offline stand-in: EfficientNet-Lite0 + MiniLM), clip, precomputed",
+    "encoder": "auto (packaged, loaded only for rows without both embeddings), packaged "
+    "(offline stand-in: EfficientNet-Lite0 + MiniLM), clip, precomputed",
     "clip_model": "CLIP/SigLIP checkpoint: local directory or hub id (needs --encoder clip)",
-    "captioner": "label (offline: 'a photo of a <top label>'), transformers, openai",
+    "captioner": "none (misaligned samples are rejected), transformers, openai, label "
+    "(opt-in 'a photo of a <top label>', not re-scored, marked label_fallback)",
     "captioner_model": "captioning model: local directory (transformers) or model name (openai)",
     "captioner_url": "OpenAI-compatible endpoint of a served VLM, e.g. http://127.0.0.1:8000/v1",
     "seed": "seed of every random choice (per-sample randomness is derived from sample ids)",
-    "mode": "multimodal (image + caption) or single (image + label, classifier cleaning)",
+    "mode": "multimodal (image + caption) or single (image + label, label cleaning)",
+    "label_confidence": "single mode: a label whose vote share/probability is below this and "
+    "that another label beats is doubtful",
+    "label_action": "single mode, doubtful label: relabel (to the winning label) or reject "
+    "(reason mislabelled)",
+    "label_model": "single mode: local transformers image classifier whose classes are your "
+    "labels (default: vote of the k nearest earlier samples' labels)",
     "gain_mean": "how the k neighbour distances are averaged: arithmetic, geometric, harmonic",
     "device": "auto (CUDA when present), cpu or cuda",
 }
@@ -121,6 +129,7 @@ CURATE_FLAGS = (
     "delta", "k", "policy", "tau", "budget", "encoder", "clip_model", "captioner",
     "captioner_model", "captioner_url", "seed", "mode", "gain_mean", "hnsw_m",
     "hnsw_ef_construction", "hnsw_ef", "batch_size", "device", "label_confidence",
+    "label_action", "label_model",
     "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket",
 )  # fmt: skip
 
@@ -355,6 +364,8 @@ def print_summary(summary: Summary, seconds: float, out: Any = sys.stdout) -> No
         print(f"  recaptioned: {parts}", file=out)
     if summary.gains:
         print("  gain quantiles: " + format_quantiles(summary.gains), file=out)
+    for note in summary.notes:
+        print(f"  note: {note}", file=out)
 
 
 def format_quantiles(values: list[float]) -> str:

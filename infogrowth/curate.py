@@ -15,16 +15,23 @@ import numpy as np
 from PIL import Image
 
 from infogrowth.clean import (
+    CAPTION_SOURCE_LABEL,
+    NO_CAPTIONER,
+    NO_ENCODER,
     Captioner,
-    clean_label,
+    ImageClassifier,
+    LabelVerdict,
+    classifier_vote,
     entropy_gain,
+    knn_vote,
     needs_recaption,
 )
-from infogrowth.encode import Encoded, Encoder, encode_batch
+from infogrowth.encode import Encoded, Encoder, WrongEncoder, encode_batch
 from infogrowth.gain import GainIndex
 from infogrowth.records import (
     REASON_BAD_INPUT,
     REASON_MISALIGNED,
+    REASON_MISLABELLED,
     REASON_OVER_BUDGET,
     BadInput,
     Outcome,
@@ -45,7 +52,8 @@ class Scored:
     caption_source: str = "original"
     original_alignment: float | None = None
     relabelled: bool = False  # single-modal: the classifier replaced the given label
-    label_confidence: float | None = None  # single-modal: P(given label | data)
+    label_confidence: float | None = None  # single-modal: P(given label | data) (classifier)
+    original_label: str | None = None  # single-modal: the given label when relabelled
 
 
 def rejected(sample: Sample, reason: str, detail: str, **fields: object) -> Outcome:
@@ -78,49 +86,131 @@ class Curator:
         self.index = index
         self.policy = policy
         self.read_bytes = read_bytes
-        # (image, text) sizes precomputed embeddings must have, learnt from the first valid one
+        # (image, text) sizes of this run's embeddings, learnt from the first valid sample
         # when the encoder does not fix them: a later sample of another size is bad input.
         self.embedding_dims: tuple[int, int] | None = None
-        if settings.mode == "single" and (encoder is None or encoder.class_names is None):
-            raise ValueError("single-modal mode needs an encoder with a classifier (packaged)")
+        # Offline runs stop at the first precomputed row that does not fit an explicitly
+        # chosen encoder (one clear error, not one bad_input per row); a worker rejects it.
+        self.fail_on_wrong_encoder = False
+        self.classifier = (
+            ImageClassifier(settings.label_model, settings.device)
+            if (settings.mode == "single" and settings.label_model)
+            else None
+        )
+        self.user_labels: dict[str, str] = {}  # labels seen so far: casefolded → as given
 
     # --- step 1: encode + check alignment ------------------------------------------------
     def score(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
         """Embeddings and alignment per sample; bad input becomes a rejected Outcome."""
-        if self.settings.mode == "single":
-            samples = [_with_placeholder_caption(s) for s in samples]
+        single = self.settings.mode == "single"
+        if single:
+            samples = [_single_modal_input(s) for s in samples]
         results = encode_batch(
             self.encoder, list(samples), self.read_bytes, expected_dims=self.embedding_dims
         )
-        self.embedding_dims = self.embedding_dims or _precomputed_dims(samples, results)
+        results = self._check_run_dims(samples, results)
         out: list[Scored | Outcome] = []
         for sample, res in zip(samples, results, strict=True):
             if isinstance(res, BadInput):
                 out.append(rejected(sample, REASON_BAD_INPUT, str(res)))
-            elif self.settings.mode == "single":
-                out.append(self._relabel(Scored(sample, res)))
             else:
                 out.append(Scored(sample, res))
-        return out
+        return self._judge_labels(out) if single else out
 
-    def _relabel(self, item: Scored) -> Scored:
-        """Single-modal cleaning: a label the classifier doubts is replaced by its argmax."""
-        assert self.encoder is not None and self.encoder.class_names is not None
-        decision = clean_label(
-            item.sample.label,
-            item.encoded.probs,
-            self.encoder.class_names,
-            self.settings.label_confidence,
-        )
-        item.sample = replace(item.sample, label=decision.label)
-        item.relabelled = decision.relabelled
-        item.label_confidence = decision.confidence
+    def _check_run_dims(
+        self, samples: Sequence[Sample], results: list[Encoded | BadInput]
+    ) -> list[Encoded | BadInput]:
+        """Every embedding of a run has one size: the first valid sample sets it."""
+        wrong = next((r for r in results if isinstance(r, WrongEncoder)), None)
+        if wrong is not None and self.fail_on_wrong_encoder:
+            raise wrong
+        checked: list[Encoded | BadInput] = []
+        for sample, res in zip(samples, results, strict=True):
+            if isinstance(res, Encoded):
+                dims = _dims(res)
+                self.embedding_dims = self.embedding_dims or dims
+                if dims != self.embedding_dims and not sample.has_embeddings:
+                    res = BadInput(
+                        f"the encoder makes {dims[0]}-d embeddings but this run's are "
+                        f"{self.embedding_dims[0]}-d (precomputed): give this row its embeddings"
+                    )
+            checked.append(res)
+        return checked
+
+    # --- single-modal: labels the classifier can judge ------------------------------------
+    def _judge_labels(self, items: list[Scored | Outcome]) -> list[Scored | Outcome]:
+        """A classifier judges the labels it knows by name; the others wait for the kNN
+        vote in ``select`` (their ``label_confidence`` stays None)."""
+        scored = [it for it in items if isinstance(it, Scored)]
+        judged: dict[int, Scored | Outcome] = {}
+        for it, (probs, names) in zip(scored, self._class_probs(scored), strict=True):
+            # The user's label set as seen so far, row by row: batches never change a verdict.
+            if it.sample.label is not None:
+                self.user_labels.setdefault(str(it.sample.label).casefold(), str(it.sample.label))
+            verdict = (
+                None
+                if probs is None
+                else classifier_vote(it.sample.label, probs, names, self.user_labels)
+            )
+            if verdict is not None:
+                judged[id(it)] = self._apply_verdict(it, verdict)
+        return [judged.get(id(it), it) for it in items]
+
+    def _class_probs(
+        self, items: Sequence[Scored]
+    ) -> list[tuple[np.ndarray | None, tuple[str, ...]]]:
+        """Per item, the classifier's probabilities and class names (None: no classifier)."""
+        if self.classifier is not None:
+            with_image = [it for it in items if it.sample.image]
+            images = [_open_image(self.read_bytes(it.sample.image)) for it in with_image]
+            probs = dict(zip(map(id, with_image), self.classifier.probs(images), strict=True))
+            return [(probs.get(id(it)), self.classifier.class_names) for it in items]
+        names = self.encoder.class_names if self.encoder is not None else None
+        return [(it.encoded.probs if names else None, names or ()) for it in items]
+
+    def _apply_verdict(self, item: Scored, verdict: LabelVerdict) -> Scored | Outcome:
+        item.label_confidence = verdict.confidence
+        if not verdict.doubtful(self.settings.label_confidence):
+            return item
+        if self.settings.label_action == "reject":
+            return rejected(
+                item.sample,
+                REASON_MISLABELLED,
+                _mislabelled_detail(item.sample.label, verdict),
+                label_confidence=verdict.confidence,
+            )
+        item.original_label = item.sample.label
+        item.sample = replace(item.sample, label=verdict.winner)
+        item.relabelled = True
         return item
 
     def is_aligned(self, item: Scored) -> bool:
         if self.settings.mode == "single":
             return True  # single-modal samples have no caption to align
+        if item.caption_source == CAPTION_SOURCE_LABEL:
+            return True  # kept on the user's explicit opt-in, not by a score (see clean.py)
         return not needs_recaption(item.encoded.alignment, self.settings.delta)
+
+    def no_recaption_reason(self) -> str | None:
+        """Why misaligned samples are rejected without a new caption; None if they get one."""
+        if self.encoder is None:
+            return NO_ENCODER
+        return NO_CAPTIONER if self.captioner is None else None
+
+    def no_captioner_detail(self) -> str:
+        return f"alignment below delta={self.settings.delta}; {self.no_recaption_reason()}"
+
+    def adopt_caption(self, item: Scored, source: str, original_alignment: float | None) -> None:
+        """Marks a re-scored sample with where its caption came from. A label caption keeps
+        no alignment: the only scorer at hand is built from the labels that wrote it. An
+        "original" caption came back unchanged (no captioner, or it failed): it keeps its
+        first score, so the verdict is the offline one to the last bit."""
+        item.caption_source = source
+        item.original_alignment = original_alignment
+        if source == "original":
+            item.encoded.alignment, item.original_alignment = original_alignment, None
+        elif source == CAPTION_SOURCE_LABEL:
+            item.encoded.alignment = None
 
     # --- step 2: recaption the misaligned and re-score ------------------------------------
     def recaption(self, items: Sequence[Scored]) -> list[Scored | Outcome]:
@@ -128,8 +218,7 @@ class Curator:
         if not items:
             return []
         if self.captioner is None or self.encoder is None:
-            why = "no captioner/encoder configured to re-score a new caption"
-            return [self._misaligned(it, why) for it in items]
+            return [self._misaligned(it, self.no_captioner_detail()) for it in items]
         try:
             captions = self.new_captions(items)
         except Exception as exc:  # a remote captioner can fail; the samples must not be lost
@@ -140,9 +229,9 @@ class Curator:
         for it, res in zip(items, rescored, strict=True):
             if isinstance(res, Outcome):
                 out.append(res)
-            elif self.is_aligned(res):
-                res.caption_source = "recaptioned"
-                res.original_alignment = it.encoded.alignment
+                continue
+            self.adopt_caption(res, self.captioner.caption_source, it.encoded.alignment)
+            if self.is_aligned(res):
                 out.append(res)
             else:
                 detail = (
@@ -160,7 +249,7 @@ class Curator:
         for it in items:
             if it.sample.image is None:
                 raise BadInput(f"{it.sample.id}: no image to caption")
-            images.append(Image.open(io.BytesIO(self.read_bytes(it.sample.image))).convert("RGB"))
+            images.append(_open_image(self.read_bytes(it.sample.image)))
         return self.captioner.caption(images, [it.encoded.top_label for it in items])
 
     def _misaligned(self, item: Scored, detail: str, original: float | None = None) -> Outcome:
@@ -188,6 +277,15 @@ class Curator:
         outcomes = []
         for i, it in enumerate(items):
             gain = None if math.isnan(batch.gain[i]) else float(batch.gain[i])
+            if single and it.label_confidence is None:  # no classifier judged it: kNN vote
+                verdict = knn_vote(it.sample.label, batch.neighbour_labels[i])
+                # On a copy: the index (and the curator's durable state) keep the given label.
+                voted = self._apply_verdict(replace(it), verdict)
+                if isinstance(voted, Outcome):
+                    voted.gain = gain
+                    outcomes.append(voted)
+                    continue
+                it = voted  # the outcome reports the voted label
             decision = self.policy.decide(it.sample.id, gain)
             outcome = Outcome(
                 id=it.sample.id,
@@ -203,6 +301,8 @@ class Curator:
             )
             if single:
                 outcome.relabelled = it.relabelled
+                outcome.label_confidence = it.label_confidence
+                outcome.original_label = it.original_label
                 outcome.label_gain = entropy_gain(it.sample.label, batch.neighbour_labels[i])
             outcome.evicted = list(decision.evicted)
             outcomes.append(outcome)
@@ -241,15 +341,25 @@ def _gain_detail(gain: float | None, settings: Settings) -> str:
     return f"outside the budget of {settings.budget}"
 
 
-def _precomputed_dims(
-    samples: Sequence[Sample], results: Sequence[Encoded | BadInput]
-) -> tuple[int, int] | None:
-    for sample, res in zip(samples, results, strict=True):
-        if sample.has_embeddings and isinstance(res, Encoded):
-            return res.image_emb.size, res.image_emb.size  # _precomputed checks they are equal
-    return None
+def _dims(encoded: Encoded) -> tuple[int, int]:
+    text = encoded.text_emb.size if encoded.text_emb is not None else encoded.image_emb.size
+    return encoded.image_emb.size, text
 
 
-def _with_placeholder_caption(sample: Sample) -> Sample:
-    # Single-modal samples carry a label, not a caption; the encoder still wants some text.
+def _mislabelled_detail(label: str | None, verdict: LabelVerdict) -> str:
+    return (
+        f"label {label!r} has confidence {verdict.confidence:.2f}; the evidence prefers "
+        f"{verdict.winner!r}"
+    )
+
+
+def _open_image(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _single_modal_input(sample: Sample) -> Sample:
+    # Single-modal samples carry a label, not a caption; the encoder still wants some text,
+    # and a precomputed image embedding stands in for the unused text one.
+    if sample.image_embedding is not None and sample.text_embedding is None:
+        sample = replace(sample, text_embedding=sample.image_embedding)
     return sample if sample.caption else replace(sample, caption=sample.label or "-")

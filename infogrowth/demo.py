@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from infogrowth.clean import CAPTION_SOURCE_LABEL, NO_CAPTIONER
+from infogrowth.records import REASON_MISALIGNED
 from infogrowth.settings import Settings
 
 # (file inside the package, caption written for it). Only files that ship in the wheels.
@@ -184,8 +186,8 @@ def print_report(
     ):
         r = outcomes[sample_id]
         caption = r.get("caption") or ""
-        if r.get("caption_source") == "recaptioned":
-            caption = f"[recaptioned] {caption}"
+        if r.get("caption_source") in ("recaptioned", CAPTION_SOURCE_LABEL):
+            caption = f"[{r['caption_source']}] {caption}"
         cells = sample_id, kinds.get(sample_id, ""), r["decision"], r.get("reason") or ""
         line = " ".join(f"{cell:<{width}}" for cell, (_, width) in zip(cells, columns, strict=True))
         print(f"{line} {_num(r.get('gain')):>6} {_num(r.get('alignment')):>6}  {caption[:60]}")
@@ -193,12 +195,17 @@ def print_report(
         r["decision"] if not r.get("reason") else f"rejected ({r['reason']})"
         for r in outcomes.values()
     )
-    recaptioned = sum(1 for r in outcomes.values() if r.get("caption_source") == "recaptioned")
+    recaptioned = sum(1 for r in outcomes.values() if r.get("caption_source") != "original")
     print(
         "\n"
         + ", ".join(f"{n} {k}" for k, n in counts.most_common())
         + f"; {recaptioned} got a new caption"
     )
+    if run.captioner == "none" and counts[f"rejected ({REASON_MISALIGNED})"]:
+        print(
+            f"misaligned samples were rejected, not recaptioned: {NO_CAPTIONER}, e.g. "
+            "--captioner openai --captioner-url http://127.0.0.1:8000/v1 --captioner-model NAME"
+        )
 
 
 def _num(value: float | None) -> str:

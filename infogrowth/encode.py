@@ -180,6 +180,9 @@ class Encoder(ABC):
     batch_size: int = 32
     image_dim: int | None = None  # known output sizes (None until the model says)
     text_dim: int | None = None
+    # Chosen by the user (flag, env, config): precomputed rows of another size are then an
+    # error naming --encoder precomputed. The default (auto) encoder leaves their size free.
+    explicit: bool = True
 
     @abstractmethod
     def encode_images(self, images: Sequence[Image.Image]) -> ImageFeatures: ...
@@ -468,14 +471,20 @@ class ClipEncoder(Encoder):
 
 
 def make_encoder(settings: Settings) -> Encoder | None:
-    """The configured encoder; None for ``precomputed`` (samples carry their embeddings)."""
-    if settings.encoder == "packaged":
-        return PackagedEncoder(settings.device, batch_size=settings.batch_size)
+    """The configured encoder; None for ``precomputed`` (samples carry their embeddings).
+
+    ``auto`` (the default) is the packaged encoder, which loads its weights on the first row
+    without both embeddings: a file whose rows all carry them never loads a model.
+    """
+    if settings.encoder in ("auto", "packaged"):
+        encoder = PackagedEncoder(settings.device, batch_size=settings.batch_size)
+        encoder.explicit = settings.encoder == "packaged"
+        return encoder
     if settings.encoder == "clip":
         return ClipEncoder(settings.clip_model, settings.device, batch_size=settings.batch_size)
     if settings.encoder == "precomputed":
         return None
-    raise ValueError(f"encoder must be packaged|clip|precomputed, got {settings.encoder!r}")
+    raise ValueError(f"encoder must be auto|packaged|clip|precomputed, got {settings.encoder!r}")
 
 
 # --- samples → Encoded --------------------------------------------------------------------
@@ -505,16 +514,20 @@ def encode_batch(
     (validated; the two must have the same size since alignment is their cosine). Otherwise
     the image is read with ``read_bytes(ref)`` and decoded, and both sides are encoded.
     ``expected_dims`` = (image, text) sizes that precomputed embeddings must have; by default
-    those of ``encoder`` when it has one, else those of the first valid precomputed sample.
+    those of an explicitly chosen ``encoder``, else those of the first valid precomputed
+    sample. A precomputed row that does not fit an explicit encoder is a ``WrongEncoder``.
     """
-    if expected_dims is None and encoder is not None and encoder.image_dim is not None:
-        expected_dims = (encoder.image_dim, encoder.text_dim or encoder.image_dim)
+    fixed_by = encoder if encoder is not None and encoder.explicit else None
+    if fixed_by is not None and fixed_by.image_dim is not None:
+        expected_dims = (fixed_by.image_dim, fixed_by.text_dim or fixed_by.image_dim)
+    else:
+        fixed_by = None
     results: list[Encoded | BadInput | None] = [None] * len(samples)
     todo: list[tuple[int, Image.Image, str]] = []
     for i, sample in enumerate(samples):
         try:
             if sample.has_embeddings:
-                results[i] = encoded = _precomputed(sample, expected_dims)
+                results[i] = encoded = _precomputed(sample, expected_dims, fixed_by)
                 dim = encoded.image_emb.size  # = the text size: _precomputed checks it
                 expected_dims = expected_dims or (dim, dim)
                 continue
@@ -598,7 +611,13 @@ def _encode_many(
     return out
 
 
-def _precomputed(sample: Sample, expected: tuple[int, int] | None) -> Encoded:
+class WrongEncoder(BadInput):
+    """Precomputed embeddings whose size is not that of the encoder the user chose."""
+
+
+def _precomputed(
+    sample: Sample, expected: tuple[int, int] | None, fixed_by: Encoder | None = None
+) -> Encoded:
     image = _vector(sample.image_embedding, "image_embedding")
     text = _vector(sample.text_embedding, "text_embedding")
     if image.shape != text.shape:
@@ -608,8 +627,15 @@ def _precomputed(sample: Sample, expected: tuple[int, int] | None) -> Encoded:
         )
     if expected is not None:
         for vec, want, what in ((image, expected[0], "image"), (text, expected[1], "text")):
-            if vec.shape[0] != want:
-                raise BadInput(f"{what}_embedding has {vec.shape[0]} dims, expected {want}")
+            if vec.shape[0] == want:
+                continue
+            problem = f"{what}_embedding has {vec.shape[0]} dims, expected {want}"
+            if fixed_by is not None:
+                raise WrongEncoder(
+                    f"{problem} by --encoder {fixed_by.name}: use --encoder precomputed to "
+                    "curate precomputed embeddings as given"
+                )
+            raise BadInput(problem)
     image, text = l2_normalise(image), l2_normalise(text)
     return Encoded(image, text, float(image @ text), None, None, image)
 

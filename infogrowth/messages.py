@@ -68,6 +68,8 @@ def scored_record(
         "attempt": attempt,
         "original_caption": original_caption,
         "original_alignment": item.original_alignment,
+        "caption_source": item.caption_source,
+        "original_label": item.original_label,
     }
 
 
@@ -87,13 +89,15 @@ def scored_from_record(rec: dict[str, Any]) -> Scored:
         top_label=rec.get("top_label"),
     )
     recaptioned = rec.get("attempt", 0) > 0 and rec.get("original_caption") is not None
+    source = rec.get("caption_source") or ("recaptioned" if recaptioned else "original")
     return Scored(
         sample,
         encoded,
-        caption_source="recaptioned" if recaptioned else "original",
+        caption_source=source,
         original_alignment=rec.get("original_alignment"),
         relabelled=rec.get("relabelled", False),
         label_confidence=rec.get("label_confidence"),
+        original_label=rec.get("original_label"),
     )
 
 
@@ -121,6 +125,8 @@ def outcome_record(outcome: Outcome, sample: Sample, item: Scored | None) -> dic
         "original_alignment": outcome.original_alignment,
         "decision": outcome.decision,
         "extra": _output_extra(sample),
+        "label_confidence": outcome.label_confidence,
+        "original_label": outcome.original_label,
     }
     if outcome.decision == "accepted":
         assert item is not None

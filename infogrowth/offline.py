@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from infogrowth.clean import make_captioner
+from infogrowth.clean import CAPTION_SOURCE_LABEL, make_captioner
 from infogrowth.curate import Curator, ReadBytes, apply_evictions, rejected
 from infogrowth.encode import make_encoder
 from infogrowth.files import RowWriter, count_rows, read_rows
 from infogrowth.gain import GainIndex
-from infogrowth.records import REASON_BAD_INPUT, Outcome, Sample
+from infogrowth.records import REASON_BAD_INPUT, REASON_MISALIGNED, Outcome, Sample
 from infogrowth.sample import make_policy
 from infogrowth.settings import Settings
 from infogrowth.store import ObjectStore, read_reference
@@ -56,7 +56,7 @@ def make_curator(settings: Settings, base_dir: Path | None = None) -> Curator:
     return Curator(
         settings,
         encoder=encoder,
-        captioner=make_captioner(settings, encoder) if encoder is not None else None,
+        captioner=make_captioner(settings, encoder),
         index=make_index(settings),
         policy=make_policy(settings),
         read_bytes=make_reader(settings, base_dir),
@@ -121,7 +121,11 @@ def output_row(row: dict[str, Any], outcome: Outcome, single: bool) -> dict[str,
     )
     if single:
         out.update(
-            label=outcome.label, relabelled=outcome.relabelled, label_gain=outcome.label_gain
+            label=outcome.label,
+            relabelled=outcome.relabelled,
+            label_gain=outcome.label_gain,
+            label_confidence=outcome.label_confidence,
+            original_label=outcome.original_label,
         )
     return out
 
@@ -131,16 +135,31 @@ class Summary:
     counts: Counter[str]  # "accepted", "rejected:<reason>"
     gains: list[float]
     recaptioned: Counter[str]  # final decision of the samples that got a new caption
+    notes: list[str] = field(default_factory=list)  # what the user should know about the run
 
     @classmethod
-    def of(cls, outcomes: list[Outcome]) -> Summary:
-        return cls(
-            counts=Counter(
-                o.decision if o.reason is None else f"{o.decision}:{o.reason}" for o in outcomes
-            ),
+    def of(cls, outcomes: list[Outcome], no_recaption: str | None = None) -> Summary:
+        """``no_recaption``: why misaligned samples got no new caption (None: they could)."""
+        counts = Counter(
+            o.decision if o.reason is None else f"{o.decision}:{o.reason}" for o in outcomes
+        )
+        summary = cls(
+            counts=counts,
             gains=[o.gain for o in outcomes if o.gain is not None],
             recaptioned=Counter(o.decision for o in outcomes if o.caption_source == "recaptioned"),
         )
+        misaligned = counts[f"rejected:{REASON_MISALIGNED}"]
+        if misaligned and no_recaption:
+            summary.notes.append(
+                f"{misaligned} misaligned samples were rejected, not recaptioned: {no_recaption}"
+            )
+        labelled = sum(1 for o in outcomes if o.caption_source == CAPTION_SOURCE_LABEL)
+        if labelled:
+            summary.notes.append(
+                f"{labelled} samples got an unscored label caption (--captioner label, "
+                f"caption_source={CAPTION_SOURCE_LABEL})"
+            )
+        return summary
 
 
 def curate_file(src: Path, dst: Path, settings: Settings, progress: bool = True) -> Summary:
@@ -148,10 +167,11 @@ def curate_file(src: Path, dst: Path, settings: Settings, progress: bool = True)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file")
     curator = make_curator(settings, base_dir=src.parent)
+    curator.fail_on_wrong_encoder = True  # one clear error instead of a bad_input per row
     outcomes = curate_outcomes(read_rows(src), curator, count_rows(src), progress)
     # Second pass over the input: rows are not all held in memory (embeddings can be large).
     single = settings.mode == "single"
     with RowWriter(dst) as writer:
         for row, outcome in zip(read_rows(src), outcomes, strict=True):
             writer.write(output_row(row, outcome, single))
-    return Summary.of(outcomes)
+    return Summary.of(outcomes, curator.no_recaption_reason())

@@ -10,6 +10,7 @@ REASON_BAD_INPUT = "bad_input"
 REASON_MISALIGNED = "misaligned"
 REASON_REDUNDANT = "redundant"
 REASON_OVER_BUDGET = "over_budget"
+REASON_MISLABELLED = "mislabelled"  # single-modal, label_action=reject
 
 KNOWN_FIELDS = ("id", "image", "caption", "label", "image_embedding", "text_embedding")
 
@@ -49,12 +50,14 @@ class Outcome:
     gain: float | None = None  # raw mean cosine distance to the k nearest; None when not computed
     alignment: float | None = None  # final alignment score (after recaption if any)
     caption: str | None = None  # the final caption
-    caption_source: str = "original"  # original | recaptioned
+    caption_source: str = "original"  # original | recaptioned | label_fallback (opt-in)
     original_alignment: float | None = None
     label: str | None = None  # final label (single-modal mode may relabel)
     relabelled: bool = False
     label_gain: float | None = None  # single-modal entropy gain 1 - p
     evicted: list[str] = field(default_factory=list)  # budget policy: ids this one pushed out
+    label_confidence: float | None = None  # single-modal: P(given label | d) or kNN vote share
+    original_label: str | None = None  # single-modal: the given label when relabelled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

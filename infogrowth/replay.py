@@ -75,7 +75,7 @@ def replay(settings: Settings, version: str, progress: bool = True) -> ReplayRes
     bar.close()
     apply_evictions([o for o, _, _ in pairs])
     _produce(settings, result, pairs)
-    result.summary = Summary.of([o for o, _, _ in pairs])
+    result.summary = Summary.of([o for o, _, _ in pairs], curator.no_recaption_reason())
     return result
 
 

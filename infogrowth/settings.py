@@ -46,11 +46,15 @@ class Settings:
     budget: int = 1000  # samples kept by the budget policy
     seed: int = 0
     mode: str = "multimodal"  # multimodal (image+caption) | single (image+label, classifier)
-    label_confidence: float = 0.5  # single-modal: P(c|d) below this -> relabel to argmax
+    label_confidence: float = 0.5  # single-modal: P(given label | d) below this -> doubtful
+    label_action: str = "relabel"  # single-modal, doubtful label: relabel | reject (mislabelled)
+    label_model: str = ""  # single-modal: local transformers image classifier (else kNN vote)
     # --- models ----------------------------------------------------------------------------
-    encoder: str = "packaged"  # packaged | clip | precomputed
+    # auto (the default): packaged, loaded only for rows without both embeddings; naming
+    # packaged or clip explicitly makes precomputed rows of another size an error.
+    encoder: str = "auto"  # auto | packaged | clip | precomputed
     clip_model: str = ""  # local directory or hub id for the clip encoder
-    captioner: str = "label"  # label | transformers | openai
+    captioner: str = "none"  # none | transformers | openai | label (opt-in, not a cleaner)
     captioner_model: str = ""  # local directory (transformers) or model name (openai)
     captioner_url: str = ""  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     device: str = "auto"  # auto | cpu | cuda
@@ -200,6 +204,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "gain_mean": _one_of("arithmetic", "geometric", "harmonic"),
     "policy": _one_of("threshold", "budget", "all"),
     "mode": _one_of("multimodal", "single"),
+    "encoder": _one_of("auto", "packaged", "clip", "precomputed"),
+    "captioner": _one_of("none", "label", "transformers", "openai"),
+    "label_action": _one_of("relabel", "reject"),
     "worker_roles": _roles,
 }
 

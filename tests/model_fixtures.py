@@ -1,4 +1,5 @@
-"""Builders for tiny random-weight models (CLIP, ViT+GPT-2 captioner) and bundled photos.
+"""Builders for tiny random-weight models (CLIP, ViT+GPT-2 captioner, ViT classifier) and
+bundled photos.
 
 Everything here is built offline from configs and a hand-written vocabulary, then saved with
 ``save_pretrained`` so that the production loaders read it through their normal code path.
@@ -89,6 +90,28 @@ def build_tiny_captioner(directory: Path) -> Path:
         model.decoder.get_output_embeddings().weight[:2] = 0
     generation = model.generation_config
     generation.decoder_start_token_id, generation.pad_token_id, generation.eos_token_id = 0, 1, 0
+    model.save_pretrained(directory)
+    _write_preprocessor(directory, height=32, kind="ViTImageProcessor")
+    return directory
+
+
+def build_tiny_classifier(directory: Path, labels: list[str], favoured: str) -> Path:
+    """A 2-layer ViT image classifier over ``labels`` that always prefers ``favoured``
+    (its head has no weights, only a bias), saved to ``directory``."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=8, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+    )  # fmt: skip
+    _seeded()
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([8.0 if n == favoured else 0.0 for n in labels]))
     model.save_pretrained(directory)
     _write_preprocessor(directory, height=32, kind="ViTImageProcessor")
     return directory

@@ -50,6 +50,8 @@ SCORED: dict[str, Any] = {
     "attempt": 1,
     "original_caption": "IMG_0001.jpg",
     "original_alignment": 0.05,
+    "caption_source": "recaptioned",
+    "original_label": None,
 }
 RECORDS: dict[str, dict[str, Any]] = {
     "RawSample": RAW,
@@ -70,6 +72,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "image_embedding": EMB,
         "text_embedding": EMB,
         "extra": {},
+        "label_confidence": 0.25,
+        "original_label": "tiger cat",
     },
     "RejectedSample": {
         "id": "s-2",
@@ -85,6 +89,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original_alignment": None,
         "decision": "rejected",
         "extra": {"k": "v"},
+        "label_confidence": None,
+        "original_label": None,
     },
     "DeadLetter": {
         "topic": "raw-samples",
