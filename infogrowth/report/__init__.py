@@ -13,11 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infogrowth.report.page import MAX_PER_SECTION, RunContext, render_page
-from infogrowth.report.rows import ReportRow, rows_from_file, rows_from_topics
+from infogrowth.report.rows import ReportRow, rows_from_file, rows_from_outcomes, rows_from_topics
 from infogrowth.report.thumbs import Thumbnails
 from infogrowth.settings import Settings
 
-__all__ = ["ReportSummary", "report_from_file", "report_from_topics", "write_report"]
+__all__ = [
+    "ReportSummary",
+    "report_from_file",
+    "report_from_topics",
+    "rows_from_outcomes",
+    "topics_source",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,11 @@ def report_from_topics(
     settings: Settings, out: str | Path, max_per_section: int = MAX_PER_SECTION
 ) -> ReportSummary:
     rows = rows_from_topics(settings)
-    source = f"topics {settings.topic_accepted} + {settings.topic_rejected}"
-    return write_report(rows, out, settings, source, None, max_per_section)
+    return write_report(rows, out, settings, topics_source(settings), None, max_per_section)
+
+
+def topics_source(settings: Settings) -> str:
+    return f"topics {settings.topic_accepted} + {settings.topic_rejected}"
 
 
 def run_context(settings: Settings, source: str) -> RunContext:

@@ -51,7 +51,7 @@ def histogram_svg(
     body = "".join(parts)
     return (
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
-        f'xmlns="http://www.w3.org/2000/svg" role="img">{body}</svg>'
+        f'role="img">{body}</svg>'
     )
 
 

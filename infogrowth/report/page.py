@@ -35,6 +35,7 @@ class Gallery:
     note: str
     rows: list[ReportRow]
     card: Callable[[ReportRow], str]
+    layout: str = "single"  # "pairs": cards of two thumbnails, in wider cells
 
 
 def render_page(
@@ -77,6 +78,7 @@ def header(rows: Sequence[ReportRow], run: RunContext) -> str:
         ("recaptioned", sum(1 for r in rows if r.recaptioned), ""),
         ("relabelled", sum(1 for r in rows if r.relabelled), ""),
     ]
+    stats = [s for s in stats if s[1] or s[0] != "relabelled"]  # relabelling: single-modal only
     tiles = "".join(
         f'<div class="stat {kind}"><b>{n:,}</b><span>{name}{_share(n, total, name)}</span></div>'
         for name, n, kind in stats
@@ -148,13 +150,7 @@ def charts_section(rows: Sequence[ReportRow], run: RunContext) -> str:
 # --- galleries ---------------------------------------------------------------------------
 def galleries_of(rows: Sequence[ReportRow], cards: Cards) -> list[Gallery]:
     return [
-        Gallery(
-            "redundant",
-            "Redundant",
-            "Each sample the gain rejected, beside the earlier sample nearest to it.",
-            [r for r in rows if r.reason == REASON_REDUNDANT],
-            cards.redundant,
-        ),
+        redundant_gallery([r for r in rows if r.reason == REASON_REDUNDANT], cards),
         Gallery(
             "misaligned",
             "Misaligned",
@@ -188,9 +184,21 @@ def galleries_of(rows: Sequence[ReportRow], cards: Cards) -> list[Gallery]:
             "Accepted",
             "Samples kept in the dataset.",
             [r for r in rows if r.decision == "accepted"],
-            cards.accepted,
+            cards.scored,
         ),
     ]
+
+
+def redundant_gallery(rows: list[ReportRow], cards: Cards) -> Gallery:
+    """Pairs when the records name each one's nearest earlier sample; else one card each."""
+    if any(r.neighbour for r in rows):
+        note = "Each sample the gain rejected, beside the earlier sample nearest to it."
+        return Gallery("redundant", "Redundant", note, rows, cards.redundant, "pairs")
+    note = (
+        "Samples the gain rejected: too close to what was already collected. These records "
+        "do not name the earlier sample (no neighbour field), so each is shown alone."
+    )
+    return Gallery("redundant", "Redundant", note, rows, cards.scored)
 
 
 def gallery_section(gallery: Gallery, limit: int) -> str:
@@ -201,7 +209,7 @@ def gallery_section(gallery: Gallery, limit: int) -> str:
         f'<section id="{gallery.key}"><h2>{escape(gallery.title)} '
         f'<span class="count">{len(gallery.rows):,}</span></h2>'
         f'<p class="note">{escape(gallery.note)}</p>'
-        f'<div class="grid {gallery.key}">{"".join(gallery.card(r) for r in shown)}</div>'
+        f'<div class="grid {gallery.layout}">{"".join(gallery.card(r) for r in shown)}</div>'
         f"{left_out}</section>"
     )
 
@@ -260,7 +268,7 @@ class Cards:
             f'<p class="labels"><s>{old}</s> → <b>{escape(row.label or "")}</b></p>',
         )
 
-    def accepted(self, row: ReportRow) -> str:
+    def scored(self, row: ReportRow) -> str:
         facts = _facts({"gain": _num(row.gain), "alignment": _num(row.alignment)})
         return self._single(row, f"{facts}{_caption(row.caption)}")
 

@@ -94,7 +94,12 @@ def rows_from_topics(settings: Settings) -> list[ReportRow]:
     read_committed, with samples the budget policy evicted later shown as over_budget."""
     from infogrowth.pipeline import read_outcomes  # Kafka only when reading topics
 
-    return [report_row(r) for r in read_outcomes(settings).values()]
+    return rows_from_outcomes(read_outcomes(settings))
+
+
+def rows_from_outcomes(outcomes: Mapping[str, Mapping[str, Any]]) -> list[ReportRow]:
+    """Rows of ``infogrowth.pipeline.read_outcomes``' records (id -> last outcome)."""
+    return [report_row(record) for record in outcomes.values()]
 
 
 def _extra(value: Any) -> dict[str, Any]:
