@@ -8,7 +8,7 @@ import io
 import re
 import shutil
 import subprocess
-from collections import Counter
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,12 @@ def sections(html: str) -> dict[str, str]:
     return dict(re.findall(r'<section id="([a-z_]+)">(.*?)</section>', html, flags=re.DOTALL))
 
 
+def counts_table(section: str) -> dict[str, int]:
+    """The counts table: "accepted" or "rejected:<reason>" -> samples."""
+    cells = re.findall(r'<tr><td>(\w+)</td><td>([\w-]+)</td><td class="num">(\d+)</td>', section)
+    return {d if r == "-" else f"{d}:{r}": int(n) for d, r, n in cells}
+
+
 def thumbnails(fragment: str) -> list[Image.Image]:
     """Every inline thumbnail of ``fragment``, decoded (fails if one is not a JPEG)."""
     found = []
@@ -125,10 +131,10 @@ def test_report_of_a_curate_file_shows_counts_histograms_and_galleries(curated, 
     for key, n in EXPECTED_IMAGES.items():
         assert len(thumbnails(parts[key])) == n, key
         assert parts[key].count('class="ph"') == EXPECTED_PLACEHOLDERS.get(key, 0), key
-    counts = re.findall(r'<tr><td>(\w+)</td><td>([\w-]+)</td><td class="num">(\d+)</td>',
-                        parts["counts"])  # fmt: skip
-    assert counts == [("accepted", "-", "7"), ("rejected", "redundant", "7"),
-                      ("rejected", "bad_input", "1"), ("rejected", "misaligned", "1")]  # fmt: skip
+    assert list(counts_table(parts["counts"]).items()) == [
+        ("accepted", 7), ("rejected:redundant", 7), ("rejected:bad_input", 1),
+        ("rejected:misaligned", 1),
+    ]  # fmt: skip
     # Both histograms, with their thresholds marked.
     assert parts["charts"].count("<svg") == 2
     assert "τ = 0.05" in parts["charts"] and "δ = 0.25" in parts["charts"]
@@ -189,12 +195,7 @@ def test_report_of_real_curate_output(tmp_path):
     out = tmp_path / "report.html"
     assert main(["report", str(curated), "--out", str(out), "--encoder", "precomputed"]) == 0
     parts = sections(out.read_text(encoding="utf-8"))
-    shown = Counter()
-    for decision, reason, n in re.findall(
-        r'<tr><td>(\w+)</td><td>([\w-]+)</td><td class="num">(\d+)</td>', parts["counts"]
-    ):
-        shown[decision if reason == "-" else f"{decision}:{reason}"] = int(n)
-    assert shown == result.counts
+    assert counts_table(parts["counts"]) == result.counts
     for reason in ("redundant", "misaligned", "bad_input"):
         n = result.counts.get(f"rejected:{reason}", 0)
         assert parts.get(reason, "").count('<figure class="card') == n, reason
@@ -257,3 +258,66 @@ def test_report_renders_in_headless_chromium(curated, tmp_path):
              for y in range(0, 2000 - 48, 48) for x in range(0, 1280 - 48, 48)]  # fmt: skip
     assert sum(n > 400 for n in tiles) >= 20
     assert len(np.unique(packed)) > 10_000
+
+
+# --- from a run's topics, images in S3 ---------------------------------------------------
+def _outcome(sample_id: str, image: str, decision: str, **fields: Any) -> dict[str, Any]:
+    record = {"id": sample_id, "image": image, "caption": f"a photo of {sample_id}",
+              "decision": decision, "gain": 0.3, "alignment": 0.5, **fields}  # fmt: skip
+    if decision == "accepted":
+        record["image_embedding"] = [1.0, 0.0]
+    return record
+
+
+@pytest.mark.kafka
+@pytest.mark.s3
+def test_report_of_a_runs_topics_reads_committed_outcomes_and_s3_images(kafka, s3, tmp_path):
+    from infogrowth.avro import AvroSerde
+    from infogrowth.kafka_io import ensure_topics, make_producer, produce_records
+    from infogrowth.report import report_from_topics
+
+    store = s3.store("report")
+    for name in ("astronaut", "coffee"):
+        _save_photo(name, tmp_path / f"{name}.jpg")
+        store.put_file(tmp_path / f"{name}.jpg", f"images/{name}.jpg")
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings.from_env(
+        kafka_bootstrap=kafka, s3_endpoint=s3.endpoint, s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key, s3_bucket="report",
+        topic_accepted=f"acc-{tag}", topic_rejected=f"rej-{tag}", policy="budget", budget=1,
+    )  # fmt: skip
+    ensure_topics(kafka, [settings.topic_accepted, settings.topic_rejected])
+    accepted, rejected = AvroSerde("AcceptedSample"), AvroSerde("RejectedSample")
+    producer = make_producer(kafka)
+    produce_records(producer, settings.topic_accepted, accepted, [
+        _outcome("astronaut", "s3://report/images/astronaut.jpg", "accepted"),
+        _outcome("coffee", "s3://report/images/coffee.jpg", "accepted", gain=0.4),
+    ])  # fmt: skip
+    produce_records(producer, settings.topic_rejected, rejected, [
+        _outcome("astronaut-dup", "s3://report/images/astronaut.jpg", "rejected",
+                 reason="redundant", gain=0.01, extra={"neighbour": "astronaut",
+                                                       "neighbour_distance": "0.02"}),
+        _outcome("gone", "s3://report/images/never-uploaded.jpg", "rejected",
+                 reason="bad_input", detail="no such object"),
+        _outcome("astronaut", "s3://report/images/astronaut.jpg", "rejected",
+                 reason="over_budget", detail="pushed out of the budget by coffee"),
+    ])  # fmt: skip
+    aborted = make_producer(kafka, **{"transactional.id": f"report-{tag}"})
+    aborted.init_transactions()
+    aborted.begin_transaction()
+    aborted.produce(settings.topic_accepted, accepted.encode(_outcome("ghost", "", "accepted")))
+    aborted.abort_transaction()
+
+    out = tmp_path / "report.html"
+    summary = report_from_topics(settings, out)
+    html = out.read_text(encoding="utf-8")
+    assert (summary.samples, summary.images, summary.unreadable) == (4, 2, 1)
+    parts = sections(html)
+    assert counts_table(parts["counts"]) == {
+        "accepted": 1, "rejected:bad_input": 1, "rejected:over_budget": 1, "rejected:redundant": 1,
+    }  # fmt: skip
+    assert "ghost" not in html  # an aborted transaction's record is never read
+    card = _card(parts["redundant"], "astronaut-dup")
+    assert len(thumbnails(card)) == 2 and "distance <b>0.020</b>" in card
+    assert 'class="ph"' in parts["bad_input"] and "no such object" in parts["bad_input"]
+    assert len(thumbnails(parts["accepted"])) == 1
