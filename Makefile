@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_LIB := infra/kafka/lib/.pom.sha256
 
-.PHONY: install demo test lint bench up down status clean
+.PHONY: install browser demo test lint bench up down status clean
 
 install: $(VENV)/.installed $(KAFKA_LIB)
 
@@ -18,10 +18,17 @@ $(VENV)/.installed: pyproject.toml
 $(KAFKA_LIB): infra/pom.xml $(VENV)/.installed
 	$(BIN)/python -m infra install
 
+# Headless Chromium renders the curation report in tests/test_report.py (skipped without it):
+# installed from Debian's packages when missing and this runs as root, else left out.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "chromium not installed: the report's browser test will be skipped"
+
 demo: install
 	$(BIN)/infogrowth demo
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

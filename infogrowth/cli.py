@@ -227,6 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(func=cmd_replay)
 
+    report = sub.add_parser(
+        "report",
+        help="write one self-contained HTML page of what a run decided, with thumbnails",
+        description="Write OUT: one HTML page (inline CSS, SVG histograms, base64 thumbnails; "
+        "no external URLs) with counts by decision and reason, gain and alignment histograms "
+        "with tau and delta marked, and galleries: each redundant sample beside the earlier "
+        "sample that made it so, misaligned, recaptioned, relabelled, bad input and accepted "
+        "samples. Source: a curate output file (INPUT) or, without INPUT, the run's accepted "
+        "and rejected topics (committed records, budget evictions honoured). Images are read "
+        "by reference with the S3 settings; an unreadable one is a placeholder box.",
+    )
+    report.add_argument("input", nargs="?", help="curate output .jsonl or .parquet")
+    report.add_argument("--out", default="report.html", help="output page (default: report.html)")
+    report.add_argument(
+        "--max-per-section", type=int, default=48, help="thumbnails per gallery (default: 48)"
+    )
+    add_settings_flags(
+        report,
+        IO_FLAGS + ("topic_accepted", "topic_rejected", "delta", "tau", "k", "policy", "budget",
+                    "encoder", "mode"),
+    )  # fmt: skip
+    report.set_defaults(func=cmd_report)
+
     demo = sub.add_parser(
         "demo",
         help="start the local broker + S3, stream the bundled demo set through the pipeline",
@@ -344,6 +367,22 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     print(f"wrote {result.accepted_topic} and {result.rejected_topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.report import report_from_file, report_from_topics
+
+    if args.max_per_section < 1:
+        raise ValueError(f"--max-per-section must be at least 1, got {args.max_per_section}")
+    if args.input:
+        summary = report_from_file(args.input, args.out, settings, args.max_per_section)
+    else:
+        from infogrowth.kafka_io import check_broker
+
+        check_broker(settings.kafka_bootstrap)
+        summary = report_from_topics(settings, args.out, args.max_per_section)
+    print(summary.line(), file=sys.stderr)
     return 0
 
 

@@ -140,6 +140,7 @@ def run_demo(settings: Settings, timeout_s: float = 900.0) -> int:
         stop_worker,
         wait_for_outcomes,
     )
+    from infogrowth.report import rows_from_outcomes, topics_source, write_report
     from infra.__main__ import cmd_up
 
     cmd_up(settings)  # local broker + S3 (no-op when already running)
@@ -164,6 +165,10 @@ def run_demo(settings: Settings, timeout_s: float = 900.0) -> int:
     print_report(outcomes, kinds, elapsed, run)
     exported = export_dataset(f"s3://{run.s3_bucket}/datasets/demo-{tag}", run, progress=False)
     print(exported.line())
+    report = write_report(
+        rows_from_outcomes(outcomes), work / f"report-{tag}.html", run, topics_source(run)
+    )
+    print(f"curation report: {report.path.resolve()}")
     print("the broker and S3 keep running for you: `make down` stops them")
     return 0
 
