@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise ValueError(f"unknown worker roles {unknown}; choose from {sorted(ROLES)}")
+    ctx.curator  # noqa: B018 - a bad model setting stops the worker now, not each batch
     for role in roles:
         ROLES[role](ctx)
     return app, ctx

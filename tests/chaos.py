@@ -144,6 +144,8 @@ def assert_exactly_once_and_offline_equal(
 
 def assert_restored_committed_state(run: Supervised) -> None:
     """Every restarted worker that got as far as recovery rebuilt exactly the committed table."""
+    if not run.expected_state:
+        return  # the worker rode out the fault without a restart
     restored = run.restored_states()
     checked = {pid: restored[pid] for pid in run.expected_state if pid in restored}
     assert checked, f"no restarted worker logged its restored state ({run.log_path})"

@@ -120,9 +120,8 @@ def test_object_store_killed_and_restarted_while_images_are_fetched(kafka, tmp_p
     n = 400
 
     def fault(run: Supervised) -> None:
-        wait_for_share(run.settings, 0.25, n)
-        gateway.kill()
-        time.sleep(5)  # batches meanwhile fail to fetch their images and wait
+        gateway.kill()  # as soon as the images are in: the first fetches meet the outage
+        time.sleep(20)  # longer than the S3 client's own retries: batches must wait
         gateway.start(wait_s=60)
 
     clip = build_tiny_clip(tmp_path / "clip")
@@ -134,3 +133,4 @@ def test_object_store_killed_and_restarted_while_images_are_fetched(kafka, tmp_p
         _curate_under(fault, settings, tmp_path, image_rows(tmp_path, n), tolerance=1e-4)
     finally:
         gateway.stop()
+    assert "retrying the batch" in (tmp_path / "worker.log").read_text(), "no fetch met the outage"
