@@ -230,7 +230,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=900, help="seconds to wait for the worker")
     add_settings_flags(demo, CURATE_FLAGS + IO_FLAGS, DEMO_DEFAULTS)  # why: infogrowth/demo.py
     demo.set_defaults(func=cmd_demo)
+    add_tail_parser(sub)
     return parser
+
+
+def add_tail_parser(sub: Any) -> None:
+    tail = sub.add_parser(
+        "tail",
+        help="print the accepted samples as JSON lines (committed records only)",
+        description="Print each committed accepted record as one JSON object per line "
+        "(stdout), with its partition and offset. Samples the budget policy evicted are left "
+        "out. Without --follow: every record up to the current end, then exit; with it: new "
+        "records as they come (all of them first with --from-beginning). Embeddings are shown "
+        "as their size unless --embeddings.",
+    )
+    tail.add_argument("--follow", "-f", action="store_true", help="wait for new records")
+    tail.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="with --follow, start at offset 0 (without --follow it always does)",
+    )
+    tail.add_argument("--embeddings", action="store_true", help="print the embedding vectors")
+    tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
+    tail.add_argument("--topic", help="topic to read (default: --topic-accepted)")
+    add_settings_flags(tail, IO_FLAGS + ("topic_accepted", "topic_rejected"))
+    tail.set_defaults(func=cmd_tail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -342,6 +366,25 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from infogrowth.demo import run_demo
 
     return run_demo(settings, timeout_s=args.timeout)
+
+
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    import itertools
+    import json
+
+    from infogrowth.consume import CuratedStream
+
+    stream = CuratedStream(
+        settings,
+        topic=args.topic,
+        follow=args.follow,
+        from_beginning=args.from_beginning or not args.follow,
+    )
+    with stream:
+        for sample in itertools.islice(stream, args.max):
+            line = json.dumps(sample.as_json(args.embeddings), ensure_ascii=False)
+            print(line, flush=args.follow)
+    return 0
 
 
 def print_summary(summary: Summary, seconds: float, out: Any = sys.stdout) -> None:

@@ -107,6 +107,24 @@ def _ready(meta: Any) -> bool:
     )
 
 
+# Topics that are a source of truth for replay are kept forever (Kafka deletes after 7 days
+# by default); replay re-reads them from offset 0.
+UNLIMITED_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def topic_configs(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> dict[str, dict]:
+    """Topic -> {config name: value} as the broker reports it (defaults included)."""
+    from confluent_kafka.admin import ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    futures = admin.describe_configs(resources, request_timeout=timeout)
+    return {
+        res.name: {k: e.value for k, e in fut.result(timeout=timeout).items()}
+        for res, fut in futures.items()
+    }
+
+
 # --- producing ---------------------------------------------------------------------------
 # Largest record the producer sends (librdkafka's message.max.bytes, also its default; below
 # the broker's own default of 1,048,588). librdkafka counts key + value + RECORD_OVERHEAD

@@ -74,6 +74,8 @@ class Settings:
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs
+    accepted_partitions: int = 4  # `accepted` is keyed by id: consumers split its partitions
+    retention_ms: int = 0  # topics other than raw/scored: 0 = broker default, -1 = forever
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -197,6 +199,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "hnsw_ef_construction": _at_least(1),
     "hnsw_ef": _at_least(1),
     "batch_size": _at_least(1),
+    "accepted_partitions": _at_least(1),
+    "retention_ms": _at_least(-1),
     "gain_mean": _one_of("arithmetic", "geometric", "harmonic"),
     "policy": _one_of("threshold", "budget", "all"),
     "mode": _one_of("multimodal", "single"),
