@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faust
 
-from agents import captioner, curator, inference
+from agents import captioner, curator, inference, metrics
 from agents.atomic import recover_committed_changelogs
 from agents.context import Context
 from infogrowth.settings import Settings
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         raise ValueError(f"unknown worker roles {unknown}; choose from {sorted(ROLES)}")
     for role in roles:
         ROLES[role](ctx)
+    metrics.start(ctx)
     return app, ctx
 
 

@@ -130,6 +130,9 @@ IO_FLAGS = (
 )  # fmt: skip
 
 
+TOPIC_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("topic_"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infogrowth",
@@ -231,7 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(demo, CURATE_FLAGS + IO_FLAGS, DEMO_DEFAULTS)  # why: infogrowth/demo.py
     demo.set_defaults(func=cmd_demo)
     add_tail_parser(sub)
+    add_status_parser(sub)
     return parser
+
+
+def add_status_parser(sub: Any) -> None:
+    status = sub.add_parser(
+        "status",
+        help="consumer lag, output rates and index size of a running pipeline",
+        description="One screen on a running pipeline: the consumer group's lag per topic and "
+        "partition (committed offsets against last stable offsets), the output topics' "
+        "offsets and rates over --interval seconds, and, when the worker's metrics endpoint "
+        "answers, the index size and outcomes by decision and reason.",
+    )
+    status.add_argument(
+        "--metrics-url", help="the worker's metrics (default: 127.0.0.1:--metrics-port)"
+    )
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    add_settings_flags(status, ("kafka_bootstrap", "app_id", "metrics_port", *TOPIC_FLAGS))
+    status.set_defaults(func=cmd_status)
 
 
 def add_tail_parser(sub: Any) -> None:
@@ -384,6 +405,13 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         for sample in itertools.islice(stream, args.max):
             line = json.dumps(sample.as_json(args.embeddings), ensure_ascii=False)
             print(line, flush=args.follow)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.status import pipeline_status, render
+
+    print(render(pipeline_status(settings, args.metrics_url, args.interval)))
     return 0
 
 

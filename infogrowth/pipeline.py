@@ -11,7 +11,13 @@ from dataclasses import fields
 from typing import Any
 
 from infogrowth.avro import MalformedMessage, decode_any
-from infogrowth.kafka_io import UNLIMITED_RETENTION, end_offsets, ensure_topics, read_topic
+from infogrowth.kafka_io import (
+    UNLIMITED_RETENTION,
+    end_offsets,
+    ensure_topics,
+    read_topic,
+    set_topic_config,
+)
 from infogrowth.settings import ENV_PREFIX, Settings
 
 
@@ -37,6 +43,7 @@ def ensure_pipeline_topics(settings: Settings) -> None:
     bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
     derived = [n for n in topic_names(settings) if n not in sources]
     ensure_topics(bootstrap, sources, partitions=1, config=UNLIMITED_RETENTION)
+    set_topic_config(bootstrap, sources, UNLIMITED_RETENTION)  # also on topics made before
     ensure_topics(
         bootstrap,
         [settings.topic_accepted],

@@ -15,7 +15,7 @@ from infogrowth.avro import AvroSerde
 from infogrowth.cli import main
 from infogrowth.consume import CuratedStream
 from infogrowth.dataset import CuratedDataset
-from infogrowth.kafka_io import make_producer, produce_records, topic_configs
+from infogrowth.kafka_io import ensure_topics, make_producer, produce_records, topic_configs
 from infogrowth.pipeline import ensure_pipeline_topics, topic_names
 from infogrowth.settings import Settings
 from infogrowth.store import ObjectStore
@@ -125,6 +125,7 @@ def test_sources_of_truth_are_kept_forever_and_accepted_is_partitioned(
     kafka, s3, tmp_path, kafka_admin
 ):
     settings = with_settings(run_settings(kafka, s3, tmp_path), retention_ms=3_600_000)
+    ensure_topics(kafka, [settings.topic_scored])  # made before, with the broker's retention
     ensure_pipeline_topics(settings)
     configs = topic_configs(kafka, topic_names(settings))
     for name in (settings.topic_raw, settings.topic_scored):
