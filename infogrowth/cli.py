@@ -402,9 +402,12 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         from_beginning=args.from_beginning or not args.follow,
     )
     with stream:
-        for sample in itertools.islice(stream, args.max):
-            line = json.dumps(sample.as_json(args.embeddings), ensure_ascii=False)
-            print(line, flush=args.follow)
+        try:
+            for sample in itertools.islice(stream, args.max):
+                line = json.dumps(sample.as_json(args.embeddings), ensure_ascii=False)
+                print(line, flush=args.follow)
+        except BrokenPipeError:  # `infogrowth tail | head`: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -120,6 +120,9 @@ def test_tail_prints_accepted_records_as_json_lines(curated, capsys):
     assert len(records) == 3
     assert all(len(r["image_embedding"]) == 2 for r in records)
 
+    assert main(["tail", "--follow", "--from-beginning", "--max", "37", *flags]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 37
+
 
 def test_sources_of_truth_are_kept_forever_and_accepted_is_partitioned(
     kafka, s3, tmp_path, kafka_admin
