@@ -41,17 +41,12 @@ def ensure_pipeline_topics(settings: Settings) -> None:
     infogrowth/order.py) and unlimited retention; `accepted` has ``accepted_partitions``
     partitions keyed by id, so downstream readers can split it; the rest have one."""
     bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
-    derived = [n for n in topic_names(settings) if n not in sources]
     ensure_topics(bootstrap, sources, partitions=1, config=UNLIMITED_RETENTION)
     set_topic_config(bootstrap, sources, UNLIMITED_RETENTION)  # also on topics made before
-    ensure_topics(
-        bootstrap,
-        [settings.topic_accepted],
-        settings.accepted_partitions,
-        retention_config(settings),
-    )
-    others = [n for n in derived if n != settings.topic_accepted]
-    ensure_topics(bootstrap, others, partitions=1, config=retention_config(settings))
+    retention = retention_config(settings)
+    ensure_topics(bootstrap, [settings.topic_accepted], settings.accepted_partitions, retention)
+    others = [n for n in topic_names(settings) if n not in (*sources, settings.topic_accepted)]
+    ensure_topics(bootstrap, others, partitions=1, config=retention)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
