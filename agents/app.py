@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faust
 
-from agents import captioner, curator, inference
+from agents import captioner, curator, inference, metrics
 from agents.atomic import recover_committed_changelogs
 from agents.context import Context
 from infogrowth.settings import Settings
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     ctx.curator  # noqa: B018 - a bad model setting stops the worker now, not each batch
     for role in roles:
         ROLES[role](ctx)
+    metrics.start(ctx)
     return app, ctx
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import faust
 from faust.types import TP
 
+from agents import metrics
 from agents.atomic import BatchCommits, transactional_id
 from infogrowth.avro import AvroSerde
 from infogrowth.curate import Curator
@@ -47,7 +48,8 @@ class Context:
         return make_curator(self.settings)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        with metrics.timed(fn):
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run_while_store_down(self, fn: Callable[..., T], *args: Any) -> T:
         """``run``, retried with backoff while the object store is unavailable: an outage
@@ -67,11 +69,13 @@ class Context:
         async with self.commits.hold():
             yield
             await self.confirm()
+        metrics.batch_done()
 
     async def send(self, topic_name: str, schema: str, record: dict[str, Any], source: TP) -> None:
         """Sends ``record`` in the transaction that commits the ``source`` partition."""
         key = str(record.get("id") or record.get("sample", {}).get("id", "")).encode()
         await self.publish(topic_name, key, self.serde[schema].encode(record), source)
+        metrics.sent(schema, record)
 
     async def publish(
         self,

@@ -139,6 +139,9 @@ IO_FLAGS = (
 )  # fmt: skip
 
 
+TOPIC_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("topic_"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infogrowth",
@@ -262,7 +265,49 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=900, help="seconds to wait for the worker")
     add_settings_flags(demo, CURATE_FLAGS + IO_FLAGS, DEMO_DEFAULTS)  # why: infogrowth/demo.py
     demo.set_defaults(func=cmd_demo)
+    add_tail_parser(sub)
+    add_status_parser(sub)
     return parser
+
+
+def add_status_parser(sub: Any) -> None:
+    status = sub.add_parser(
+        "status",
+        help="consumer lag, output rates and index size of a running pipeline",
+        description="One screen on a running pipeline: the consumer group's lag per topic and "
+        "partition (committed offsets against last stable offsets), the output topics' "
+        "offsets and rates over --interval seconds, and, when the worker's metrics endpoint "
+        "answers, the index size and outcomes by decision and reason.",
+    )
+    status.add_argument(
+        "--metrics-url", help="the worker's metrics (default: 127.0.0.1:--metrics-port)"
+    )
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    add_settings_flags(status, ("kafka_bootstrap", "app_id", "metrics_port", *TOPIC_FLAGS))
+    status.set_defaults(func=cmd_status)
+
+
+def add_tail_parser(sub: Any) -> None:
+    tail = sub.add_parser(
+        "tail",
+        help="print the accepted samples as JSON lines (committed records only)",
+        description="Print each committed accepted record as one JSON object per line "
+        "(stdout), with its partition and offset. Samples the budget policy evicted are left "
+        "out. Without --follow: every record up to the current end, then exit; with it: new "
+        "records as they come (all of them first with --from-beginning). Embeddings are shown "
+        "as their size unless --embeddings.",
+    )
+    tail.add_argument("--follow", "-f", action="store_true", help="wait for new records")
+    tail.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="with --follow, start at offset 0 (without --follow it always does)",
+    )
+    tail.add_argument("--embeddings", action="store_true", help="print the embedding vectors")
+    tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
+    tail.add_argument("--topic", help="topic to read (default: --topic-accepted)")
+    add_settings_flags(tail, IO_FLAGS + ("topic_accepted", "topic_rejected"))
+    tail.set_defaults(func=cmd_tail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,6 +435,35 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from infogrowth.demo import run_demo
 
     return run_demo(settings, timeout_s=args.timeout)
+
+
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    import itertools
+    import json
+
+    from infogrowth.consume import CuratedStream
+
+    stream = CuratedStream(
+        settings,
+        topic=args.topic,
+        follow=args.follow,
+        from_beginning=args.from_beginning or not args.follow,
+    )
+    with stream:
+        try:
+            for sample in itertools.islice(stream, args.max):
+                line = json.dumps(sample.as_json(args.embeddings), ensure_ascii=False)
+                print(line, flush=args.follow)
+        except BrokenPipeError:  # `infogrowth tail | head`: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.status import pipeline_status, render
+
+    print(render(pipeline_status(settings, args.metrics_url, args.interval)))
+    return 0
 
 
 def print_summary(summary: Summary, seconds: float, out: Any = sys.stdout) -> None:

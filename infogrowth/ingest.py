@@ -21,7 +21,13 @@ from urllib3.exceptions import HTTPError
 
 from infogrowth.avro import AvroSerde
 from infogrowth.files import count_rows, read_rows
-from infogrowth.kafka_io import check_broker, ensure_topics, make_producer, produce_records
+from infogrowth.kafka_io import (
+    UNLIMITED_RETENTION,
+    check_broker,
+    ensure_topics,
+    make_producer,
+    produce_records,
+)
 from infogrowth.messages import raw_record
 from infogrowth.settings import Settings
 from infogrowth.store import ObjectStore
@@ -167,7 +173,7 @@ def ingest_file(
         raise FileNotFoundError(f"{path}: no such file")
     topic = topic or settings.topic_raw
     check_broker(settings.kafka_bootstrap)
-    ensure_topics(settings.kafka_bootstrap, [topic])
+    ensure_topics(settings.kafka_bootstrap, [topic], config=UNLIMITED_RETENTION)  # replay's source
     summary = IngestSummary(topic=topic)
     uploader = ImageUploader(settings, prefix)
     base_dir = path.resolve().parent

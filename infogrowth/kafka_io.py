@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -105,6 +106,44 @@ def _ready(meta: Any) -> bool:
         and bool(meta.partitions)
         and all(p.leader >= 0 for p in meta.partitions.values())
     )
+
+
+# Topics that are a source of truth for replay are kept forever (Kafka deletes after 7 days
+# by default); replay re-reads them from offset 0.
+UNLIMITED_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def topic_configs(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> dict[str, dict]:
+    """Topic -> {config name: value} as the broker reports it (defaults included)."""
+    from confluent_kafka.admin import ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    futures = admin.describe_configs(resources, request_timeout=timeout)
+    return {
+        res.name: {k: e.value for k, e in fut.result(timeout=timeout).items()}
+        for res, fut in futures.items()
+    }
+
+
+def set_topic_config(
+    bootstrap: str, names: Iterable[str], config: Mapping[str, str], timeout: float = 30.0
+) -> None:
+    """Sets ``config`` on existing topics (other settings of the topics are kept)."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
+    entries = [
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()
+    ]
+    resources = [
+        ConfigResource(ConfigResource.Type.TOPIC, n, incremental_configs=entries) for n in names
+    ]
+    for res, future in admin.incremental_alter_configs(resources).items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            raise RuntimeError(f"cannot configure topic {res.name}: {_error_text(exc)}") from None
 
 
 # --- producing ---------------------------------------------------------------------------
@@ -360,3 +399,75 @@ def _stall_message(
         f"reading {topic}: end not reached after {timeout_s:.0f}s without progress "
         f"(partitions {waiting} short of offsets {[stop[p] for p in waiting]})"
     )
+
+
+# --- consumer lag ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None  # the group's committed offset; None before its first commit
+    end: int  # last stable offset
+    lag: int  # committed records the group has not processed yet
+
+
+def group_lag(
+    bootstrap: str, group_id: str, topics: Iterable[str], timeout: float = 10.0
+) -> list[PartitionLag]:
+    """Per partition of the existing ``topics``: ``group_id``'s committed offset, the end
+    offset and the records between them. The consumer only asks (it never joins the group).
+
+    Transaction markers take offsets too, so a drained partition of a transactional topic
+    can end a marker or two past the committed offset: a partition whose remaining offsets
+    hold no committed record is reported with lag 0.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,  # it must never move the group's offsets
+            "isolation.level": "read_committed",
+            "logger": _silent_logger(),
+        }
+    )
+    try:
+        existing = consumer.list_topics(timeout=timeout).topics
+        tps = [
+            TopicPartition(t, p)
+            for t in dict.fromkeys(topics)
+            if t in existing and existing[t].error is None
+            for p in sorted(existing[t].partitions)
+        ]
+        committed = consumer.committed(tps, timeout=timeout) if tps else []
+        return [_lag(consumer, tp, timeout) for tp in committed]
+    finally:
+        consumer.close()
+
+
+def _lag(consumer: Consumer, tp: TopicPartition, timeout: float) -> PartitionLag:
+    low, end = consumer.get_watermark_offsets(tp, timeout=timeout)
+    committed = tp.offset if tp.offset >= 0 else None
+    start = low if committed is None else committed
+    first = (
+        _first_record_offset(consumer, tp.topic, tp.partition, start, end) if end > start else end
+    )
+    return PartitionLag(tp.topic, tp.partition, committed, end, max(end - first, 0))
+
+
+def _first_record_offset(
+    consumer: Consumer, topic: str, partition: int, start: int, end: int, timeout: float = 5.0
+) -> int:
+    """Offset of the first committed record in [start, end); ``end`` if there is none."""
+    consumer.assign([TopicPartition(topic, partition, start)])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                return msg.offset()
+            position = consumer.position([TopicPartition(topic, partition)])[0].offset
+            if position >= end:
+                return end
+        return start  # unknown within the time allowed: count everything
+    finally:
+        consumer.unassign()

@@ -11,7 +11,13 @@ from dataclasses import fields
 from typing import Any
 
 from infogrowth.avro import MalformedMessage, decode_any
-from infogrowth.kafka_io import end_offsets, ensure_topics, read_topic
+from infogrowth.kafka_io import (
+    UNLIMITED_RETENTION,
+    end_offsets,
+    ensure_topics,
+    read_topic,
+    set_topic_config,
+)
 from infogrowth.settings import ENV_PREFIX, Settings
 
 
@@ -19,10 +25,28 @@ def topic_names(settings: Settings) -> list[str]:
     return [getattr(settings, f.name) for f in fields(Settings) if f.name.startswith("topic_")]
 
 
+def source_topics(settings: Settings) -> list[str]:
+    """The sources of truth for replay: kept forever, one partition (one total order)."""
+    return [settings.topic_raw, settings.topic_scored]
+
+
+def retention_config(settings: Settings) -> dict[str, str]:
+    """Retention of the derived topics: the broker's default unless ``retention_ms`` is set."""
+    return {} if settings.retention_ms == 0 else {"retention.ms": str(settings.retention_ms)}
+
+
 def ensure_pipeline_topics(settings: Settings) -> None:
-    # One partition each: the curator is the single writer of the index and needs one
-    # ordered stream (see infogrowth/order.py).
-    ensure_topics(settings.kafka_bootstrap, topic_names(settings), partitions=1)
+    """Creates the missing topics. `raw-samples` and `scored` have one partition (the curator
+    is the single writer of the index and needs one ordered stream, see
+    infogrowth/order.py) and unlimited retention; `accepted` has ``accepted_partitions``
+    partitions keyed by id, so downstream readers can split it; the rest have one."""
+    bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
+    ensure_topics(bootstrap, sources, partitions=1, config=UNLIMITED_RETENTION)
+    set_topic_config(bootstrap, sources, UNLIMITED_RETENTION)  # also on topics made before
+    retention = retention_config(settings)
+    ensure_topics(bootstrap, [settings.topic_accepted], settings.accepted_partitions, retention)
+    others = [n for n in topic_names(settings) if n not in (*sources, settings.topic_accepted)]
+    ensure_topics(bootstrap, others, partitions=1, config=retention)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -1,0 +1,160 @@
+"""The worker's Prometheus metrics and its progress log line.
+
+Served on ``metrics_port`` (``/metrics``; 0 turns it off):
+
+* ``infogrowth_outcomes_total{decision, reason}``: outcome records sent (``reason`` is empty
+  for accepted; ``over_budget`` counts evictions of samples accepted earlier);
+* ``infogrowth_gain``, ``infogrowth_alignment``: histograms over those outcomes;
+* ``infogrowth_batch_seconds{step}``: time of each batch's model/index step (``score`` in
+  inference, ``select`` in the curator, ``new_captions`` in the captioner);
+* ``infogrowth_batches_total``: batches committed, all agents;
+* ``infogrowth_index_size``: samples in the curator's gain index (curator role only);
+* ``infogrowth_consumer_lag{topic, partition}``: the app's consumer group, refreshed every
+  ``LAG_INTERVAL_S`` from the broker (committed offsets against last stable offsets).
+
+The agents call ``sent``, ``timed`` and ``batch_done`` from one place each (agents/context.py);
+every ``log_every`` batches one INFO line gives the outcome rate, the index size and the lag.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from infogrowth.kafka_io import group_lag
+
+if TYPE_CHECKING:
+    from agents.context import Context
+
+log = logging.getLogger("infogrowth.metrics")
+LAG_INTERVAL_S = 10.0
+
+REGISTRY = CollectorRegistry()
+OUTCOMES = Counter(
+    "infogrowth_outcomes", "Outcome records sent", ["decision", "reason"], registry=REGISTRY
+)
+GAIN = Histogram(
+    "infogrowth_gain",
+    "Gain (mean cosine distance to the k nearest earlier samples) of the outcomes",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0),
+    registry=REGISTRY,
+)
+ALIGNMENT = Histogram(
+    "infogrowth_alignment",
+    "Image-text alignment (cosine) of the outcomes",
+    buckets=(0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "infogrowth_batch_seconds", "Seconds per batch of a stage's step", ["step"], registry=REGISTRY
+)
+BATCHES = Counter("infogrowth_batches", "Batches committed by all agents", registry=REGISTRY)
+INDEX_SIZE = Gauge(
+    "infogrowth_index_size", "Samples in the curator's gain index", registry=REGISTRY
+)
+LAG = Gauge(
+    "infogrowth_consumer_lag",
+    "Committed records the app's consumer group has not processed",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+OUTCOME_SCHEMAS = {"AcceptedSample": "accepted", "RejectedSample": "rejected"}
+
+
+class Progress:
+    """What the periodic log line reports."""
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = log_every
+        self.batches = 0
+        self.outcomes = 0
+        self.last = (time.monotonic(), 0)  # (when, outcomes) at the previous line
+        self.lag: dict[str, int] = {}  # topic -> lag summed over its partitions
+        self.index_size: Callable[[], int] = lambda: 0
+
+    def line(self) -> str:
+        now, before = time.monotonic(), self.last
+        rate = (self.outcomes - before[1]) / max(now - before[0], 1e-9)
+        self.last = (now, self.outcomes)
+        lag = ", ".join(f"{t}={n}" for t, n in sorted(self.lag.items())) or "unknown"
+        return (
+            f"progress: {self.batches} batches, {self.outcomes} outcomes ({rate:.1f}/s), "
+            f"index {self.index_size()}, lag {lag}"
+        )
+
+
+PROGRESS = Progress(log_every=0)
+
+
+def sent(schema: str, record: dict[str, Any]) -> None:
+    """Counts an outcome record (other records are not outcomes)."""
+    decision = OUTCOME_SCHEMAS.get(schema)
+    if decision is None:
+        return
+    OUTCOMES.labels(decision, record.get("reason") or "").inc()
+    PROGRESS.outcomes += 1
+    if record.get("gain") is not None:
+        GAIN.observe(record["gain"])
+    if record.get("alignment") is not None:
+        ALIGNMENT.observe(record["alignment"])
+
+
+@contextmanager
+def timed(step: Callable[..., Any]) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        name = getattr(step, "__name__", type(step).__name__)
+        BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+
+def batch_done() -> None:
+    BATCHES.inc()
+    PROGRESS.batches += 1
+    if PROGRESS.log_every and PROGRESS.batches % PROGRESS.log_every == 0:
+        log.info(PROGRESS.line())
+
+
+def start(ctx: Context) -> None:
+    """Serves /metrics, follows the index size and polls the consumer lag."""
+    s = ctx.settings
+    PROGRESS.log_every = s.log_every
+    PROGRESS.index_size = lambda: _index_size(ctx)
+    INDEX_SIZE.set_function(PROGRESS.index_size)
+    if s.metrics_port:
+        try:
+            start_http_server(s.metrics_port, registry=REGISTRY)
+        except OSError as exc:  # a busy port must not stop the curation
+            log.warning("metrics: cannot serve on port %d (%s)", s.metrics_port, exc)
+        else:
+            log.info("metrics: http://0.0.0.0:%d/metrics", s.metrics_port)
+    topics = [s.topic_raw, s.topic_recaptioned, s.topic_scored, s.topic_recaption]
+    args = (s.kafka_bootstrap, s.app_id, topics)
+    threading.Thread(target=_poll_lag, args=args, name="infogrowth-lag", daemon=True).start()
+
+
+def _index_size(ctx: Context) -> int:
+    curator = ctx.__dict__.get("curator")  # only once built: never load models for a gauge
+    return len(curator.index) if curator is not None else 0
+
+
+def _poll_lag(bootstrap: str, group_id: str, topics: list[str]) -> None:
+    while True:
+        try:
+            lags = group_lag(bootstrap, group_id, topics)
+        except Exception as exc:  # the broker may be away for a while: keep trying
+            log.debug("metrics: no consumer lag (%s)", exc)
+        else:
+            totals: dict[str, int] = {}
+            for p in lags:
+                LAG.labels(p.topic, str(p.partition)).set(p.lag)
+                totals[p.topic] = totals.get(p.topic, 0) + p.lag
+            PROGRESS.lag = totals
+        time.sleep(LAG_INTERVAL_S)

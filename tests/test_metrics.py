@@ -1,0 +1,103 @@
+"""A worker on the real broker: its /metrics, its progress log, `infogrowth status`, and the
+curator's changelog topic."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import fields
+
+import pytest
+from pipeline_helpers import embedding_rows, run_settings, write_jsonl
+from prometheus_client.parser import text_string_to_metric_families
+
+from infogrowth.cli import TOPIC_FLAGS, flag_name, main
+from infogrowth.ingest import ingest_file
+from infogrowth.kafka_io import topic_configs
+from infogrowth.pipeline import ensure_pipeline_topics, start_worker, stop_worker, wait_for_outcomes
+from infogrowth.settings import Settings
+from infra import free_port
+
+pytestmark = [pytest.mark.kafka, pytest.mark.s3]
+
+
+def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def outcome_counters(samples: dict[tuple[str, tuple], float]) -> Counter:
+    return Counter(
+        {
+            (dict(labels)["decision"], dict(labels)["reason"]): int(value)
+            for (name, labels), value in samples.items()
+            if name == "infogrowth_outcomes_total"
+        }
+    )
+
+
+def topics(settings: Settings) -> list[tuple[str, str]]:
+    return [(f.name, getattr(settings, f.name)) for f in fields(settings) if f.name in TOPIC_FLAGS]
+
+
+def status_screen(capsys, flags: list[str]) -> str:
+    assert main(["status", "--interval", "0.2", *flags]) == 0
+    return capsys.readouterr().out
+
+
+def lag_of(screen: str, topic: str) -> int:
+    match = re.search(rf"^\s+{re.escape(topic)}\s+0\s+\d+\s+\d+\s+(\d+)$", screen, re.M)
+    assert match, f"no lag row for {topic} in:\n{screen}"
+    return int(match.group(1))
+
+
+def test_worker_metrics_count_the_outcomes_and_status_shows_no_lag_when_drained(
+    kafka, s3, tmp_path, capsys
+):
+    port = free_port()
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", metrics_port=port, log_every=1
+    )
+    ensure_pipeline_topics(settings)
+    rows = embedding_rows(60, seed=3)
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log_path=str(log))
+    url = f"http://127.0.0.1:{port}/metrics"
+    flags = ["--kafka-bootstrap", kafka, "--app-id", settings.app_id, "--metrics-url", url]
+    flags += [f for name, topic in topics(settings) for f in (flag_name(name), topic)]
+    try:
+        ingest_file(write_jsonl(tmp_path / "rows.jsonl", rows), settings, progress=False)
+        outcomes = wait_for_outcomes(settings, {r["id"] for r in rows}, 240, worker)
+        expected = Counter((r["decision"], r.get("reason") or "") for r in outcomes.values())
+        deadline = time.monotonic() + 30
+        while outcome_counters(samples := metric_samples(url)) != expected:
+            assert time.monotonic() < deadline, (outcome_counters(samples), expected)
+            time.sleep(0.5)
+        while lag_of(screen := status_screen(capsys, flags), settings.topic_raw) > 0 or (
+            lag_of(screen, settings.topic_scored) > 0
+        ):
+            assert time.monotonic() < deadline + 30, screen
+            time.sleep(1)
+    finally:
+        stop_worker(worker, signal.SIGTERM)
+
+    indexed = sum(1 for r in outcomes.values() if r.get("reason") in (None, "redundant"))
+    assert samples[("infogrowth_index_size", ())] == indexed
+    with_gain = sum(1 for r in outcomes.values() if r.get("gain") is not None)
+    assert samples[("infogrowth_gain_count", ())] == with_gain
+    assert samples[("infogrowth_batch_seconds_count", (("step", "select"),))] > 0
+    assert samples[("infogrowth_batch_seconds_count", (("step", "score"),))] > 0
+    assert re.search(r"total lag\s+0$", screen, re.M), screen
+    assert f"index size {indexed}" in screen and f"outcomes {len(rows)}" in screen
+    assert re.search(
+        r"progress: \d+ batches, \d+ outcomes \(.*/s\), index \d+, lag ", log.read_text()
+    )
+    changelog = f"{settings.app_id}-curator-state-changelog"
+    assert topic_configs(kafka, [changelog])[changelog]["cleanup.policy"] == "compact"
