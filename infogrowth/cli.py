@@ -35,6 +35,8 @@ SETTING_HELP = {
     "policy": "online selection: threshold (gain ≥ tau), budget (best --budget gains), all",
     "tau": "gain threshold of the threshold policy",
     "budget": "number of samples kept by the budget policy",
+    "dup_distance": "image cosine distance to a kept image at or below which a sample is a "
+    "duplicate, whatever its caption (0: exact copies only)",
     "encoder": "packaged (offline stand-in: EfficientNet-Lite0 + MiniLM), clip, precomputed",
     "clip_model": "CLIP/SigLIP checkpoint: local directory or hub id (needs --encoder clip)",
     "captioner": "label (offline: 'a photo of a <top label>'), transformers, openai",
@@ -118,7 +120,7 @@ def given_secrets(args: argparse.Namespace, environ: Mapping[str, str]) -> list[
 
 
 CURATE_FLAGS = (
-    "delta", "k", "policy", "tau", "budget", "encoder", "clip_model", "captioner",
+    "delta", "k", "policy", "tau", "budget", "dup_distance", "encoder", "clip_model", "captioner",
     "captioner_model", "captioner_url", "seed", "mode", "gain_mean", "hnsw_m",
     "hnsw_ef_construction", "hnsw_ef", "batch_size", "device", "label_confidence",
     "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket",

@@ -7,7 +7,6 @@ on different topics; the offline CLI calls ``curate_batch`` which chains them.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -21,11 +20,13 @@ from infogrowth.clean import (
     needs_recaption,
 )
 from infogrowth.encode import Encoded, Encoder, encode_batch
-from infogrowth.gain import GainIndex
+from infogrowth.gain import GainIndex, Neighbour, Verdict
 from infogrowth.records import (
     REASON_BAD_INPUT,
+    REASON_DUPLICATE,
     REASON_MISALIGNED,
     REASON_OVER_BUDGET,
+    REASON_REDUNDANT,
     BadInput,
     Outcome,
     Sample,
@@ -174,39 +175,65 @@ class Curator:
 
     # --- step 3: gain against the live index, then the online policy ----------------------
     def select(self, items: Sequence[Scored]) -> list[Outcome]:
+        """Gain against the kept samples (the index holds only those, except under
+        ``--policy all``), duplicate check on the image, then the policy, one sample at a
+        time in arrival order."""
         if not items:
             return []
         single = self.settings.mode == "single"
         vectors = {"image": np.stack([it.encoded.image_emb for it in items])}
         if not single:
             vectors["text"] = np.stack([it.encoded.text_emb for it in items])
+        outcomes: list[Outcome] = []
+
+        def decide(row: int, gain: float | None, nearest: dict[str, Neighbour | None]) -> Verdict:
+            outcome = self._decide(items[row], gain, nearest)
+            outcomes.append(outcome)
+            return Verdict(insert=self.indexes(outcome), remove=outcome.evicted)
+
         batch = self.index.gain_and_add(
             [it.sample.id for it in items],
             vectors,
             [it.sample.label for it in items] if single else None,
+            decide=decide,
         )
-        outcomes = []
-        for i, it in enumerate(items):
-            gain = None if math.isnan(batch.gain[i]) else float(batch.gain[i])
-            decision = self.policy.decide(it.sample.id, gain)
-            outcome = Outcome(
-                id=it.sample.id,
-                decision="accepted" if decision.accepted else "rejected",
-                reason=None if decision.accepted else decision.reason,
-                detail=None if decision.accepted else _gain_detail(gain, self.settings),
-                gain=gain,
-                alignment=None if single else it.encoded.alignment,
-                caption=it.sample.caption if not single else None,
-                caption_source=it.caption_source,
-                original_alignment=it.original_alignment,
-                label=it.sample.label,
-            )
-            if single:
-                outcome.relabelled = it.relabelled
-                outcome.label_gain = entropy_gain(it.sample.label, batch.neighbour_labels[i])
-            outcome.evicted = list(decision.evicted)
-            outcomes.append(outcome)
+        if single:
+            for outcome, labels in zip(outcomes, batch.neighbour_labels, strict=True):
+                outcome.label_gain = entropy_gain(outcome.label, labels)
         return outcomes
+
+    def indexes(self, outcome: Outcome) -> bool:
+        """Whether a selected sample enters the gain index: the kept ones, or all of them
+        under ``--policy all`` (the official semantics)."""
+        return outcome.decision == "accepted" or self.settings.policy == "all"
+
+    def _decide(
+        self, item: Scored, gain: float | None, nearest: dict[str, Neighbour | None]
+    ) -> Outcome:
+        single = self.settings.mode == "single"
+        outcome = Outcome(
+            id=item.sample.id,
+            decision="accepted",
+            gain=gain,
+            alignment=None if single else item.encoded.alignment,
+            caption=item.sample.caption if not single else None,
+            caption_source=item.caption_source,
+            original_alignment=item.original_alignment,
+            label=item.sample.label,
+            relabelled=single and item.relabelled,
+        )
+        image = nearest["image"]
+        if image is not None and image.distance <= self.settings.dup_distance:
+            limit = self.settings.dup_distance
+            detail = f"image {image.distance:.4f} from {image.id} <= dup_distance={limit}"
+            return _reject(outcome, REASON_DUPLICATE, detail, image)
+        decision = self.policy.decide(item.sample.id, gain)
+        if decision.accepted:
+            outcome.evicted = list(decision.evicted)
+            return outcome
+        closest = min((n for n in nearest.values() if n), key=lambda n: n.distance, default=None)
+        blame = closest if decision.reason == REASON_REDUNDANT else None
+        return _reject(outcome, decision.reason, _gain_detail(gain, self.settings), blame)
 
     # --- everything, for offline use ----------------------------------------------------
     def curate_batch(self, samples: Sequence[Sample]) -> list[Outcome]:
@@ -233,6 +260,13 @@ def apply_evictions(outcomes: Sequence[Outcome]) -> None:
                 victim.decision = "rejected"
                 victim.reason = REASON_OVER_BUDGET
                 victim.detail = f"pushed out of the budget by {o.id}"
+
+
+def _reject(outcome: Outcome, reason: str | None, detail: str, by: Neighbour | None) -> Outcome:
+    outcome.decision, outcome.reason, outcome.detail = "rejected", reason, detail
+    if by is not None:
+        outcome.neighbour, outcome.neighbour_distance = by.id, by.distance
+    return outcome
 
 
 def _gain_detail(gain: float | None, settings: Settings) -> str:

@@ -121,6 +121,8 @@ def outcome_record(outcome: Outcome, sample: Sample, item: Scored | None) -> dic
         "original_alignment": outcome.original_alignment,
         "decision": outcome.decision,
         "extra": _output_extra(sample),
+        "neighbour": outcome.neighbour,
+        "neighbour_distance": outcome.neighbour_distance,
     }
     if outcome.decision == "accepted":
         assert item is not None

@@ -10,6 +10,7 @@ REASON_BAD_INPUT = "bad_input"
 REASON_MISALIGNED = "misaligned"
 REASON_REDUNDANT = "redundant"
 REASON_OVER_BUDGET = "over_budget"
+REASON_DUPLICATE = "duplicate"  # the image (near) repeats a kept one, whatever the caption
 
 KNOWN_FIELDS = ("id", "image", "caption", "label", "image_embedding", "text_embedding")
 
@@ -55,6 +56,8 @@ class Outcome:
     relabelled: bool = False
     label_gain: float | None = None  # single-modal entropy gain 1 - p
     evicted: list[str] = field(default_factory=list)  # budget policy: ids this one pushed out
+    neighbour: str | None = None  # duplicate/redundant: the kept sample that made it so
+    neighbour_distance: float | None = None  # its cosine distance (1 − cos)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,6 +44,7 @@ class Settings:
     policy: str = "threshold"  # threshold | budget | all
     tau: float = 0.05  # gain threshold of the threshold policy
     budget: int = 1000  # samples kept by the budget policy
+    dup_distance: float = 0.15  # image cosine distance to a kept image at or below: duplicate
     seed: int = 0
     mode: str = "multimodal"  # multimodal (image+caption) | single (image+label, classifier)
     label_confidence: float = 0.5  # single-modal: P(c|d) below this -> relabel to argmax
@@ -191,6 +192,7 @@ def _roles(value: str) -> str | None:
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "delta": _between(0, 1),
+    "dup_distance": _between(0, 2),
     "label_confidence": _between(0, 1),
     "k": _at_least(1),
     "hnsw_m": _at_least(1),

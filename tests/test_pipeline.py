@@ -79,6 +79,7 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
     assert set(ids) == {i for i, r in outcomes.items() if r["decision"] == "accepted"}
     reasons = Counter(r.get("reason") for r in outcomes.values())
     assert reasons["redundant"] > 0 and reasons["misaligned"] > 0 and reasons["bad_input"] == 1
+    assert reasons["duplicate"] > 0  # the exact re-crawls
 
     # The same data curated offline gives the same decisions and gains.
     both = write_jsonl(tmp_path / "all.jsonl", embedding_rows(600))
@@ -91,6 +92,9 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
     for sample_id, r in outcomes.items():
         assert r["decision"] == offline[sample_id]["decision"], sample_id
         assert r.get("gain") == offline[sample_id]["gain"], sample_id
+        assert r.get("reason") == offline[sample_id]["reason"], sample_id
+        assert r.get("neighbour") == offline[sample_id]["neighbour"], sample_id
+        assert r.get("neighbour_distance") == offline[sample_id]["neighbour_distance"], sample_id
 
     # Replaying raw-samples twice rebuilds the accepted records byte for byte.
     streamed = topic_values(settings, settings.topic_accepted)
