@@ -45,8 +45,9 @@ def _ids(path):
 def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matches(
     kafka, s3, tmp_path
 ):
+    # dup_distance 0.02: the exact re-crawls are duplicates, cluster neighbours redundant.
     settings = run_settings(
-        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08
+        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08, dup_distance=0.02
     )
     ensure_pipeline_topics(settings)
     first = write_jsonl(tmp_path / "first.jsonl", embedding_rows(600)[:300])
