@@ -7,7 +7,7 @@ on different topics; the offline CLI calls ``curate_batch`` which chains them.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,6 +20,13 @@ from infogrowth.clean import (
     needs_recaption,
 )
 from infogrowth.encode import Encoded, Encoder, encode_batch
+from infogrowth.filters import (
+    REASON_LOW_ALIGNMENT,
+    Prefetched,
+    ReadBytes,
+    make_alignment_filter,
+    make_filters,
+)
 from infogrowth.gain import GainIndex, Neighbour, Verdict
 from infogrowth.records import (
     REASON_BAD_INPUT,
@@ -33,8 +40,6 @@ from infogrowth.records import (
 )
 from infogrowth.sample import Policy
 from infogrowth.settings import Settings
-
-ReadBytes = Callable[[str], bytes]
 
 
 @dataclass
@@ -78,12 +83,42 @@ class Curator:
         self.captioner = captioner
         self.index = index
         self.policy = policy
-        self.read_bytes = read_bytes
+        self.read_bytes = Prefetched(read_bytes)
+        self.filters = make_filters(settings)
+        self.alignment_filter = make_alignment_filter(settings)
         # (image, text) sizes precomputed embeddings must have, learnt from the first valid one
         # when the encoder does not fix them: a later sample of another size is bad input.
         self.embedding_dims: tuple[int, int] | None = None
         if settings.mode == "single" and (encoder is None or encoder.class_names is None):
             raise ValueError("single-modal mode needs an encoder with a classifier (packaged)")
+
+    # --- step 0: cheap filters, before the encoder (new samples only) ----------------------
+    def score_new(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
+        """``score`` for samples seen for the first time: the DataComp-style filters run
+        before the encoder, the alignment-percentile filter on its alignment."""
+        screened = [self._screen(s) for s in samples]
+        passing = [s for s in screened if isinstance(s, Sample)]
+        scored = iter(self.score(passing) if passing else [])
+        self.read_bytes.kept.clear()  # what the encoder did not read again (bad input)
+        out = [next(scored) if isinstance(s, Sample) else s for s in screened]
+        return [self._screen_alignment(s) for s in out]
+
+    def _screen(self, sample: Sample) -> Sample | Outcome:
+        for stage in self.filters:
+            detail = stage.check(sample, self.read_bytes)
+            if detail is not None:
+                return rejected(sample, stage.reason, detail)
+        return sample
+
+    def _screen_alignment(self, item: Scored | Outcome) -> Scored | Outcome:
+        if self.alignment_filter is None or not isinstance(item, Scored):
+            return item
+        if self.settings.mode == "single" or item.encoded.alignment is None:
+            return item
+        detail = self.alignment_filter.check_alignment(item.encoded.alignment)
+        if detail is None:
+            return item
+        return rejected(item.sample, REASON_LOW_ALIGNMENT, detail, alignment=item.encoded.alignment)
 
     # --- step 1: encode + check alignment ------------------------------------------------
     def score(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
@@ -242,7 +277,7 @@ class Curator:
 
     def curate_items(self, samples: Sequence[Sample]) -> list[tuple[Outcome, Scored | None]]:
         """Outcomes in input order, each with the scored sample behind it (None if bad input)."""
-        scored = self.score(samples)
+        scored = self.score_new(samples)
         misaligned = [s for s in scored if isinstance(s, Scored) and not self.is_aligned(s)]
         fixed = dict(zip((id(m) for m in misaligned), self.recaption(misaligned), strict=True))
         staged: list[Scored | Outcome] = [fixed.get(id(s), s) for s in scored]

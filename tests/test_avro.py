@@ -70,6 +70,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "image_embedding": EMB,
         "text_embedding": EMB,
         "extra": {},
+        "neighbour": None,
+        "neighbour_distance": None,
     },
     "RejectedSample": {
         "id": "s-2",
@@ -85,6 +87,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original_alignment": None,
         "decision": "rejected",
         "extra": {"k": "v"},
+        "neighbour": "s-1",
+        "neighbour_distance": 0.0,
     },
     "DeadLetter": {
         "topic": "raw-samples",
