@@ -7,12 +7,18 @@ distances per modality, and the arithmetic mean of the modalities (the official 
 averages the image and text mean distances). The gain is computed once, before the sample
 is inserted, so it depends on arrival order.
 
+A caller's ``decide`` hook sees each sample's gain and nearest neighbours and says whether
+it enters the index and which earlier samples leave it (hnswlib ``mark_deleted``): the
+curator indexes only the samples it keeps, so gains are measured against the curated set.
+
 Batching does not change the result: a batch is scored as if its samples arrived one at a
 time. The HNSW index is queried for the whole batch at once (it only holds earlier
-batches), an exact pass finds neighbours among the earlier rows of the same batch, and the
-two candidate lists are merged. This equals one-at-a-time scoring whenever HNSW returns
-the true k nearest; where it misses one (rare at ef=32, more often on high intrinsic
-dimension), batched and one-at-a-time gains of that sample can differ slightly.
+batches), an exact pass finds neighbours among the rows this batch inserted so far, and the
+two candidate lists are merged (a row whose HNSW candidates were removed meanwhile is
+queried again). Inserts and removals happen row by row, so the graph does not depend on
+the batching either. This equals one-at-a-time scoring whenever HNSW returns the true k
+nearest; where it misses one (rare at ef=32, more often on high intrinsic dimension),
+batched and one-at-a-time gains of that sample can differ slightly.
 
 Determinism: inserts use one thread, because hnswlib's parallel inserts build a different
 graph on every run; the same inputs in the same batches give byte-identical gains.
