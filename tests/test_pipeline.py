@@ -111,6 +111,38 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
     assert len(topic_values(settings, strict.accepted_topic)) < len(r1)
 
 
+def test_filters_decide_the_same_in_the_worker_and_offline(kafka, s3, tmp_path):
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", min_words=2, max_caption_repeats=2,
+        alignment_top=0.6, dup_distance=0.02, seed=3,
+    )  # fmt: skip
+    ensure_pipeline_topics(settings)
+    rows = embedding_rows(80, seed=3)
+    for i, row in enumerate(rows):
+        if i % 9 == 1:
+            row["caption"] = "cat"  # one word
+        elif i % 4 == 0:
+            row["caption"] = "A photo."  # boilerplate
+    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    worker = start_worker(settings, log_path=str(tmp_path / "worker.log"))
+    try:
+        ingest_file(src, settings, progress=False)
+        ids = {r["id"] for r in rows}
+        streamed = wait_for_outcomes(settings, ids, timeout_s=240, worker=worker)
+    finally:
+        stop_worker(worker, signal.SIGTERM)
+    curate_file(src, tmp_path / "offline.jsonl", settings, progress=False)
+    import json
+
+    offline = [json.loads(line) for line in (tmp_path / "offline.jsonl").read_text().splitlines()]
+    for want in offline:
+        got = streamed[want["id"]]
+        assert (got["decision"], got.get("reason")) == (want["decision"], want["reason"]), got
+    reasons = Counter(r["reason"] for r in offline)
+    assert reasons["caption_length"] == len(range(1, 80, 9))
+    assert reasons["caption_repeated"] > 0 and reasons["low_alignment"] > 0
+
+
 def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_path):
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed")
     ensure_pipeline_topics(settings)
