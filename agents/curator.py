@@ -135,6 +135,8 @@ async def _finish(
         if outcome is None:
             outcome = _still_misaligned(it, ctx.settings.delta)
             durable.put(key, state_codec.rejected(seq))
+        elif not ctx.curator.indexes(outcome):  # rejected: not part of the curated set
+            durable.put(key, state_codec.rejected(seq))
         else:
             vectors = {"image": it.encoded.image_emb}
             if it.encoded.text_emb is not None and "text" in ctx.curator.index.modalities:

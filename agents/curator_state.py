@@ -3,9 +3,12 @@
 Entries (JSON dicts, vectors as base64 float32):
   queued   — in the ordered gate (``record`` = the ScoredSample bytes, or None while it
              waits for its recaption);
-  indexed  — in the gain index (its vectors, label and gain: enough to rebuild the index and
-             the policy in the original order);
-  rejected — finished without entering the index (misaligned after recaption).
+  indexed  — entered the gain index (its vectors, label and gain: enough to rebuild the index
+             and the policy in the original order). Samples the budget policy evicted later
+             stay ``indexed``: the rebuild inserts them and removes them again at the same
+             point, so the graph is the very one of the uninterrupted run;
+  rejected — finished without entering the index (misaligned, duplicate, or rejected by the
+             policy, except under ``--policy all`` where every selected sample is indexed).
 ``seq`` is the arrival number, so a restart rebuilds everything in the original order.
 """
 
@@ -70,9 +73,14 @@ def restore(entries: dict[str, Entry], index: GainIndex, policy: Policy) -> Rest
             m: np.stack([_unvec(e["vectors"][m]) for _, e in done]) for m in index.modalities
         }
         labels = [e["label"] for _, e in done]
-        state.index = GainIndex.rebuild([k for k, _ in done], vectors, labels, **index.params)
+        removals = {}  # the policy's memory (budget heap) and its evictions, replayed
         for key, entry in done:
-            policy.decide(key, entry["gain"])  # rebuild the policy's memory (budget heap)
+            evicted = policy.decide(key, entry["gain"]).evicted
+            if evicted:
+                removals[key] = list(evicted)
+        state.index = GainIndex.rebuild(
+            [k for k, _ in done], vectors, labels, removals=removals, **index.params
+        )
     for key, entry in parsed:
         if entry["state"] == "queued":
             record = entry["record"]

@@ -13,7 +13,7 @@ from faust.types import TP
 
 from agents.context import Context
 from infogrowth.avro import MalformedMessage, decode_any
-from infogrowth.curate import Scored
+from infogrowth.curate import Curator, Scored
 from infogrowth.messages import outcome_record, sample_from_raw, scored_from_record, scored_record
 from infogrowth.records import REASON_MISALIGNED, Outcome, Sample
 
@@ -29,8 +29,8 @@ def register(ctx: Context) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
             parsed = [(ev, _parse(ev)) for ev in events]
             batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
-            samples = [it.sample for _, it in batch]
-            results = await ctx.run_while_store_down(ctx.curator.score, samples) if samples else []
+            items = [it for _, it in batch]
+            results = await ctx.run_while_store_down(_score, ctx.curator, items) if items else []
             async with ctx.atomic():  # the model ran outside: commits wait only for the sends
                 for ev, it in parsed:
                     if isinstance(it, str):
@@ -45,6 +45,15 @@ class _Item:
     def __init__(self, sample: Sample, previous: dict | None) -> None:
         self.sample = sample
         self.previous = previous
+
+
+def _score(curator: Curator, items: list[_Item]) -> list[Scored | Outcome]:
+    """New samples pass the filters first (as offline), new captions only the encoder."""
+    fresh = [it.sample for it in items if it.previous is None]
+    recaptioned = [it.sample for it in items if it.previous is not None]
+    new = iter(curator.score_new(fresh) if fresh else [])
+    again = iter(curator.score(recaptioned) if recaptioned else [])
+    return [next(new if it.previous is None else again) for it in items]
 
 
 def _parse(event: faust.EventT) -> _Item | str:

@@ -35,6 +35,14 @@ SETTING_HELP = {
     "policy": "online selection: threshold (gain ≥ tau), budget (best --budget gains), all",
     "tau": "gain threshold of the threshold policy",
     "budget": "number of samples kept by the budget policy",
+    "dup_distance": "image cosine distance to a kept image at or below which a sample is a "
+    "duplicate, whatever its caption (0: exact copies only)",
+    "min_side": "images with a side below this many pixels are rejected (image_shape; 0: off)",
+    "max_aspect": "images with long/short side above this are rejected (image_shape; 0: off)",
+    "min_words": "captions with fewer words are rejected (caption_length; 0: off)",
+    "max_words": "captions with more words are rejected (caption_length; 0: off)",
+    "max_caption_repeats": "a caption seen more often is rejected (caption_repeated; 0: off)",
+    "alignment_top": "keep the top fraction by alignment, online (low_alignment; 1: off)",
     "encoder": "auto (packaged, loaded only for rows without both embeddings), packaged "
     "(offline stand-in: EfficientNet-Lite0 + MiniLM), clip, precomputed",
     "clip_model": "CLIP/SigLIP checkpoint: local directory or hub id (needs --encoder clip)",
@@ -131,6 +139,8 @@ CURATE_FLAGS = (
     "hnsw_ef_construction", "hnsw_ef", "batch_size", "device", "label_confidence",
     "label_action", "label_model",
     "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket",
+    "dup_distance", "min_side", "max_aspect", "min_words", "max_words", "max_caption_repeats",
+    "alignment_top",
 )  # fmt: skip
 
 

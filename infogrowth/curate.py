@@ -7,8 +7,7 @@ on different topics; the offline CLI calls ``curate_batch`` which chains them.
 from __future__ import annotations
 
 import io
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -27,20 +26,27 @@ from infogrowth.clean import (
     needs_recaption,
 )
 from infogrowth.encode import Encoded, Encoder, WrongEncoder, encode_batch
-from infogrowth.gain import GainIndex
+from infogrowth.filters import (
+    REASON_LOW_ALIGNMENT,
+    Prefetched,
+    ReadBytes,
+    make_alignment_filter,
+    make_filters,
+)
+from infogrowth.gain import GainIndex, Neighbour, Verdict
 from infogrowth.records import (
     REASON_BAD_INPUT,
+    REASON_DUPLICATE,
     REASON_MISALIGNED,
     REASON_MISLABELLED,
     REASON_OVER_BUDGET,
+    REASON_REDUNDANT,
     BadInput,
     Outcome,
     Sample,
 )
 from infogrowth.sample import Policy
 from infogrowth.settings import Settings
-
-ReadBytes = Callable[[str], bytes]
 
 
 @dataclass
@@ -85,7 +91,9 @@ class Curator:
         self.captioner = captioner
         self.index = index
         self.policy = policy
-        self.read_bytes = read_bytes
+        self.read_bytes = Prefetched(read_bytes)
+        self.filters = make_filters(settings)
+        self.alignment_filter = make_alignment_filter(settings)
         # (image, text) sizes of this run's embeddings, learnt from the first valid sample
         # when the encoder does not fix them: a later sample of another size is bad input.
         self.embedding_dims: tuple[int, int] | None = None
@@ -98,6 +106,34 @@ class Curator:
             else None
         )
         self.user_labels: dict[str, str] = {}  # labels seen so far: casefolded → as given
+
+    # --- step 0: cheap filters, before the encoder (new samples only) ----------------------
+    def score_new(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
+        """``score`` for samples seen for the first time: the DataComp-style filters run
+        before the encoder, the alignment-percentile filter on its alignment."""
+        screened = [self._screen(s) for s in samples]
+        passing = [s for s in screened if isinstance(s, Sample)]
+        scored = iter(self.score(passing) if passing else [])
+        self.read_bytes.kept.clear()  # what the encoder did not read again (bad input)
+        out = [next(scored) if isinstance(s, Sample) else s for s in screened]
+        return [self._screen_alignment(s) for s in out]
+
+    def _screen(self, sample: Sample) -> Sample | Outcome:
+        for stage in self.filters:
+            detail = stage.check(sample, self.read_bytes)
+            if detail is not None:
+                return rejected(sample, stage.reason, detail)
+        return sample
+
+    def _screen_alignment(self, item: Scored | Outcome) -> Scored | Outcome:
+        if self.alignment_filter is None or not isinstance(item, Scored):
+            return item
+        if self.settings.mode == "single" or item.encoded.alignment is None:
+            return item
+        detail = self.alignment_filter.check_alignment(item.encoded.alignment)
+        if detail is None:
+            return item
+        return rejected(item.sample, REASON_LOW_ALIGNMENT, detail, alignment=item.encoded.alignment)
 
     # --- step 1: encode + check alignment ------------------------------------------------
     def score(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
@@ -263,50 +299,87 @@ class Curator:
 
     # --- step 3: gain against the live index, then the online policy ----------------------
     def select(self, items: Sequence[Scored]) -> list[Outcome]:
+        """Gain against the kept samples (the index holds only those, except under
+        ``--policy all``), duplicate check on the image, then the policy, one sample at a
+        time in arrival order."""
         if not items:
             return []
         single = self.settings.mode == "single"
         vectors = {"image": np.stack([it.encoded.image_emb for it in items])}
         if not single:
             vectors["text"] = np.stack([it.encoded.text_emb for it in items])
+        outcomes: list[Outcome] = []
+
+        def decide(
+            row: int,
+            gain: float | None,
+            nearest: dict[str, Neighbour | None],
+            neighbour_labels: list[str | None],
+        ) -> Verdict:
+            outcome = self._decide(items[row], gain, nearest, neighbour_labels)
+            outcomes.append(outcome)
+            return Verdict(insert=self.indexes(outcome), remove=outcome.evicted)
+
         batch = self.index.gain_and_add(
             [it.sample.id for it in items],
             vectors,
             [it.sample.label for it in items] if single else None,
+            decide=decide,
         )
-        outcomes = []
-        for i, it in enumerate(items):
-            gain = None if math.isnan(batch.gain[i]) else float(batch.gain[i])
-            if single and it.label_confidence is None:  # no classifier judged it: kNN vote
-                verdict = knn_vote(it.sample.label, batch.neighbour_labels[i])
-                # On a copy: the index (and the curator's durable state) keep the given label.
-                voted = self._apply_verdict(replace(it), verdict)
-                if isinstance(voted, Outcome):
-                    voted.gain = gain
-                    outcomes.append(voted)
-                    continue
-                it = voted  # the outcome reports the voted label
-            decision = self.policy.decide(it.sample.id, gain)
-            outcome = Outcome(
-                id=it.sample.id,
-                decision="accepted" if decision.accepted else "rejected",
-                reason=None if decision.accepted else decision.reason,
-                detail=None if decision.accepted else _gain_detail(gain, self.settings),
-                gain=gain,
-                alignment=None if single else it.encoded.alignment,
-                caption=it.sample.caption if not single else None,
-                caption_source=it.caption_source,
-                original_alignment=it.original_alignment,
-                label=it.sample.label,
-            )
-            if single:
-                outcome.relabelled = it.relabelled
-                outcome.label_confidence = it.label_confidence
-                outcome.original_label = it.original_label
-                outcome.label_gain = entropy_gain(it.sample.label, batch.neighbour_labels[i])
-            outcome.evicted = list(decision.evicted)
-            outcomes.append(outcome)
+        if single:
+            for outcome, labels in zip(outcomes, batch.neighbour_labels, strict=True):
+                outcome.label_gain = entropy_gain(outcome.label, labels)
         return outcomes
+
+    def indexes(self, outcome: Outcome) -> bool:
+        """Whether a selected sample enters the gain index: the kept ones, or all of them
+        under ``--policy all`` (the official semantics)."""
+        return outcome.decision == "accepted" or self.settings.policy == "all"
+
+    def _decide(
+        self,
+        item: Scored,
+        gain: float | None,
+        nearest: dict[str, Neighbour | None],
+        neighbour_labels: list[str | None],
+    ) -> Outcome:
+        single = self.settings.mode == "single"
+        image = nearest["image"]
+        if single and item.label_confidence is None and not _is_duplicate(image, self.settings):
+            # No classifier judged the label: the kNN vote does. On a copy: the index (and
+            # the curator's durable state) keep the given label.
+            verdict = knn_vote(item.sample.label, neighbour_labels)
+            voted = self._apply_verdict(replace(item), verdict)
+            if isinstance(voted, Outcome):
+                voted.gain = gain
+                return voted
+            item = voted  # the outcome reports the voted label
+        outcome = Outcome(
+            id=item.sample.id,
+            decision="accepted",
+            gain=gain,
+            alignment=None if single else item.encoded.alignment,
+            caption=item.sample.caption if not single else None,
+            caption_source=item.caption_source,
+            original_alignment=item.original_alignment,
+            label=item.sample.label,
+            relabelled=single and item.relabelled,
+        )
+        if single:
+            outcome.label_confidence = item.label_confidence
+            outcome.original_label = item.original_label
+        if _is_duplicate(image, self.settings):
+            assert image is not None
+            limit = self.settings.dup_distance
+            detail = f"image {image.distance:.4f} from {image.id} <= dup_distance={limit}"
+            return _reject(outcome, REASON_DUPLICATE, detail, image)
+        decision = self.policy.decide(item.sample.id, gain)
+        if decision.accepted:
+            outcome.evicted = list(decision.evicted)
+            return outcome
+        closest = min((n for n in nearest.values() if n), key=lambda n: n.distance, default=None)
+        blame = closest if decision.reason == REASON_REDUNDANT else None
+        return _reject(outcome, decision.reason, _gain_detail(gain, self.settings), blame)
 
     # --- everything, for offline use ----------------------------------------------------
     def curate_batch(self, samples: Sequence[Sample]) -> list[Outcome]:
@@ -315,12 +388,16 @@ class Curator:
 
     def curate_items(self, samples: Sequence[Sample]) -> list[tuple[Outcome, Scored | None]]:
         """Outcomes in input order, each with the scored sample behind it (None if bad input)."""
-        scored = self.score(samples)
+        scored = self.score_new(samples)
         misaligned = [s for s in scored if isinstance(s, Scored) and not self.is_aligned(s)]
         fixed = dict(zip((id(m) for m in misaligned), self.recaption(misaligned), strict=True))
         staged: list[Scored | Outcome] = [fixed.get(id(s), s) for s in scored]
         selected = iter(self.select([s for s in staged if isinstance(s, Scored)]))
         return [(next(selected), s) if isinstance(s, Scored) else (s, None) for s in staged]
+
+
+def _is_duplicate(image: Neighbour | None, settings: Settings) -> bool:
+    return image is not None and image.distance <= settings.dup_distance
 
 
 def apply_evictions(outcomes: Sequence[Outcome]) -> None:
@@ -333,6 +410,13 @@ def apply_evictions(outcomes: Sequence[Outcome]) -> None:
                 victim.decision = "rejected"
                 victim.reason = REASON_OVER_BUDGET
                 victim.detail = f"pushed out of the budget by {o.id}"
+
+
+def _reject(outcome: Outcome, reason: str | None, detail: str, by: Neighbour | None) -> Outcome:
+    outcome.decision, outcome.reason, outcome.detail = "rejected", reason, detail
+    if by is not None:
+        outcome.neighbour, outcome.neighbour_distance = by.id, by.distance
+    return outcome
 
 
 def _gain_detail(gain: float | None, settings: Settings) -> str:

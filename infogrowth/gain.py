@@ -7,12 +7,18 @@ distances per modality, and the arithmetic mean of the modalities (the official 
 averages the image and text mean distances). The gain is computed once, before the sample
 is inserted, so it depends on arrival order.
 
+A caller's ``decide`` hook sees each sample's gain and nearest neighbours and says whether
+it enters the index and which earlier samples leave it (hnswlib ``mark_deleted``): the
+curator indexes only the samples it keeps, so gains are measured against the curated set.
+
 Batching does not change the result: a batch is scored as if its samples arrived one at a
 time. The HNSW index is queried for the whole batch at once (it only holds earlier
-batches), an exact pass finds neighbours among the earlier rows of the same batch, and the
-two candidate lists are merged. This equals one-at-a-time scoring whenever HNSW returns
-the true k nearest; where it misses one (rare at ef=32, more often on high intrinsic
-dimension), batched and one-at-a-time gains of that sample can differ slightly.
+batches), an exact pass finds neighbours among the rows this batch inserted so far, and the
+two candidate lists are merged (a row whose HNSW candidates were removed meanwhile is
+queried again). Inserts and removals happen row by row, so the graph does not depend on
+the batching either. This equals one-at-a-time scoring whenever HNSW returns the true k
+nearest; where it misses one (rare at ef=32, more often on high intrinsic dimension),
+batched and one-at-a-time gains of that sample can differ slightly.
 
 Determinism: inserts use one thread, because hnswlib's parallel inserts build a different
 graph on every run; the same inputs in the same batches give byte-identical gains.
@@ -20,13 +26,13 @@ graph on every run; the same inputs in the same batches give byte-identical gain
 
 from __future__ import annotations
 
-import functools
 import io
 import json
+import math
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -53,15 +59,40 @@ _UNIT_TOL = 1e-6
 # float32 dot products of equal unit vectors land within ~1e-7 of distance 0; snap such
 # distances to exactly 0 so a duplicate is a duplicate (geometric/harmonic means hinge on it).
 _ZERO_TOL = 1e-6
-# The first EXACT_PREFIX samples are also searched exactly (one float32 GEMM), so an index of
-# up to that many samples gives exact gains whatever the batching (HNSW alone can miss a
-# neighbour, e.g. among many identical vectors, and which one depends on the graph it
+# The first EXACT_PREFIX samples are also searched exactly (one float32 GEMM per batch), so an
+# index of up to that many samples gives exact gains whatever the batching (HNSW alone can
+# miss a neighbour, e.g. among many identical vectors, and which one depends on the graph it
 # searches). Exact search is faster than HNSW at this size on two cores (shared/notes).
 EXACT_PREFIX = 30_000
 # Extra exact candidates per row: a float32 near-tie at the k-th place is settled by the
 # float64 re-score rather than by GEMM rounding, which varies with batch shape.
 _EXACT_MARGIN = 4
 _PARAMS = ("modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads")
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """The nearest earlier live sample in one modality and its cosine distance (1 − cos)."""
+
+    id: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``decide`` says about one sample: does it enter the index, which samples leave."""
+
+    insert: bool = True
+    remove: Sequence[str] = ()
+
+
+# decide(row in the batch, gain or None, nearest neighbour per modality,
+#        labels of the k nearest in the first modality) -> Verdict
+Decide = Callable[[int, "float | None", "dict[str, Neighbour | None]", "list[str | None]"], Verdict]
+
+
+def _insert_all(row: int, gain: float | None, *_: object) -> Verdict:
+    return Verdict()
 
 
 @dataclass
@@ -71,12 +102,26 @@ class GainBatch:
     ``gain`` is nan for a sample with no earlier neighbour (the very first one).
     ``neighbours``/``neighbour_labels`` follow the first modality's nearest-first order and
     hold fewer than k entries while the index holds fewer than k earlier samples.
+    ``nearest[modality][i]`` is sample i's nearest earlier live sample (None if none);
+    ``inserted[i]`` whether sample i entered the index.
     """
 
     gain: np.ndarray
     neighbours: list[list[str]]
     neighbour_labels: list[list[str | None]]
     modality_gains: dict[str, np.ndarray] = field(default_factory=dict)
+    nearest: dict[str, list[Neighbour | None]] = field(default_factory=dict)
+    inserted: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    gain: float
+    neighbours: list[str]
+    neighbour_labels: list[str | None]
+    modality_gains: dict[str, float]
+    nearest: dict[str, Neighbour | None]
+    inserted: bool = True
 
 
 class GainIndex:
@@ -116,6 +161,7 @@ class GainIndex:
         self._ids: list[str] = []
         self._labels: list[str | None] = []
         self._pos: dict[str, int] = {}
+        self._deleted: set[int] = set()  # positions taken out of the search (remove)
         self._prefix: dict[str, np.ndarray] = {}  # modality -> first EXACT_PREFIX vectors
 
     # --- container protocol ----------------------------------------------------------------
@@ -146,16 +192,38 @@ class GainIndex:
         ids: Sequence[str],
         vectors: Mapping[str, np.ndarray],
         labels: Sequence[str | None] | None = None,
+        decide: Decide | None = None,
     ) -> GainBatch:
-        """Score each sample against everything inserted before it, then insert it."""
+        """Score each sample against the live samples inserted before it, then insert it.
+
+        ``decide`` (default: insert everything) sees each sample's gain and nearest
+        neighbours in arrival order and says whether it enters the index and which earlier
+        samples leave it; later samples of the batch see that decision, as if they came
+        one at a time.
+        """
         if len(ids) == 0:
             return _concat([], self.modalities)
         ids, labels, mats = self._validate(ids, vectors, labels)
+        decide = decide or _insert_all
         parts = [
-            self._gain_and_add_chunk(ids[s : s + _CHUNK], labels[s : s + _CHUNK], mats, s)
+            self._gain_and_add_chunk(ids[s : s + _CHUNK], labels[s : s + _CHUNK], mats, s, decide)
             for s in range(0, len(ids), _CHUNK)
         ]
         return _concat(parts, self.modalities)
+
+    def remove(self, ids: Iterable[str]) -> None:
+        """Take samples out of the neighbour search (hnswlib mark_deleted); ids stay known."""
+        for sample_id in ids:
+            pos = self._pos[sample_id]
+            if pos not in self._deleted:
+                for index in self._indices.values():
+                    index.mark_deleted(pos)
+                self._deleted.add(pos)
+
+    @property
+    def live(self) -> int:
+        """Samples a neighbour search can return (inserted minus removed)."""
+        return len(self._ids) - len(self._deleted)
 
     def _gain_and_add_chunk(
         self,
@@ -163,109 +231,78 @@ class GainIndex:
         labels: list[str | None],
         mats: dict[str, np.ndarray],
         start: int,
+        decide: Decide,
     ) -> GainBatch:
         chunk = {mod: x[start : start + len(ids)] for mod, x in mats.items()}
-        per_mod: dict[str, np.ndarray] = {}
-        first_pos: np.ndarray | None = None
-        for mod in self.modalities:
-            dist, pos = self._neighbours(mod, chunk[mod])
-            per_mod[mod] = mean_distance(dist, self.mean)
-            if first_pos is None:
-                first_pos = pos
-        self._insert(ids, labels, chunk)
-        assert first_pos is not None
-        neighbours = [[self._ids[p] for p in row if p >= 0] for row in first_pos.tolist()]
-        neighbour_labels = [[self._labels[p] for p in row if p >= 0] for row in first_pos.tolist()]
-        gain = np.mean(np.stack([per_mod[mod] for mod in self.modalities]), axis=0)
-        return GainBatch(gain, neighbours, neighbour_labels, per_mod)
+        batch = _BatchSearch(self, chunk)
+        rows = [self._score_row(batch, i, ids, labels, decide) for i in range(len(ids))]
+        return _stack_rows(rows, self.modalities)
 
-    def _neighbours(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest earlier samples of each row: (distances float64 nan-padded, positions -1).
+    def _score_row(
+        self,
+        batch: _BatchSearch,
+        i: int,
+        ids: list[str],
+        labels: list[str | None],
+        decide: Decide,
+    ) -> _Row:
+        per_mod = {mod: batch.neighbours(mod, i) for mod in self.modalities}
+        dists = {mod: mean_distance(d[None, :], self.mean)[0] for mod, (d, _) in per_mod.items()}
+        gain = float(np.mean([dists[mod] for mod in self.modalities]))
+        nearest = {mod: self._nearest(d, pos) for mod, (d, pos) in per_mod.items()}
+        first = per_mod[self.modalities[0]][1]
+        row = _Row(
+            gain=gain,
+            neighbours=[self._ids[p] for p in first if p >= 0],
+            neighbour_labels=[self._labels[p] for p in first if p >= 0],
+            modality_gains=dists,
+            nearest=nearest,
+        )
+        verdict = decide(i, None if math.isnan(gain) else gain, nearest, row.neighbour_labels)
+        if verdict.insert:
+            batch.inserted(i, self._insert_one(ids[i], labels[i], batch.x, i))
+        row.inserted = verdict.insert
+        self.remove(verdict.remove)
+        return row
 
-        hnswlib (earlier batches) and an exact pass (earlier rows of this batch) propose
-        candidates; their distances are then recomputed one way for all of them, so a
-        gain does not depend on where the batch boundaries fell.
-        """
-        n0, n = len(self._ids), len(x)
-        cand_p: list[np.ndarray] = []
-        if n0 > 0 and mod in self._prefix:
-            cand_p.append(self._exact_prefix(mod, x))
-        if n0 > 0:
-            labels, _ = self._indices[mod].knn_query(
-                x, k=min(self.k, n0), num_threads=self.query_threads
-            )
-            cand_p.append(labels.astype(np.int64))
-        if n > 1:
-            in_batch = self._in_batch(x)
-            cand_p.append(np.where(in_batch >= 0, in_batch + n0, -1))
-        if not cand_p:
-            return np.full((n, self.k), np.nan), np.full((n, self.k), -1, dtype=np.int64)
-        pos = _first_occurrences(np.hstack(cand_p))
-        return self._merge(self._exact_distances(mod, x, pos), pos)
+    def _nearest(self, dist: np.ndarray, pos: np.ndarray) -> Neighbour | None:
+        if pos[0] < 0:
+            return None
+        return Neighbour(self._ids[int(pos[0])], float(dist[0]))
 
-    def _exact_prefix(self, mod: str, x: np.ndarray) -> np.ndarray:
-        """Positions of the nearest stored samples among the first EXACT_PREFIX, by GEMM."""
-        prefix = self._prefix[mod][: min(len(self._ids), EXACT_PREFIX)]
-        kb = min(self.k + _EXACT_MARGIN, len(prefix))
-        sim = x @ prefix.T
-        return np.argpartition(-sim, kb - 1, axis=1)[:, :kb].astype(np.int64)
-
-    def _in_batch(self, x: np.ndarray) -> np.ndarray:
-        """Positions (within the batch) of the k nearest earlier rows; -1 where none exists."""
-        n = len(x)
-        kb = min(self.k, n - 1)
-        sim = x @ x.T
-        sim[_upper_mask(n)] = -np.inf  # only rows before i are "earlier"
-        idx = np.argpartition(-sim, kb - 1, axis=1)[:, :kb]
-        earlier = np.isfinite(np.take_along_axis(sim, idx, axis=1))
-        return np.where(earlier, idx, -1).astype(np.int64)
-
-    def _exact_distances(self, mod: str, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """1 − cos of each row and its candidates, inf where pos < 0. float32 products are
-        exact in float64, and the float64 sum runs in the same order for every pair."""
-        n0 = len(self._ids)
-        flat = pos.ravel()
-        stored, in_batch = (flat >= 0) & (flat < n0), flat >= n0
-        others = np.zeros((flat.size, x.shape[1]), dtype=np.float64)
-        if stored.any():
-            others[stored] = self._indices[mod].get_items(flat[stored])
-        others[in_batch] = x[flat[in_batch] - n0]
-        rows = np.repeat(x.astype(np.float64), pos.shape[1], axis=0)
-        dist = 1.0 - (rows * others).sum(axis=1)
-        dist[flat < 0] = np.inf
-        return dist.reshape(pos.shape)
+    def _exact_distances(self, mod: str, row: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """1 − cos of one row and its candidate positions. float32 products are exact in
+        float64, and the float64 sum runs in the same order for every pair."""
+        others = np.asarray(self._indices[mod].get_items(pos), dtype=np.float64)
+        return 1.0 - (row.astype(np.float64)[None, :] * others).sum(axis=1)
 
     def _merge(self, dist: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keep the k smallest candidates per row, nan/-1 padded to k columns."""
-        order = np.argsort(dist, axis=1, kind="stable")[:, : self.k]
-        dist = np.take_along_axis(dist, order, axis=1)
-        pos = np.take_along_axis(pos, order, axis=1)
-        missing = self.k - dist.shape[1]
-        if missing > 0:
-            dist = np.pad(dist, ((0, 0), (0, missing)), constant_values=np.inf)
-            pos = np.pad(pos, ((0, 0), (0, missing)), constant_values=-1)
-        invalid = ~np.isfinite(dist)
-        dist = np.clip(dist, 0.0, 2.0)
+        """The k smallest candidates of one row, nearest first (ties: earliest inserted),
+        nan/-1 padded to k entries."""
+        order = np.argsort(dist, kind="stable")[: self.k]
+        dist, pos = dist[order], pos[order]
+        missing = self.k - dist.size
+        dist = np.pad(np.clip(dist, 0.0, 2.0), (0, missing), constant_values=np.nan)
+        pos = np.pad(pos, (0, missing), constant_values=-1)
         dist[dist < _ZERO_TOL] = 0.0
-        dist[invalid] = np.nan
-        pos[invalid] = -1
         return dist, pos
 
     # --- inserting -------------------------------------------------------------------------
-    def _insert(
-        self, ids: list[str], labels: list[str | None], mats: dict[str, np.ndarray]
-    ) -> None:
+    def _insert_one(
+        self, sample_id: str, label: str | None, mats: Mapping[str, np.ndarray], row: int
+    ) -> int:
+        """Inserts row ``row`` of ``mats``; returns its position."""
         if not self._indices:
             self._create({mod: mats[mod].shape[1] for mod in self.modalities})
-        n0, n = len(self._ids), len(ids)
-        self._reserve(n0 + n)
-        positions = np.arange(n0, n0 + n, dtype=np.int64)
+        pos = len(self._ids)
+        self._reserve(pos + 1)
         for mod in self.modalities:
-            self._indices[mod].add_items(mats[mod], positions, num_threads=1)
-            self._keep_prefix(mod, mats[mod], n0)
-        self._pos.update(zip(ids, range(n0, n0 + n), strict=True))
-        self._ids.extend(ids)
-        self._labels.extend(labels)
+            self._indices[mod].add_items(mats[mod][row : row + 1], [pos], num_threads=1)
+            self._keep_prefix(mod, mats[mod][row : row + 1], pos)
+        self._pos[sample_id] = pos
+        self._ids.append(sample_id)
+        self._labels.append(label)
+        return pos
 
     def _keep_prefix(self, mod: str, x: np.ndarray, n0: int) -> None:
         """Copies rows n0… of ``x`` into the exact-search prefix (grown by doubling)."""
@@ -280,6 +317,20 @@ class GainIndex:
                 grown[:n0] = buf[:n0]
             self._prefix[mod] = buf = grown
         buf[n0 : n0 + len(take)] = take
+
+    def _exact_prefix(self, mod: str, x: np.ndarray, skip: set[int]) -> np.ndarray | None:
+        """Per row of ``x``, the positions of its nearest stored samples among the first
+        EXACT_PREFIX (``skip``: removed positions), by GEMM; None for an empty prefix."""
+        prefix = self._prefix.get(mod)
+        n = min(len(self._ids), EXACT_PREFIX)
+        if prefix is None or n == 0:
+            return None
+        sim = x @ prefix[:n].T
+        if skip:
+            sim[:, [p for p in skip if p < n]] = -np.inf
+        kb = min(self.k + _EXACT_MARGIN, n)
+        top = np.argpartition(-sim, kb - 1, axis=1)[:, :kb]
+        return np.where(np.isfinite(np.take_along_axis(sim, top, axis=1)), top, -1)
 
     def _create(self, dims: dict[str, int]) -> None:
         self.dims = dict(dims)
@@ -340,17 +391,27 @@ class GainIndex:
 
     # --- stored embeddings -----------------------------------------------------------------
     def get_vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """The stored (L2-normalised, float32) vectors of ``ids``, per modality."""
+        """The stored (L2-normalised, float32) vectors of ``ids``, per modality, removed
+        samples included."""
         positions = [self._pos[i] for i in ids]
         if not positions:
             return {
                 mod: np.zeros((0, (self.dims or {}).get(mod, 0)), np.float32)
                 for mod in self.modalities
             }
-        return {
-            mod: np.asarray(self._indices[mod].get_items(positions), dtype=np.float32)
-            for mod in self.modalities
-        }
+        return {mod: self._items(mod, positions) for mod in self.modalities}
+
+    def _items(self, mod: str, positions: list[int]) -> np.ndarray:
+        # hnswlib hides removed items from get_items too; the flag alone changes no graph edge.
+        hidden = sorted(self._deleted.intersection(positions))
+        index = self._indices[mod]
+        for pos in hidden:
+            index.unmark_deleted(pos)
+        try:
+            return np.asarray(index.get_items(positions), dtype=np.float32)
+        finally:
+            for pos in hidden:
+                index.mark_deleted(pos)
 
     @classmethod
     def rebuild(
@@ -358,17 +419,21 @@ class GainIndex:
         ids: Sequence[str],
         vectors: Mapping[str, np.ndarray],
         labels: Sequence[str | None] | None = None,
+        removals: Mapping[str, Sequence[str]] | None = None,
         **params: Any,
     ) -> GainIndex:
-        """Re-insert stored embeddings in their original order, without scoring them.
+        """Re-insert stored embeddings in their original order, without scoring them;
+        ``removals[id]`` are the samples removed right after ``id`` was inserted.
 
-        Same order + same params (seed) + serial inserts rebuild the very same graph, so
-        future gains are byte-identical to those of the original index.
+        Same order + same removals + same params (seed) + serial inserts rebuild the very
+        same graph, so future gains are byte-identical to those of the original index.
         """
         index = cls(**params)
         ids, labels, mats = index._validate(ids, vectors, labels)
-        if ids:
-            index._insert(ids, labels, mats)
+        removals = removals or {}
+        for row, (sample_id, label) in enumerate(zip(ids, labels, strict=True)):
+            index._insert_one(sample_id, label, mats, row)
+            index.remove(removals.get(sample_id, ()))
         return index
 
     # --- persistence -----------------------------------------------------------------------
@@ -412,6 +477,7 @@ class GainIndex:
             "capacity": self._capacity,
             "ids": self._ids,
             "labels": self._labels,
+            "deleted": sorted(self._deleted),
         }
         _write_part(fh, json.dumps(header).encode("utf-8"), magic=True)
         for mod in self.modalities if self._indices else ():
@@ -435,30 +501,84 @@ class GainIndex:
         index._ids = list(header["ids"])
         index._labels = list(header["labels"])
         index._pos = {sample_id: i for i, sample_id in enumerate(index._ids)}
+        index._deleted = set(header.get("deleted", []))
         head = list(range(min(len(index._ids), EXACT_PREFIX)))
         for mod in index.modalities:
-            stored = np.asarray(index._indices[mod].get_items(head), dtype=np.float32)
-            index._keep_prefix(mod, stored.reshape(len(head), index.dims[mod]), 0)
+            stored = index._items(mod, head) if head else np.zeros((0, index.dims[mod]))
+            index._keep_prefix(mod, stored.astype(np.float32), 0)
         return index
 
 
-def _first_occurrences(pos: np.ndarray) -> np.ndarray:
-    """``pos`` with each row's repeated positions (found by two searches) set to -1."""
-    order = np.argsort(pos, axis=1, kind="stable")
-    ranked = np.take_along_axis(pos, order, axis=1)
-    repeat = np.zeros(pos.shape, dtype=bool)
-    repeat[:, 1:] = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0)
-    out = pos.copy()
-    np.put_along_axis(out, order, np.where(repeat, -1, ranked), axis=1)
-    return out
+class _BatchSearch:
+    """Candidate neighbours of the rows of one batch: hnswlib for the samples stored before
+    the batch (one query for the whole batch), an exact pass over the rows this batch has
+    inserted so far. A row whose hnswlib candidates were removed meanwhile is queried again.
+    """
+
+    def __init__(self, index: GainIndex, x: dict[str, np.ndarray]) -> None:
+        self.index = index
+        self.x = x
+        self.stored = {mod: self._query(mod, v) for mod, v in x.items()}
+        self.exact = {mod: index._exact_prefix(mod, v, index._deleted) for mod, v in x.items()}
+        self.sim = {mod: v @ v.T for mod, v in x.items()}
+        self.rows: list[int] = []  # batch rows inserted so far
+        self.positions: list[int] = []  # their positions in the index
+
+    def inserted(self, row: int, pos: int) -> None:
+        self.rows.append(row)
+        self.positions.append(pos)
+
+    def neighbours(self, mod: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances nan-padded to k, positions -1-padded) of row i, nearest first."""
+        deleted = self.index._deleted
+        cand = [self._in_batch(mod, i)]
+        stored = self.stored[mod]
+        if stored is not None:
+            row = stored[i]
+            if deleted and any(int(p) in deleted for p in row):
+                row = self._query(mod, self.x[mod][i : i + 1])
+                row = np.zeros(0, np.int64) if row is None else row[0]
+            cand.append(row)
+        exact = self.exact[mod]
+        if exact is not None:
+            row = exact[i]
+            if deleted and any(int(p) in deleted for p in row):  # removed since the batch began
+                row = self.index._exact_prefix(mod, self.x[mod][i : i + 1], deleted)[0]
+            cand.append(row[row >= 0])
+        pos = np.unique(np.concatenate(cand))
+        pos = pos[[int(p) not in deleted for p in pos]] if deleted else pos
+        dist = self.index._exact_distances(mod, self.x[mod][i], pos) if pos.size else pos
+        return self.index._merge(dist.astype(np.float64), pos)
+
+    def _query(self, mod: str, x: np.ndarray) -> np.ndarray | None:
+        live = self.index.live
+        if live == 0:
+            return None
+        pos, _ = self.index._indices[mod].knn_query(
+            x, k=min(self.index.k, live), num_threads=self.index.query_threads
+        )
+        return pos.astype(np.int64)
+
+    def _in_batch(self, mod: str, i: int) -> np.ndarray:
+        """Positions of the k most similar live rows this batch inserted before row i."""
+        deleted = self.index._deleted
+        live = [(r, p) for r, p in zip(self.rows, self.positions, strict=True) if p not in deleted]
+        if not live:
+            return np.zeros(0, np.int64)
+        sim = self.sim[mod][i, [r for r, _ in live]]
+        top = np.argsort(-sim, kind="stable")[: self.index.k]
+        return np.asarray([live[j][1] for j in top], dtype=np.int64)
 
 
-@functools.lru_cache(maxsize=4)
-def _upper_mask(n: int) -> np.ndarray:
-    """(n, n) boolean mask of the diagonal and above."""
-    mask = np.triu(np.ones((n, n), dtype=bool))
-    mask.flags.writeable = False
-    return mask
+def _stack_rows(rows: list[_Row], modalities: tuple[str, ...]) -> GainBatch:
+    return GainBatch(
+        np.array([r.gain for r in rows], dtype=np.float64),
+        [r.neighbours for r in rows],
+        [r.neighbour_labels for r in rows],
+        {mod: np.array([r.modality_gains[mod] for r in rows], np.float64) for mod in modalities},
+        {mod: [r.nearest[mod] for r in rows] for mod in modalities},
+        [r.inserted for r in rows],
+    )
 
 
 def mean_distance(dist: np.ndarray, kind: str = "arithmetic") -> np.ndarray:
@@ -486,12 +606,15 @@ def _concat(parts: list[GainBatch], modalities: tuple[str, ...]) -> GainBatch:
         return parts[0]
     if not parts:
         empty = np.zeros(0, dtype=np.float64)
-        return GainBatch(empty, [], [], {mod: empty.copy() for mod in modalities})
+        nearest: dict[str, list[Neighbour | None]] = {mod: [] for mod in modalities}
+        return GainBatch(empty, [], [], {mod: empty.copy() for mod in modalities}, nearest)
     return GainBatch(
         np.concatenate([p.gain for p in parts]),
         [row for p in parts for row in p.neighbours],
         [row for p in parts for row in p.neighbour_labels],
         {mod: np.concatenate([p.modality_gains[mod] for p in parts]) for mod in modalities},
+        {mod: [n for p in parts for n in p.nearest[mod]] for mod in modalities},
+        [flag for p in parts for flag in p.inserted],
     )
 
 

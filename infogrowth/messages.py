@@ -127,6 +127,8 @@ def outcome_record(outcome: Outcome, sample: Sample, item: Scored | None) -> dic
         "extra": _output_extra(sample),
         "label_confidence": outcome.label_confidence,
         "original_label": outcome.original_label,
+        "neighbour": outcome.neighbour,
+        "neighbour_distance": outcome.neighbour_distance,
     }
     if outcome.decision == "accepted":
         assert item is not None

@@ -118,6 +118,8 @@ def output_row(row: dict[str, Any], outcome: Outcome, single: bool) -> dict[str,
         alignment=outcome.alignment,
         caption=outcome.caption if not single else row.get("caption"),
         caption_source=outcome.caption_source,
+        neighbour=outcome.neighbour,
+        neighbour_distance=outcome.neighbour_distance,
     )
     if single:
         out.update(

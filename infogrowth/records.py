@@ -11,6 +11,7 @@ REASON_MISALIGNED = "misaligned"
 REASON_REDUNDANT = "redundant"
 REASON_OVER_BUDGET = "over_budget"
 REASON_MISLABELLED = "mislabelled"  # single-modal, label_action=reject
+REASON_DUPLICATE = "duplicate"  # the image (near) repeats a kept one, whatever the caption
 
 KNOWN_FIELDS = ("id", "image", "caption", "label", "image_embedding", "text_embedding")
 
@@ -58,6 +59,8 @@ class Outcome:
     evicted: list[str] = field(default_factory=list)  # budget policy: ids this one pushed out
     label_confidence: float | None = None  # single-modal: P(given label | d) or kNN vote share
     original_label: str | None = None  # single-modal: the given label when relabelled
+    neighbour: str | None = None  # duplicate/redundant: the kept sample that made it so
+    neighbour_distance: float | None = None  # its cosine distance (1 − cos)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,6 +44,14 @@ class Settings:
     policy: str = "threshold"  # threshold | budget | all
     tau: float = 0.05  # gain threshold of the threshold policy
     budget: int = 1000  # samples kept by the budget policy
+    dup_distance: float = 0.15  # image cosine distance to a kept image at or below: duplicate
+    # --- DataComp-style filters (infogrowth/filters.py); 0 / 1.0 switch one off -------------
+    min_side: int = 8  # pixels: smaller images (tracking pixels, icons) are image_shape
+    max_aspect: float = 3.0  # long / short side above it: image_shape
+    min_words: int = 0  # caption_length
+    max_words: int = 0  # caption_length
+    max_caption_repeats: int = 0  # more occurrences of one caption: caption_repeated
+    alignment_top: float = 1.0  # keep this top fraction by alignment (online): low_alignment
     seed: int = 0
     mode: str = "multimodal"  # multimodal (image+caption) | single (image+label, classifier)
     label_confidence: float = 0.5  # single-modal: P(given label | d) below this -> doubtful
@@ -199,6 +207,13 @@ def _roles(value: str) -> str | None:
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "delta": _between(0, 1),
+    "dup_distance": _between(0, 2),
+    "min_side": _at_least(0),
+    "max_aspect": lambda v: None if v == 0 or v >= 1 else "must be 0 (off) or >= 1",
+    "min_words": _at_least(0),
+    "max_words": _at_least(0),
+    "max_caption_repeats": _at_least(0),
+    "alignment_top": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
     "label_confidence": _between(0, 1),
     "k": _at_least(1),
     "hnsw_m": _at_least(1),

@@ -74,6 +74,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "extra": {},
         "label_confidence": 0.25,
         "original_label": "tiger cat",
+        "neighbour": None,
+        "neighbour_distance": None,
     },
     "RejectedSample": {
         "id": "s-2",
@@ -91,6 +93,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "extra": {"k": "v"},
         "label_confidence": None,
         "original_label": None,
+        "neighbour": "s-1",
+        "neighbour_distance": 0.0,
     },
     "DeadLetter": {
         "topic": "raw-samples",

@@ -26,6 +26,9 @@ HUGE_INT = b"1" + b"0" * 400  # 1e400 written as digits: no float can hold it
 
 def _good(rid: str, dim: int = 4) -> bytes:
     vec = [1.0, 0.5, 0.25, 0.125, 0.0625][:dim]
+    slot = int(rid[1:]) - 1 if rid[:1] == "g" else 0
+    if slot > 0:  # g2, g3 ...: each its own direction, so none duplicates another
+        vec = [(1.0 if i == slot % dim else 0.1) * (-1 if slot >= dim else 1) for i in range(dim)]
     row = {"id": rid, "caption": "c", "image_embedding": vec, "text_embedding": vec}
     return json.dumps(row).encode()
 

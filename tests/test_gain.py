@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infogrowth.gain import GainIndex, mean_distance
+from infogrowth.gain import GainIndex, Verdict, mean_distance
 from infogrowth.records import BadInput
 from infogrowth.sample import ThresholdPolicy
 
@@ -255,3 +255,84 @@ def test_gains_are_exact_and_batching_independent_on_a_small_index():
     assert np.array_equal(runs[1], runs[16], equal_nan=True)
     assert np.array_equal(runs[1], runs[500], equal_nan=True)
     np.testing.assert_allclose(runs[16], np.array(exact), atol=1e-6)
+
+
+def arc(n: int, step: float) -> np.ndarray:
+    """Unit vectors on a circle, each ``step`` (1 − cos) from the previous one."""
+    angle = np.arccos(1.0 - step) * np.arange(n)
+    return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+
+
+def keep_above(tau: float):
+    def decide(row: int, gain: float | None, *_) -> Verdict:
+        return Verdict(insert=gain is None or gain >= tau)
+
+    return decide
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_rejected_samples_stay_out_of_the_index(batch: int) -> None:
+    x = arc(4, 0.03)
+    index = GainIndex(modalities=("image",), k=1)
+    inserted, gains = [], []
+    for s in range(0, 4, batch):
+        out = index.gain_and_add(
+            [f"p{i}" for i in range(s, s + batch)],
+            {"image": x[s : s + batch]},
+            decide=keep_above(0.05),
+        )
+        inserted += out.inserted
+        gains += out.gain.tolist()
+    assert inserted == [True, False, True, False]
+    assert gains[2] == pytest.approx(1 - x[2] @ x[0], abs=1e-6)  # against p0, the one kept
+    assert index.ids == ["p0", "p2"] and "p1" not in index
+
+
+def test_nearest_per_modality() -> None:
+    image, text = arc(3, 0.03), arc(3, 0.03)[[0, 2, 0]]  # c repeats a's caption
+    out = GainIndex(k=2).gain_and_add(["a", "b", "c"], {"image": image, "text": text})
+    assert out.nearest["image"][0] is None
+    assert out.nearest["image"][2].id == "b" and out.nearest["text"][2].id == "a"
+    assert out.nearest["image"][2].distance == pytest.approx(0.03, abs=1e-6)
+    assert out.nearest["text"][2].distance == 0.0
+
+
+def evict_oldest(ids: list[str]):
+    """Keeps everything and, from the 4th sample on, removes the oldest live one."""
+    live: list[str] = []
+    removed: dict[str, list[str]] = {}
+
+    def decide(row: int, gain: float | None, *_) -> Verdict:
+        live.append(ids[row])
+        gone = [live.pop(0)] if len(live) > 3 else []
+        if gone:
+            removed[ids[row]] = gone
+        return Verdict(remove=gone)
+
+    return decide, removed
+
+
+@pytest.mark.parametrize("batch", [1, 7, 200])
+def test_removed_samples_leave_and_rebuild_replays_removals(data, batch: int) -> None:
+    ids, vecs = data[0][:200], {m: v[:200] for m, v in data[1].items()}
+    decide, removed = evict_oldest(ids)
+    index = GainIndex(k=2)
+    neighbours = []
+    for s in range(0, 200, batch):
+        part = ids[s : s + batch]
+        sub = {m: v[s : s + batch] for m, v in vecs.items()}
+        out = index.gain_and_add(part, sub, decide=lambda r, g, *rest, s=s: decide(s + r, g, *rest))
+        neighbours += out.neighbours
+    for i, row in enumerate(neighbours):  # only the last three samples are ever live
+        assert set(row) <= set(ids[max(0, i - 3) : i]), i
+    assert index.live == 3
+    copy = GainIndex.rebuild(
+        index.ids, index.get_vectors(index.ids), removals=removed, **index.params
+    )
+    blob = GainIndex.from_bytes(index.to_bytes())
+    tail = {m: v[200:260] for m, v in data[1].items()}
+    expected = index.gain_and_add(data[0][200:260], tail)
+    for other in (copy, blob):
+        got = other.gain_and_add(data[0][200:260], tail)
+        assert got.gain.tobytes() == expected.gain.tobytes()
+        assert got.neighbours == expected.neighbours

@@ -45,8 +45,9 @@ def _ids(path):
 def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matches(
     kafka, s3, tmp_path
 ):
+    # dup_distance 0.02: the exact re-crawls are duplicates, cluster neighbours redundant.
     settings = run_settings(
-        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08
+        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08, dup_distance=0.02
     )
     ensure_pipeline_topics(settings)
     first = write_jsonl(tmp_path / "first.jsonl", embedding_rows(600)[:300])
@@ -79,6 +80,7 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
     assert set(ids) == {i for i, r in outcomes.items() if r["decision"] == "accepted"}
     reasons = Counter(r.get("reason") for r in outcomes.values())
     assert reasons["redundant"] > 0 and reasons["misaligned"] > 0 and reasons["bad_input"] == 1
+    assert reasons["duplicate"] > 0  # the exact re-crawls
 
     # The same data curated offline gives the same decisions and gains.
     both = write_jsonl(tmp_path / "all.jsonl", embedding_rows(600))
@@ -91,6 +93,9 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
     for sample_id, r in outcomes.items():
         assert r["decision"] == offline[sample_id]["decision"], sample_id
         assert r.get("gain") == offline[sample_id]["gain"], sample_id
+        assert r.get("reason") == offline[sample_id]["reason"], sample_id
+        assert r.get("neighbour") == offline[sample_id]["neighbour"], sample_id
+        assert r.get("neighbour_distance") == offline[sample_id]["neighbour_distance"], sample_id
 
     # Replaying raw-samples twice rebuilds the accepted records byte for byte.
     streamed = topic_values(settings, settings.topic_accepted)
@@ -104,6 +109,38 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
     # Other settings give another dataset.
     strict = replay(with_settings(settings, tau=0.3), "strict", progress=False)
     assert len(topic_values(settings, strict.accepted_topic)) < len(r1)
+
+
+def test_filters_decide_the_same_in_the_worker_and_offline(kafka, s3, tmp_path):
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", min_words=2, max_caption_repeats=2,
+        alignment_top=0.6, dup_distance=0.02, seed=3,
+    )  # fmt: skip
+    ensure_pipeline_topics(settings)
+    rows = embedding_rows(80, seed=3)
+    for i, row in enumerate(rows):
+        if i % 9 == 1:
+            row["caption"] = "cat"  # one word
+        elif i % 4 == 0:
+            row["caption"] = "A photo."  # boilerplate
+    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    worker = start_worker(settings, log_path=str(tmp_path / "worker.log"))
+    try:
+        ingest_file(src, settings, progress=False)
+        ids = {r["id"] for r in rows}
+        streamed = wait_for_outcomes(settings, ids, timeout_s=240, worker=worker)
+    finally:
+        stop_worker(worker, signal.SIGTERM)
+    curate_file(src, tmp_path / "offline.jsonl", settings, progress=False)
+    import json
+
+    offline = [json.loads(line) for line in (tmp_path / "offline.jsonl").read_text().splitlines()]
+    for want in offline:
+        got = streamed[want["id"]]
+        assert (got["decision"], got.get("reason")) == (want["decision"], want["reason"]), got
+    reasons = Counter(r["reason"] for r in offline)
+    assert reasons["caption_length"] == len(range(1, 80, 9))
+    assert reasons["caption_repeated"] > 0 and reasons["low_alignment"] > 0
 
 
 def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_path):

@@ -116,6 +116,11 @@ def test_an_explicit_encoder_with_other_sized_rows_is_one_error_naming_precomput
 
 
 # --- 4. label cleaning for the user's own labels --------------------------------------------
+# Raw digit pixels lie closer together than photos under an image encoder: only exact copies
+# count as duplicates here, so the label vote sees every sample.
+DIGITS = {"mode": "single", "encoder": "precomputed", "policy": "all", "dup_distance": 0.0}
+
+
 def _noisy_digits(seed: int = 0, noise: float = 0.2) -> tuple[list[dict[str, Any]], set[str]]:
     """sklearn digits, 8x8 pixels as normalised image embeddings, ``noise`` of the labels
     flipped to another digit; returns the rows and the ids whose label was flipped."""
@@ -138,7 +143,7 @@ def _noisy_digits(seed: int = 0, noise: float = 0.2) -> tuple[list[dict[str, Any
 
 def test_knn_vote_finds_flipped_digit_labels_without_any_classifier(tmp_path: Path) -> None:
     rows, flipped = _noisy_digits()
-    result = _curate(rows, tmp_path, mode="single", encoder="precomputed", policy="all")
+    result = _curate(rows, tmp_path, **DIGITS)
     flagged = {i for i, r in result.items() if r["relabelled"]}
     precision = len(flagged & flipped) / len(flagged)
     recall = len(flagged & flipped) / len(flipped)
@@ -156,7 +161,7 @@ def test_knn_vote_finds_flipped_digit_labels_without_any_classifier(tmp_path: Pa
 def test_label_action_reject_rejects_the_same_rows_as_mislabelled(tmp_path: Path) -> None:
     rows, _ = _noisy_digits()
     rows = rows[:400]
-    settings = {"mode": "single", "encoder": "precomputed", "policy": "all"}
+    settings = DIGITS
     relabelled = _curate(rows, tmp_path, **settings)
     rejected = _curate(rows, tmp_path, label_action="reject", **settings)
     flagged = {i for i, r in relabelled.items() if r["relabelled"]}
@@ -173,7 +178,7 @@ def test_a_vote_leaves_the_scored_items_and_the_index_with_the_given_labels() ->
     from infogrowth.records import Sample
 
     rows, _ = _noisy_digits()
-    curator = make_curator(Settings(mode="single", encoder="precomputed", policy="all"))
+    curator = make_curator(Settings(**DIGITS))
     items = curator.score([Sample.from_dict(r) for r in rows[:200]])
     given = [it.sample.label for it in items]
     outcomes = curator.select(items)
@@ -190,7 +195,7 @@ def test_label_verdicts_travel_in_the_avro_records() -> None:
     rows, _ = _noisy_digits()
     samples = [Sample.from_dict(r) for r in rows[:200]]
     for action, schema in (("relabel", "AcceptedSample"), ("reject", "RejectedSample")):
-        settings = Settings(mode="single", encoder="precomputed", policy="all", label_action=action)
+        settings = Settings(**DIGITS, label_action=action)
         curator = make_curator(settings)
         pairs = curator.curate_items(samples)
         doubted = [(o, it) for o, it in pairs if o.relabelled or o.reason == "mislabelled"]
@@ -292,7 +297,7 @@ def _offline(settings: Settings, src: Path, tmp_path: Path) -> dict[str, dict]:
 def test_the_worker_votes_on_labels_like_the_offline_curator(kafka, s3, tmp_path: Path) -> None:
     rows, flipped = _noisy_digits(seed=3)
     src = write_jsonl(tmp_path / "digits.jsonl", rows[:300])
-    settings = run_settings(kafka, s3, tmp_path, mode="single", encoder="precomputed", policy="all")
+    settings = run_settings(kafka, s3, tmp_path, **DIGITS)
     streamed = _stream(settings, src, tmp_path)
     offline = _offline(settings, src, tmp_path)
     fields = ("decision", "reason", "label", "label_confidence", "original_label")

@@ -1,0 +1,133 @@
+"""Curator.select: duplicates whatever the caption, gain against the kept samples only,
+and the neighbour each duplicate/redundant rejection names (offline core, no Kafka)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infogrowth.avro import AvroSerde
+from infogrowth.messages import outcome_record
+from infogrowth.offline import curate_file, make_curator
+from infogrowth.records import Outcome, Sample
+from infogrowth.settings import Settings
+
+DIM = 8
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def image_on_arc(i: int, step: float) -> np.ndarray:
+    """Point i of an arc in dims 0-1, each ``step`` (1 − cos) from the previous one."""
+    angle = np.arccos(1.0 - step) * i
+    v = np.zeros(DIM)
+    v[0], v[1] = np.cos(angle), np.sin(angle)
+    return v
+
+
+def sample(sample_id: str, image: np.ndarray, caption_axis: int | None = None) -> Sample:
+    """Text = the image itself (a perfect caption) or the image plus its own caption axis:
+    captions on different axes are far apart, alignment stays 0.71 (> delta)."""
+    text = image.copy()
+    if caption_axis is not None:
+        text = unit(image) + np.eye(DIM)[caption_axis]
+    return Sample(
+        id=sample_id,
+        caption=sample_id,
+        image_embedding=image.tolist(),
+        text_embedding=text.tolist(),
+    )
+
+
+def curate(samples: list[Sample], **settings: object) -> list[Outcome]:
+    curator = make_curator(Settings(encoder="precomputed", **settings))  # type: ignore[arg-type]
+    return curator.curate_batch(samples)
+
+
+def decisions(outcomes: list[Outcome]) -> list[str | None]:
+    return [o.reason or o.decision for o in outcomes]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 32])
+def test_redundancy_is_measured_against_kept_samples_only(batch_size: int) -> None:
+    """The issue's arc: 0.03 steps, tau=0.05, k=1. Before: only p0 was kept."""
+    arc = [sample(f"p{i}", image_on_arc(i, 0.03)) for i in range(5)]
+    curator = make_curator(
+        Settings(encoder="precomputed", tau=0.05, k=1, dup_distance=0, batch_size=batch_size)
+    )
+    chunks = [arc[s : s + batch_size] for s in range(0, 5, batch_size)]
+    out = [o for chunk in chunks for o in curator.curate_batch(chunk)]
+    assert decisions(out) == ["accepted", "redundant", "accepted", "redundant", "accepted"]
+    assert out[1].neighbour == "p0" and out[1].neighbour_distance == pytest.approx(0.03, abs=1e-5)
+    assert out[3].neighbour == "p2"
+    assert out[2].gain == pytest.approx(1 - np.cos(2 * np.arccos(0.97)), abs=1e-5)
+    assert curator.index.ids == ["p0", "p2", "p4"]
+
+
+def test_policy_all_indexes_everything() -> None:
+    arc = [sample(f"p{i}", image_on_arc(i, 0.03)) for i in range(4)]
+    out = curate(arc, policy="all", k=1, dup_distance=0)
+    assert decisions(out) == ["accepted"] * 4
+    assert [o.gain for o in out][1:] == pytest.approx([0.03, 0.03, 0.03], abs=1e-5)
+
+
+def test_same_image_with_another_caption_is_a_duplicate() -> None:
+    image = image_on_arc(0, 0.03)
+    other = unit(image_on_arc(0, 0.03) + np.eye(DIM)[5])  # a different photo (cos 0.71)
+    near = unit(image + 0.2 * np.eye(DIM)[1])  # a re-encoded copy: 0.02 away
+    out = curate(
+        [
+            sample("coffee", image, caption_axis=2),
+            sample("coffee-wrong", image, caption_axis=3),  # same bytes, new caption
+            sample("coffee-small", near, caption_axis=4),
+            sample("cup", other, caption_axis=6),
+        ],
+        policy="all",
+    )
+    assert decisions(out) == ["accepted", "duplicate", "duplicate", "accepted"]
+    assert (out[1].neighbour, out[1].neighbour_distance) == ("coffee", 0.0)
+    assert out[2].neighbour == "coffee" and 0 < out[2].neighbour_distance <= 0.15
+    assert "dup_distance=0.15" in (out[2].detail or "")
+
+
+def test_exact_copies_are_duplicates_even_at_dup_distance_zero() -> None:
+    image = image_on_arc(1, 0.5)
+    out = curate([sample("a", image, 2), sample("b", image, 3)], dup_distance=0.0)
+    assert decisions(out) == ["accepted", "duplicate"]
+
+
+def test_budget_evictions_leave_the_index() -> None:
+    """budget=2: q2 pushes q1 out; q3, a copy of q1's image, is then compared with the kept
+    q0 and q2 only, so it is neither a duplicate nor of zero gain."""
+    angles = np.radians([0, 60, 180, 60])
+    pts = [np.r_[np.cos(a), np.sin(a), np.zeros(DIM - 2)] for a in angles]
+    out = curate([sample(f"q{i}", p) for i, p in enumerate(pts)], policy="budget", budget=2, k=1)
+    assert out[2].evicted == ["q1"]
+    assert out[3].reason == "over_budget" and out[3].gain == pytest.approx(0.5, abs=1e-5)
+
+
+def test_output_row_and_topic_record_name_the_neighbour(tmp_path: Path) -> None:
+    image = image_on_arc(0, 0.03)
+    rows = [
+        {"id": s.id, "caption": s.caption, "image_embedding": s.image_embedding,
+         "text_embedding": s.text_embedding}
+        for s in (sample("a", image, 2), sample("b", image, 3))
+    ]  # fmt: skip
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curate_file(src, dst, Settings(encoder="precomputed"), progress=False)
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert out[1]["reason"] == "duplicate" and out[1]["neighbour"] == "a"
+    assert out[1]["neighbour_distance"] == 0.0 and out[0]["neighbour"] is None
+
+    outcome = curate([sample("a", image, 2), sample("b", image, 3)])[1]
+    record = outcome_record(outcome, Sample(id="b"), None)
+    serde = AvroSerde("RejectedSample")
+    back = serde.decode(serde.encode(record))
+    assert back["reason"] == "duplicate"
+    assert (back["neighbour"], back["neighbour_distance"]) == ("a", 0.0)
