@@ -2,6 +2,12 @@
 
 Frame: magic byte 0, 4-byte big-endian schema id, schemaless Avro binary. No registry server
 is needed: every schema has a fixed id, so any Confluent-aware consumer can still read us.
+
+Schemas evolve: a changed schema gets a new id in registry.json, and every version ever
+written stays in schemas/history/<Name>@<id>.avsc (self-contained). A reader resolves a
+record written with an older id to the current schema (new fields take their defaults), so
+topics written by older versions still replay. ``freeze_history()`` writes the files of new
+ids; tests/test_avro.py fails when a schema changes under an id already used.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import fastavro.schema
 from fastavro.validation import ValidationError, validate
 
 NAMESPACE = "infogrowth"
@@ -170,13 +177,16 @@ class AvroSerde:
         return out.getvalue()
 
     def decode(self, data: bytes) -> dict[str, Any]:
-        """Parse a framed message. Raises MalformedMessage with a one-line reason."""
+        """Parse a framed message (any version of this schema). Raises MalformedMessage
+        with a one-line reason."""
         schema_id = check_header(data)
-        if schema_id != self.schema_id:
-            other = _name_of(schema_id)
+        if schema_id == self.schema_id:
+            return _read_body(data, self.schema, self.name)
+        other = _name_of(schema_id)
+        if other != self.name:
             what = f"schema id {schema_id} ({other})" if other else f"unknown schema id {schema_id}"
             raise MalformedMessage(f"{what}, expected {self.schema_id} ({self.name})")
-        return _read_body(data, self.schema, self.name)
+        return _read_body(data, self.schema, self.name, _writer(schema_id))
 
 
 def check_header(data: bytes) -> int:
@@ -197,7 +207,9 @@ def decode_any(data: bytes) -> tuple[str, dict[str, Any]]:
     name = _name_of(schema_id)
     if name is None:
         raise MalformedMessage(f"unknown schema id {schema_id}")
-    return name, _read_body(data, load_schema(name), name)
+    current = registry()[name] == schema_id
+    writer = None if current else _writer(schema_id)
+    return name, _read_body(data, load_schema(name), name, writer)
 
 
 def _name_of(schema_id: int) -> str | None:
@@ -206,13 +218,65 @@ def _name_of(schema_id: int) -> str | None:
 
 @cache
 def _names(directory: Path) -> dict[int, str]:
-    return {i: n for n, i in _registry(directory).items()}
+    names = {i: name for i, (name, _) in _history(directory).items()}
+    names.update({i: n for n, i in _registry(directory).items()})
+    return names
 
 
-def _read_body(data: bytes, schema: dict[str, Any], name: str) -> dict[str, Any]:
+# --- versions --------------------------------------------------------------------------
+def _history_file(directory: Path, name: str, schema_id: int) -> Path:
+    return directory / "history" / f"{name}@{schema_id}.avsc"
+
+
+@cache
+def _history(directory: Path) -> dict[int, tuple[str, dict[str, Any]]]:
+    """id -> (name, self-contained schema) of every version in schemas/history."""
+    found = {}
+    for path in sorted((directory / "history").glob("*@*.avsc")):
+        name, _, schema_id = path.stem.rpartition("@")
+        found[int(schema_id)] = (name, json.loads(path.read_text()))
+    return found
+
+
+def _writer(schema_id: int) -> dict[str, Any]:
+    return _parsed_writer(schemas_dir(), schema_id)
+
+
+@cache
+def _parsed_writer(directory: Path, schema_id: int) -> dict[str, Any]:
+    if schema_id not in _history(directory):
+        raise MalformedMessage(f"schema id {schema_id} has no file in {directory / 'history'}")
+    return fastavro.parse_schema(_history(directory)[schema_id][1])
+
+
+def expanded(name: str) -> dict[str, Any]:
+    """The current schema ``name`` with every named type it uses written out inline."""
+    return fastavro.schema.expand_schema(load_schema(name))  # type: ignore[no-any-return]
+
+
+def freeze_history() -> list[Path]:
+    """Writes schemas/history/<Name>@<id>.avsc for current ids that have none yet."""
+    directory = schemas_dir()
+    written = []
+    for name, schema_id in registry().items():
+        path = _history_file(directory, name, schema_id)
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(expanded(name), indent=1) + "\n")
+            written.append(path)
+    return written
+
+
+def _read_body(
+    data: bytes, schema: dict[str, Any], name: str, writer: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``writer``: the schema an older version wrote with, resolved to ``schema``."""
     body = io.BytesIO(bytes(data[HEADER.size :]))
     try:
-        record = fastavro.schemaless_reader(body, schema)
+        if writer is None:
+            record = fastavro.schemaless_reader(body, schema)
+        else:
+            record = fastavro.schemaless_reader(body, writer, schema)
     except (EOFError, StopIteration):
         raise MalformedMessage(f"truncated avro body for {name}") from None
     except Exception as exc:  # fastavro raises assorted errors on corrupt input

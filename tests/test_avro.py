@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import struct
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import numpy as np
 import pytest
 
@@ -227,3 +229,37 @@ def test_schemas_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     serde = AvroSerde("Tiny")
     assert serde.encode({"n": 1}) == b"\x00\x00\x00\x00\x2a\x02"
     assert load_schema("Tiny")["name"] == "infogrowth.Tiny"
+
+
+# --- schema versions ---------------------------------------------------------------------
+def test_every_current_schema_is_frozen_under_its_id():
+    """A schema edited under an id already written would make old records unreadable: a
+    change needs a new id in registry.json, then `freeze_history()`."""
+    from fastavro.schema import to_parsing_canonical_form
+
+    from infogrowth.avro import _history_file, expanded, schemas_dir
+
+    for name, schema_id in registry().items():
+        frozen = _history_file(schemas_dir(), name, schema_id)
+        assert frozen.exists(), f"{name}@{schema_id} not frozen: run freeze_history()"
+        written = fastavro.parse_schema(json.loads(frozen.read_text()))
+        assert to_parsing_canonical_form(written) == to_parsing_canonical_form(
+            fastavro.parse_schema(expanded(name))
+        ), f"{name} changed under id {schema_id}: give it a new id in registry.json"
+
+
+def test_records_of_an_older_schema_version_still_decode():
+    from infogrowth.avro import HEADER, _writer
+
+    old_id = 5  # RejectedSample before neighbour, label and filter fields were added
+    assert registry()["RejectedSample"] != old_id
+    record = {"id": "s1", "reason": "redundant", "detail": "gain 0.01 < tau=0.05"}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, _writer(old_id), record)
+    data = HEADER.pack(0, old_id) + body.getvalue()
+    decoded = AvroSerde("RejectedSample").decode(data)
+    assert decoded["id"] == "s1" and decoded["reason"] == "redundant"
+    assert decoded["neighbour"] is None and decoded["original_label"] is None
+    assert decode_any(data) == ("RejectedSample", decoded)
+    with pytest.raises(MalformedMessage, match="expected"):
+        AvroSerde("AcceptedSample").decode(data)
