@@ -3,8 +3,9 @@
 Reads `scored` in order; aligned samples pass through the ordered gate to the gain stage
 and the policy (→ `accepted` / `rejected`); misaligned ones go to `recaption` and hold
 their place in the gate until their new caption comes back. Its state lives in a
-changelog-backed Faust table, and the app runs with Kafka transactions (exactly-once), so
-after a crash the index is rebuilt from the committed table and nothing is emitted twice.
+changelog-backed Faust table (binary values, agents/curator_state.py), and the app runs with
+Kafka transactions (exactly-once), so after a crash the index is rebuilt from the committed
+table and nothing is emitted twice.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ class CuratorState:
         self.table = table
         self.restored: state_codec.Restored | None = None
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
+        self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
 
     def load(self) -> state_codec.Restored:
         if self.restored is None:
             curator = self.ctx.curator
-            entries = {k: v for k, v in self.table.data.items() if v}
+            entries = {k: state_codec.decode(v) for k, v in self.table.data.items() if v}
             self.restored = state_codec.restore(entries, curator.index, curator.policy)
             curator.index = self.restored.index
+            for key, entry in entries.items():  # the index holds the vectors now
+                self.table.data[key] = state_codec.light(entry)
             log.info(
                 "curator state: %d indexed, %d queued", len(curator.index), len(self.restored.gate)
             )
@@ -51,9 +55,15 @@ class CuratorState:
         return self.table.data[key]["seq"]
 
     def put(self, key: str, value: state_codec.Entry) -> None:
-        self.table.data[key] = value
-        # JSON key and value: what the table's changelog recovery decodes.
-        self.unsent.append((json.dumps(key).encode(), json.dumps(value).encode()))
+        self.table.data[key] = state_codec.light(value)
+        # JSON key (the table's key serializer), binary value (raw value serializer).
+        self.unsent.append((json.dumps(key).encode(), state_codec.encode(value)))
+
+    def item(self, key: str, raw: bytes) -> Scored:
+        """The released gate entry as decoded on arrival (decoded here when it was queued
+        before a restart)."""
+        item = self.decoded.pop(key, None)
+        return item or scored_from_record(self.ctx.serde["ScoredSample"].decode(raw))
 
     async def flush(self, source: TP) -> None:
         """Sends this batch's entries to the changelog in the batch's transaction
@@ -72,8 +82,10 @@ class CuratorState:
 
 def register(ctx: Context) -> None:
     s = ctx.settings
-    # JSON keys and values: what Faust's changelog recovery decodes by default.
-    table = ctx.app.Table("curator-state", partitions=1, key_type=str, value_type=None)
+    # JSON keys, raw values: recovery hands restore() the bytes that flush() wrote.
+    table = ctx.app.Table(
+        "curator-state", partitions=1, key_type=str, value_type=bytes, value_serializer="raw"
+    )
     durable = CuratorState(ctx, table)
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
@@ -105,6 +117,7 @@ async def _admit(
         if not st.gate.waiting(key):
             return []  # a redelivered recaption: already handled
         durable.put(key, state_codec.queued(durable.seq_of(key), raw))
+        durable.decoded[key] = scored_from_record(record)
         return st.gate.resolve(key, raw)
     if key in st.finished or key in st.gate:
         return []  # redelivered by an upstream retry: same id, same content
@@ -112,6 +125,7 @@ async def _admit(
     seq = durable.seq()
     if ctx.curator.is_aligned(item):
         durable.put(key, state_codec.queued(seq, raw))
+        durable.decoded[key] = item
         return st.gate.push(key, raw)
     request = recaption_request(item, ctx.settings.delta)
     await ctx.send(ctx.settings.topic_recaption, "RecaptionRequest", request, event.message.tp)
@@ -123,7 +137,7 @@ async def _finish(
     ctx: Context, durable: CuratorState, released: list[tuple[str, bytes]], source: TP
 ) -> None:
     """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
-    items = [scored_from_record(ctx.serde["ScoredSample"].decode(raw)) for _, raw in released]
+    items = [durable.item(key, raw) for key, raw in released]
     aligned = [it for it in items if ctx.curator.is_aligned(it)]
     outcomes = await ctx.run(ctx.curator.select, aligned)
     by_id: dict[str, Outcome] = {o.id: o for o in outcomes}

@@ -1,6 +1,7 @@
 """The curator's durable state, one changelog-backed table entry per sample id.
 
-Entries (JSON dicts, vectors as base64 float32):
+Entries (dicts in memory; on the changelog ``encode``: a JSON header, then the binary
+payload, vectors as packed float32):
   queued   — in the ordered gate (``record`` = the ScoredSample bytes, or None while it
              waits for its recaption);
   indexed  — entered the gain index (its vectors, label and gain: enough to rebuild the index
@@ -10,11 +11,13 @@ Entries (JSON dicts, vectors as base64 float32):
   rejected — finished without entering the index (misaligned, duplicate, or rejected by the
              policy, except under ``--policy all`` where every selected sample is indexed).
 ``seq`` is the arrival number, so a restart rebuilds everything in the original order.
+Once the index holds the vectors, the in-memory table keeps only ``light`` entries.
 """
 
 from __future__ import annotations
 
-import base64
+import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,33 +26,61 @@ import numpy as np
 from infogrowth.gain import GainIndex
 from infogrowth.order import OrderedGate
 from infogrowth.sample import Policy
-
-
-def _vec(v: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
-
-
-def _unvec(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), dtype=np.float32)
-
+from infogrowth.vectors import WIRE, pack
 
 Entry = dict[str, Any]
+_HEAD = struct.Struct(">I")  # length of the JSON header
 
 
 def queued(seq: int, record: bytes | None) -> Entry:
-    body = None if record is None else base64.b64encode(record).decode()
-    return {"state": "queued", "seq": seq, "record": body}
+    return {"state": "queued", "seq": seq, "record": record}
 
 
 def indexed(
     seq: int, vectors: dict[str, np.ndarray], label: str | None, gain: float | None
 ) -> Entry:
-    vecs = {m: _vec(v) for m, v in vectors.items()}
-    return {"state": "indexed", "seq": seq, "label": label, "gain": gain, "vectors": vecs}
+    return {"state": "indexed", "seq": seq, "label": label, "gain": gain, "vectors": vectors}
 
 
 def rejected(seq: int) -> Entry:
     return {"state": "rejected", "seq": seq}
+
+
+def light(entry: Entry) -> Entry:
+    """What the running curator keeps in its table: the gate needs the seq, nothing else."""
+    return {"state": entry["state"], "seq": entry["seq"]}
+
+
+def encode(entry: Entry) -> bytes:
+    """The changelog value: header length, JSON header, then the vectors (float32, in the
+    header's ``dims`` order) or the queued record's bytes."""
+    head = {k: v for k, v in entry.items() if k not in ("vectors", "record")}
+    payload = b""
+    if entry.get("vectors"):
+        head["dims"] = {m: len(v) for m, v in entry["vectors"].items()}
+        payload = b"".join(pack(v) for v in entry["vectors"].values())  # type: ignore[misc]
+    elif entry.get("record") is not None:
+        head["record"] = True
+        payload = entry["record"]
+    header = json.dumps(head).encode()
+    return _HEAD.pack(len(header)) + header + payload
+
+
+def decode(value: bytes) -> Entry:
+    (size,) = _HEAD.unpack_from(value)
+    start = _HEAD.size + size
+    entry: Entry = json.loads(value[_HEAD.size : start])
+    payload = memoryview(value)[start:]
+    if entry.pop("record", False):
+        entry["record"] = bytes(payload)
+    elif entry["state"] == "queued":
+        entry["record"] = None
+    dims = entry.pop("dims", None)
+    if dims is not None:
+        vectors = np.frombuffer(payload, dtype=WIRE).astype(np.float32)
+        ends = np.cumsum(list(dims.values()))
+        entry["vectors"] = dict(zip(dims, np.split(vectors, ends[:-1]), strict=True))
+    return entry
 
 
 @dataclass
@@ -69,9 +100,7 @@ def restore(entries: dict[str, Entry], index: GainIndex, policy: Policy) -> Rest
     state = Restored(index=index)
     done = [(k, e) for k, e in parsed if e["state"] == "indexed"]
     if done:
-        vectors = {
-            m: np.stack([_unvec(e["vectors"][m]) for _, e in done]) for m in index.modalities
-        }
+        vectors = {m: np.stack([e["vectors"][m] for _, e in done]) for m in index.modalities}
         labels = [e["label"] for _, e in done]
         removals = {}  # the policy's memory (budget heap) and its evictions, replayed
         for key, entry in done:
@@ -83,9 +112,7 @@ def restore(entries: dict[str, Entry], index: GainIndex, policy: Policy) -> Rest
         )
     for key, entry in parsed:
         if entry["state"] == "queued":
-            record = entry["record"]
-            ready = None if record is None else base64.b64decode(record)
-            state.released += state.gate.push(key, ready)
+            state.released += state.gate.push(key, entry["record"])
         else:
             state.finished.add(key)
     state.next_seq = parsed[-1][1]["seq"] + 1 if parsed else 0

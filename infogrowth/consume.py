@@ -61,6 +61,7 @@ from infogrowth.kafka_io import (
 )
 from infogrowth.records import BadInput
 from infogrowth.settings import Settings
+from infogrowth.vectors import as_lists
 
 log = logging.getLogger("infogrowth.consume")
 EMBEDDINGS = ("image_embedding", "text_embedding")
@@ -288,7 +289,7 @@ class CuratedStream:
         """The message as a sample to hand out, or None (undecodable, seen, evicted)."""
         self.stats.read += 1
         try:
-            record = self.serde.decode(msg.value() or b"")
+            record = as_lists(self.serde.decode(msg.value() or b""))
         except MalformedMessage as exc:
             log.warning("%s[%s]@%s: %s", self.topic, msg.partition(), msg.offset(), exc)
             return None

@@ -31,6 +31,7 @@ from infogrowth.kafka_io import check_broker, end_offsets, read_topic
 from infogrowth.records import BadInput
 from infogrowth.settings import Settings
 from infogrowth.store import ObjectStore, parse_s3_uri, read_reference
+from infogrowth.vectors import as_lists
 
 FORMATS = ("parquet", "webdataset")
 MAX_REPORTED = 20
@@ -186,7 +187,7 @@ def collect(
         latest[record_id] = (msg.partition(), msg.offset(), value)
     bar.close()
     winners = sorted(latest.values(), key=lambda t: (t[0], t[1]))
-    return [serde.decode(value) for _, _, value in winners]
+    return [as_lists(serde.decode(value)) for _, _, value in winners]
 
 
 def _ends_if_exists(settings: Settings, topic: str) -> dict[int, int]:

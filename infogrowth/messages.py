@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import numpy as np
-
 from infogrowth.avro import stringify_extra
 from infogrowth.curate import Scored
 from infogrowth.encode import Encoded
 from infogrowth.records import KNOWN_FIELDS, Outcome, Sample
+from infogrowth.vectors import EMBEDDING_FIELDS, pack, pack_if_exact, unpack
 
 PASSTHROUGH = ("source", "url", "crawl_time")  # RawSample fields the core does not use
 
@@ -22,6 +21,8 @@ def raw_record(row: dict[str, Any]) -> dict[str, Any]:
     record = {k: row.get(k) for k in (*KNOWN_FIELDS, *PASSTHROUGH)}
     record["id"] = "" if record["id"] is None else str(record["id"])
     record["extra"] = stringify_extra({**(extra or {}), **rest})
+    for name in EMBEDDING_FIELDS:
+        record[name] = pack_if_exact(record[name])
     return record
 
 
@@ -33,8 +34,8 @@ def sample_from_raw(rec: dict[str, Any]) -> Sample:
         image=rec.get("image"),
         caption=rec.get("caption"),
         label=rec.get("label"),
-        image_embedding=rec.get("image_embedding"),
-        text_embedding=rec.get("text_embedding"),
+        image_embedding=unpack(rec.get("image_embedding")),
+        text_embedding=unpack(rec.get("text_embedding")),
         extra=extra,
     )
 
@@ -43,10 +44,6 @@ def _passthrough(sample: Sample) -> dict[str, Any]:
     out = {k: sample.extra.get(k) for k in PASSTHROUGH}
     out["extra"] = dict(sample.extra.get("extra") or {})
     return out
-
-
-def _floats(vec: np.ndarray | None) -> list[float] | None:
-    return None if vec is None else np.asarray(vec, dtype=np.float32).tolist()
 
 
 def scored_record(
@@ -59,8 +56,8 @@ def scored_record(
         "caption": s.caption,
         "label": s.label,
         **_passthrough(s),
-        "image_embedding": _floats(e.image_emb),
-        "text_embedding": _floats(e.text_emb),
+        "image_embedding": pack(e.image_emb),
+        "text_embedding": pack(e.text_emb),
         "alignment": e.alignment,
         "top_label": e.top_label,
         "label_confidence": item.label_confidence,
@@ -81,10 +78,9 @@ def scored_from_record(rec: dict[str, Any]) -> Scored:
         label=rec.get("label"),
         extra={k: rec.get(k) for k in (*PASSTHROUGH, "extra")},
     )
-    text = rec.get("text_embedding")
     encoded = Encoded(
-        image_emb=np.asarray(rec["image_embedding"], dtype=np.float32),
-        text_emb=None if text is None else np.asarray(text, dtype=np.float32),
+        image_emb=unpack(rec["image_embedding"]),
+        text_emb=unpack(rec.get("text_embedding")),
         alignment=rec.get("alignment"),
         top_label=rec.get("top_label"),
     )
@@ -132,8 +128,8 @@ def outcome_record(outcome: Outcome, sample: Sample, item: Scored | None) -> dic
     }
     if outcome.decision == "accepted":
         assert item is not None
-        record["image_embedding"] = _floats(item.encoded.image_emb)
-        record["text_embedding"] = _floats(item.encoded.text_emb)
+        record["image_embedding"] = pack(item.encoded.image_emb)
+        record["text_embedding"] = pack(item.encoded.text_emb)
     else:
         record["reason"] = outcome.reason
         record["detail"] = outcome.detail or ""

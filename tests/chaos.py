@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline_helpers import topic_values
 
+from agents import curator_state as state_codec
 from infogrowth.avro import decode_any
 from infogrowth.kafka_io import read_topic
 from infogrowth.offline import curate_file
@@ -79,7 +80,7 @@ def committed_state(settings: Settings) -> tuple[int, int]:
     topic = f"{settings.app_id}-curator-state-changelog"
     for msg in read_topic(settings.kafka_bootstrap, topic, timeout_s=30):
         value = msg.value()
-        latest[json.loads(msg.key())] = json.loads(value)["state"] if value else "gone"
+        latest[json.loads(msg.key())] = state_codec.decode(value)["state"] if value else "gone"
     states = Counter(latest.values())
     return states["indexed"], states["queued"]
 

@@ -263,3 +263,47 @@ def test_records_of_an_older_schema_version_still_decode():
     assert decode_any(data) == ("RejectedSample", decoded)
     with pytest.raises(MalformedMessage, match="expected"):
         AvroSerde("AcceptedSample").decode(data)
+
+
+def _written_with(schema_id: int, record: dict[str, Any]) -> bytes:
+    from infogrowth.avro import HEADER, _writer
+
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, _writer(schema_id), record)
+    return HEADER.pack(0, schema_id) + body.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "old_id"), [("ScoredSample", 7), ("AcceptedSample", 8), ("RawSample", 1)]
+)
+def test_embeddings_travel_packed_and_float_arrays_of_older_versions_still_decode(
+    name: str, old_id: int
+) -> None:
+    from infogrowth.messages import sample_from_raw, scored_from_record
+    from infogrowth.vectors import as_lists
+
+    rng = np.random.default_rng(0)
+    image, text = rng.standard_normal((2, 512)).astype(np.float32)
+    base = RECORDS[name]
+    old = _written_with(
+        old_id, {**base, "image_embedding": image.tolist(), "text_embedding": text.tolist()}
+    )
+    new = AvroSerde(name).encode(
+        {**base, "image_embedding": image.tobytes(), "text_embedding": text.tobytes()}
+    )
+    assert registry()[name] > old_id and abs(len(new) - len(old)) < 8  # both 4 bytes a float
+    got = [AvroSerde(name).decode(data) for data in (old, new)]
+    assert (
+        isinstance(got[0]["image_embedding"], list) and got[1]["image_embedding"] == image.tobytes()
+    )
+    if name == "ScoredSample":
+        vectors = [(s.encoded.image_emb, s.encoded.text_emb) for s in map(scored_from_record, got)]
+    elif name == "RawSample":
+        vectors = [(s.image_embedding, s.text_embedding) for s in map(sample_from_raw, got)]
+    else:
+        vectors = [
+            (np.array(r["image_embedding"], "f4"), np.array(r["text_embedding"], "f4"))
+            for r in map(as_lists, got)
+        ]
+    for img, txt in vectors:
+        assert img.dtype == np.float32 and np.array_equal(img, image) and np.array_equal(txt, text)

@@ -44,7 +44,9 @@ def test_restore_rebuilds_the_index_of_the_uninterrupted_run(policy: str) -> Non
             seq += 1
 
     restarted = make_curator(settings)
-    restored = state_codec.restore(table, restarted.index, restarted.policy)
+    changelog = {key: state_codec.encode(entry) for key, entry in table.items()}
+    recovered = {key: state_codec.decode(value) for key, value in changelog.items()}
+    restored = state_codec.restore(recovered, restarted.index, restarted.policy)
     restarted.index = restored.index
     assert restored.index.ids == live.index.ids and restored.index.live == live.index.live
     if policy != "all":
@@ -55,3 +57,25 @@ def test_restore_rebuilds_the_index_of_the_uninterrupted_run(policy: str) -> Non
     expected, got = live.select(later), restarted.select(later)
     assert [o.gain for o in got] == [o.gain for o in expected]
     assert [(o.decision, o.neighbour) for o in got] == [(o.decision, o.neighbour) for o in expected]
+
+
+def test_changelog_values_are_binary_and_round_trip() -> None:
+    vectors = {"image": np.linspace(-1, 1, 512, dtype=np.float32), "text": np.ones(512, "f4")}
+    entries = [
+        state_codec.indexed(7, vectors, "cat", 0.125),
+        state_codec.queued(8, b"\x00\x00\x00\x00\x0bscored"),
+        state_codec.queued(9, None),
+        state_codec.rejected(10),
+    ]
+    for entry in entries:
+        value = state_codec.encode(entry)
+        back = state_codec.decode(value)
+        assert back.keys() == entry.keys()
+        assert {k: v for k, v in back.items() if k != "vectors"} == {
+            k: v for k, v in entry.items() if k != "vectors"
+        }
+        for m, vec in entry.get("vectors", {}).items():
+            assert np.array_equal(back["vectors"][m], vec)
+    indexed = state_codec.encode(entries[0])
+    assert len(indexed) < 2 * 512 * 4 + 120  # float32 bytes, not base64 text (4/3 larger)
+    assert state_codec.light(entries[0]) == {"state": "indexed", "seq": 7}
