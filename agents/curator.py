@@ -82,10 +82,8 @@ class CuratorState:
 
 def register(ctx: Context) -> None:
     s = ctx.settings
-    # JSON keys, raw values: recovery hands restore() the bytes that flush() wrote.
-    table = ctx.app.Table(
-        "curator-state", partitions=1, key_type=str, value_type=bytes, value_serializer="raw"
-    )
+    # JSON keys; value_type bytes means raw values: recovery hands load() what flush() wrote.
+    table = ctx.app.Table("curator-state", partitions=1, key_type=str, value_type=bytes)
     durable = CuratorState(ctx, table)
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
