@@ -18,11 +18,13 @@ import faust
 from faust.types import TP
 
 from agents import curator_state as state_codec
+from agents import snapshot
 from agents.context import Context
 from infogrowth.avro import MalformedMessage
 from infogrowth.curate import Scored, rejected
 from infogrowth.messages import outcome_record, recaption_request, scored_from_record
 from infogrowth.records import REASON_MISALIGNED, Outcome
+from infogrowth.store import ObjectStore
 
 log = logging.getLogger("infogrowth.curator")
 STAGE = "curator"
@@ -37,13 +39,19 @@ class CuratorState:
         self.restored: state_codec.Restored | None = None
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
+        every = ctx.settings.snapshot_every
+        self.store = ObjectStore.from_settings(ctx.settings) if every else None
+        self.snapshots = snapshot.prefix(ctx.settings.app_id)
+        self.batches = 0
 
     def load(self) -> state_codec.Restored:
         if self.restored is None:
             curator = self.ctx.curator
             entries = {k: state_codec.decode(v) for k, v in self.table.data.items() if v}
-            self.restored = state_codec.restore(entries, curator.index, curator.policy)
+            latest = snapshot.read(self.store, self.snapshots) if self.store else None
+            self.restored = state_codec.restore(entries, curator.index, curator.policy, latest)
             curator.index = self.restored.index
+            log.info("curator state: %d indexed from a snapshot", self.restored.from_snapshot)
             for key, entry in entries.items():  # the index holds the vectors now
                 self.table.data[key] = state_codec.light(entry)
             log.info(
@@ -74,6 +82,18 @@ class CuratorState:
         for raw_key, raw_value in unsent:
             await self.ctx.publish(topic, raw_key, raw_value, source, partition=0)
 
+    async def maybe_snapshot(self) -> None:
+        """Every ``snapshot_every`` batches: the index to S3 (a failure only delays it)."""
+        self.batches += 1
+        every = self.ctx.settings.snapshot_every
+        if self.store is None or self.batches % every:
+            return
+        seq, index = self.load().next_seq, self.ctx.curator.index
+        try:
+            await self.ctx.run(snapshot.write, self.store, self.snapshots, index, seq)
+        except Exception as exc:  # an optimisation: S3 trouble must not stop the curator
+            log.warning("curator snapshot not written (%s)", exc)
+
     def seq(self) -> int:
         st = self.load()
         st.next_seq += 1
@@ -98,6 +118,7 @@ def register(ctx: Context) -> None:
                 if released:
                     await _finish(ctx, durable, released, source)
                 await durable.flush(source)
+            await durable.maybe_snapshot()
 
 
 async def _admit(

@@ -92,24 +92,34 @@ class Restored:
     finished: set[str] = field(default_factory=set)  # indexed or rejected ids
     next_seq: int = 0
     released: list[tuple[str, bytes]] = field(default_factory=list)  # ready at restore time
+    from_snapshot: int = 0  # indexed samples taken from a snapshot instead of re-inserted
 
 
-def restore(entries: dict[str, Entry], index: GainIndex, policy: Policy) -> Restored:
-    """Replays the table in arrival order into a fresh index, policy and gate."""
+def restore(
+    entries: dict[str, Entry], index: GainIndex, policy: Policy, snapshot: GainIndex | None = None
+) -> Restored:
+    """Replays the table in arrival order into a fresh index, policy and gate. A
+    ``snapshot`` whose samples are the first indexed ones of the table stands in for them:
+    only the samples indexed after it are inserted (the policy replays every gain)."""
     parsed = sorted(entries.items(), key=lambda kv: kv[1]["seq"])
     state = Restored(index=index)
     done = [(k, e) for k, e in parsed if e["state"] == "indexed"]
-    if done:
-        vectors = {m: np.stack([e["vectors"][m] for _, e in done]) for m in index.modalities}
-        labels = [e["label"] for _, e in done]
-        removals = {}  # the policy's memory (budget heap) and its evictions, replayed
-        for key, entry in done:
-            evicted = policy.decide(key, entry["gain"]).evicted
-            if evicted:
-                removals[key] = list(evicted)
-        state.index = GainIndex.rebuild(
-            [k for k, _ in done], vectors, labels, removals=removals, **index.params
-        )
+    removals = {}  # the policy's memory (budget heap) and its evictions, replayed
+    for key, entry in done:
+        evicted = policy.decide(key, entry["gain"]).evicted
+        if evicted:
+            removals[key] = list(evicted)
+    start = len(snapshot) if snapshot is not None and covers(snapshot, done, index) else 0
+    state.from_snapshot = start
+    if start:
+        state.index = snapshot  # type: ignore[assignment]
+    elif done:
+        state.index = GainIndex(**index.params)
+    tail = done[start:]
+    if tail:
+        vectors = {m: np.stack([e["vectors"][m] for _, e in tail]) for m in index.modalities}
+        labels = [e["label"] for _, e in tail]
+        state.index.insert_stored([k for k, _ in tail], vectors, labels, removals=removals)
     for key, entry in parsed:
         if entry["state"] == "queued":
             state.released += state.gate.push(key, entry["record"])
@@ -117,3 +127,14 @@ def restore(entries: dict[str, Entry], index: GainIndex, policy: Policy) -> Rest
             state.finished.add(key)
     state.next_seq = parsed[-1][1]["seq"] + 1 if parsed else 0
     return state
+
+
+def covers(snapshot: GainIndex, done: list[tuple[str, Entry]], index: GainIndex) -> bool:
+    """The snapshot holds exactly the first indexed samples of the committed table, with
+    the configured parameters (a snapshot of a batch whose transaction aborted does not)."""
+    ids = snapshot.ids
+    return (
+        snapshot.params == index.params
+        and 0 < len(ids) <= len(done)
+        and ids == [k for k, _ in done[: len(ids)]]
+    )

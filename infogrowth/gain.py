@@ -429,12 +429,22 @@ class GainIndex:
         same graph, so future gains are byte-identical to those of the original index.
         """
         index = cls(**params)
-        ids, labels, mats = index._validate(ids, vectors, labels)
+        index.insert_stored(ids, vectors, labels, removals)
+        return index
+
+    def insert_stored(
+        self,
+        ids: Sequence[str],
+        vectors: Mapping[str, np.ndarray],
+        labels: Sequence[str | None] | None = None,
+        removals: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """``rebuild``'s inserts, after the samples already here (a snapshot's tail)."""
+        ids, labels, mats = self._validate(ids, vectors, labels)
         removals = removals or {}
         for row, (sample_id, label) in enumerate(zip(ids, labels, strict=True)):
-            index._insert_one(sample_id, label, mats, row)
-            index.remove(removals.get(sample_id, ()))
-        return index
+            self._insert_one(sample_id, label, mats, row)
+            self.remove(removals.get(sample_id, ()))
 
     # --- persistence -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:

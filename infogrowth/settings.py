@@ -90,6 +90,7 @@ class Settings:
     retention_ms: int = 0  # topics other than raw/scored: 0 = broker default, -1 = forever
     metrics_port: int = 9464  # the worker's Prometheus /metrics port; 0 = off
     log_every: int = 50  # batches between the worker's progress lines; 0 = never
+    snapshot_every: int = 0  # curator batches between index snapshots in S3; 0 = never
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -224,6 +225,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "retention_ms": _at_least(-1),
     "metrics_port": _between(0, 65535),
     "log_every": _at_least(0),
+    "snapshot_every": _at_least(0),
     "gain_mean": _one_of("arithmetic", "geometric", "harmonic"),
     "policy": _one_of("threshold", "budget", "all"),
     "mode": _one_of("multimodal", "single"),

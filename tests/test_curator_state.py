@@ -3,12 +3,16 @@ samples it kept, with the budget policy's evictions replayed at the same points.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from agents import curator_state as state_codec
-from infogrowth.curate import Scored
+from agents import snapshot
+from infogrowth.curate import Curator, Scored
 from infogrowth.encode import Encoded
+from infogrowth.gain import GainIndex
 from infogrowth.offline import make_curator
 from infogrowth.records import Sample
 from infogrowth.settings import Settings
@@ -79,3 +83,91 @@ def test_changelog_values_are_binary_and_round_trip() -> None:
     indexed = state_codec.encode(entries[0])
     assert len(indexed) < 2 * 512 * 4 + 120  # float32 bytes, not base64 text (4/3 larger)
     assert state_codec.light(entries[0]) == {"state": "indexed", "seq": 7}
+
+
+def _curated_table(settings: Settings, batches: int) -> tuple[Curator, dict, list[GainIndex]]:
+    """The live curator, its table and a snapshot of its index after every batch."""
+    live = make_curator(settings)
+    table: dict[str, state_codec.Entry] = {}
+    snaps, seq = [], 0
+    for batch in range(batches):
+        part = items(25, batch)
+        for it, outcome in zip(part, live.select(part), strict=True):
+            vectors = {"image": it.encoded.image_emb, "text": it.encoded.text_emb}
+            if live.indexes(outcome):
+                table[it.sample.id] = state_codec.indexed(seq, vectors, None, outcome.gain)
+            else:
+                table[it.sample.id] = state_codec.rejected(seq)
+            seq += 1
+        snaps.append(GainIndex.from_bytes(live.index.to_bytes()))
+    return live, table, snaps
+
+
+@pytest.mark.parametrize("policy", ["threshold", "budget"])
+def test_a_snapshot_stands_in_for_the_samples_it_covers(policy: str) -> None:
+    settings = Settings(encoder="precomputed", policy=policy, tau=0.35, budget=20, k=2)
+    live, table, snaps = _curated_table(settings, 4)
+    restarted, covered = make_curator(settings), len(snaps[1])
+    restored = state_codec.restore(table, restarted.index, restarted.policy, snaps[1])
+    restarted.index = restored.index
+    assert 0 < restored.from_snapshot == covered < len(live.index)
+    assert restored.index.ids == live.index.ids and restored.index.live == live.index.live
+    later = items(25, 99)
+    expected, got = live.select(later), restarted.select(later)
+    assert [(o.decision, o.neighbour) for o in got] == [(o.decision, o.neighbour) for o in expected]
+    assert [o.gain for o in got] == [o.gain for o in expected]  # exact top-k at this size
+
+
+def test_a_snapshot_the_committed_table_does_not_cover_is_ignored() -> None:
+    settings = Settings(encoder="precomputed", policy="threshold", tau=0.35, k=2)
+    live, table, snaps = _curated_table(settings, 3)
+    aborted = next(k for k in snaps[1].ids if k not in snaps[0].ids)
+    del table[aborted]  # its batch's transaction never committed
+    fresh = make_curator(settings)
+    restored = state_codec.restore(table, fresh.index, fresh.policy, snaps[1])
+    assert restored.from_snapshot == 0 and aborted not in restored.index
+    other = make_curator(replace(settings, k=3))  # other parameters: not this index
+    assert state_codec.restore(table, other.index, other.policy, snaps[0]).from_snapshot == 0
+
+
+class FakeStore:
+    """The ObjectStore calls the snapshots use; ``fail_on`` makes a put of that key die."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.fail_on = ""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "") -> str:
+        if self.fail_on and self.fail_on in key:
+            raise ConnectionError("killed mid-write")
+        self.objects[key] = data
+        return key
+
+    def get_bytes(self, key: str) -> bytes:
+        if key not in self.objects:
+            raise FileNotFoundError(key)
+        return self.objects[key]
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def delete(self, key: str) -> None:
+        del self.objects[key]
+
+
+def test_a_write_killed_midway_leaves_the_previous_snapshot_usable() -> None:
+    settings = Settings(encoder="precomputed", policy="threshold", tau=0.35, k=2)
+    _, _, snaps = _curated_table(settings, 4)
+    store, where = FakeStore(), snapshot.prefix("app")
+    assert snapshot.read(store, where) is None
+    for seq, snap in enumerate(snaps[:3]):
+        snapshot.write(store, where, snap, seq)
+    assert len(store.list(where)) == snapshot.KEEP + 1  # two snapshots and the pointer
+    store.fail_on = "index-"  # the kill lands in the snapshot's own write
+    with pytest.raises(ConnectionError):
+        snapshot.write(store, where, snaps[3], 3)
+    assert snapshot.read(store, where).ids == snaps[2].ids
+    store.fail_on = snapshot.POINTER  # ... or in the pointer's
+    with pytest.raises(ConnectionError):
+        snapshot.write(store, where, snaps[3], 3)
+    assert snapshot.read(store, where).ids == snaps[2].ids
