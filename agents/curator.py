@@ -82,12 +82,15 @@ class CuratorState:
         for raw_key, raw_value in unsent:
             await self.ctx.publish(topic, raw_key, raw_value, source, partition=0)
 
-    async def maybe_snapshot(self) -> None:
-        """Every ``snapshot_every`` batches: the index to S3 (a failure only delays it)."""
+    async def maybe_snapshot(self, committed_before: float) -> None:
+        """After ``snapshot_every`` batches or more, at the end of a batch that committed
+        (so the snapshot holds committed state only): the index to S3. A failure only
+        delays it."""
         self.batches += 1
-        every = self.ctx.settings.snapshot_every
-        if self.store is None or self.batches % every:
+        committed = self.ctx.commits.last_commit != committed_before
+        if self.store is None or self.batches < self.ctx.settings.snapshot_every or not committed:
             return
+        self.batches = 0
         seq, index = self.load().next_seq, self.ctx.curator.index
         try:
             await self.ctx.run(snapshot.write, self.store, self.snapshots, index, seq)
@@ -111,6 +114,7 @@ def register(ctx: Context) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
             source = events[0].message.tp  # `scored` has a single partition
             async with ctx.atomic():
+                committed = ctx.commits.last_commit  # the next commit is this batch's own
                 st = durable.load()
                 released, st.released = list(st.released), []
                 for ev in events:
@@ -118,7 +122,7 @@ def register(ctx: Context) -> None:
                 if released:
                     await _finish(ctx, durable, released, source)
                 await durable.flush(source)
-            await durable.maybe_snapshot()
+            await durable.maybe_snapshot(committed)
 
 
 async def _admit(

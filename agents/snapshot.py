@@ -29,6 +29,7 @@ def prefix(app_id: str) -> str:
 def write(store: ObjectStore, where: str, index: GainIndex, seq: int) -> str:
     """Writes the snapshot, then the pointer; returns the snapshot's key."""
     key = f"{where}index-{seq:012d}.bin"
+    store.ensure_bucket()
     store.put_bytes(key, index.to_bytes())
     pointer = {"key": key, "seq": seq, "indexed": len(index)}
     store.put_bytes(where + POINTER, json.dumps(pointer).encode(), "application/json")

@@ -137,6 +137,9 @@ class FakeStore:
         self.objects: dict[str, bytes] = {}
         self.fail_on = ""
 
+    def ensure_bucket(self) -> None:
+        pass
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "") -> str:
         if self.fail_on and self.fail_on in key:
             raise ConnectionError("killed mid-write")

@@ -6,6 +6,7 @@ exactly the committed curator state. `-m "not chaos"` skips them (~8 minutes on 
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -75,6 +76,14 @@ def _curate_under(
 def test_worker_killed(fault, kafka, s3, tmp_path):  # noqa: ANN001
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
     _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64))
+
+
+def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(kafka, s3, tmp_path):  # noqa: ANN001
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08, snapshot_every=3)
+    _curate_under(kill_at(0.5), settings, tmp_path, embedding_rows(N, dim=64))
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    covered = [int(n) for n in re.findall(r"curator state: (\d+) indexed from a snapshot", log)]
+    assert max(covered, default=0) > 0, "the restarted curator took nothing from a snapshot"
 
 
 @pytest.fixture
