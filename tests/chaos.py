@@ -107,6 +107,20 @@ def drain(run: Supervised, ids: set[str], timeout_s: float) -> dict[str, list[di
         time.sleep(1.0)
 
 
+def scored_order(settings: Settings) -> list[str]:
+    """Sample ids in the order they first appear in `scored`: the curator's order."""
+    order: dict[str, None] = {}
+    for value in topic_values(settings, settings.topic_scored):
+        order.setdefault(decode_any(value)[1]["id"], None)
+    return list(order)
+
+
+def scored_records(settings: Settings) -> Counter[tuple[str, int]]:
+    """(id, attempt) -> committed records of it in `scored` (read_committed)."""
+    records = (decode_any(v)[1] for v in topic_values(settings, settings.topic_scored))
+    return Counter((r["id"], r.get("attempt", 0)) for r in records)
+
+
 def outcome_records(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for topic in (settings.topic_accepted, settings.topic_rejected):
