@@ -80,7 +80,7 @@ def register(ctx: Context) -> None:
     async def curator(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
             source = events[0].message.tp  # `scored` has a single partition
-            async with ctx.atomic():
+            async with ctx.atomic(events):
                 st = durable.load()
                 released, st.released = list(st.released), []
                 for ev in events:

@@ -115,10 +115,13 @@ def scored_order(settings: Settings) -> list[str]:
     return list(order)
 
 
-def scored_records(settings: Settings) -> Counter[tuple[str, int]]:
-    """(id, attempt) -> committed records of it in `scored` (read_committed)."""
-    records = (decode_any(v)[1] for v in topic_values(settings, settings.topic_scored))
-    return Counter((r["id"], r.get("attempt", 0)) for r in records)
+def scored_copies(settings: Settings) -> dict[tuple[str, int], list[bytes]]:
+    """(id, attempt) -> the committed records of it in `scored` (read_committed)."""
+    copies: dict[tuple[str, int], list[bytes]] = {}
+    for value in topic_values(settings, settings.topic_scored):
+        record = decode_any(value)[1]
+        copies.setdefault((record["id"], record.get("attempt", 0)), []).append(value)
+    return copies
 
 
 def outcome_records(settings: Settings) -> dict[str, list[dict[str, Any]]]:
