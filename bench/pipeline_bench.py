@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = write_rows(work / "rows.jsonl", ids, vectors[WARM:], seed=2)
 
         core_s = timed(lambda: curate_file(rows, work / "offline.jsonl", run, progress=False))
+        bare_kafka(run, warm, WARM, args.batch)  # loads the transaction coordinator
         bare_s = bare_kafka(run, rows, args.n, args.batch)
         ensure_pipeline_topics(run)
         streamed = pipeline(run, warm, rows, set(ids), args.timeout)
