@@ -14,7 +14,7 @@ from pathlib import Path
 import faust
 
 from agents import captioner, curator, inference, metrics
-from agents.atomic import recover_committed_changelogs
+from agents.atomic import name_producers_by_topic, recover_committed_changelogs
 from agents.context import Context
 from infogrowth.settings import Settings
 
@@ -28,6 +28,7 @@ ROLES = {
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     settings = settings or Settings.from_env()
     recover_committed_changelogs()
+    name_producers_by_topic()
     datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         # killed worker neither loses nor duplicates a curated sample.
         processing_guarantee="exactly_once",
         store="memory://",  # the table is rebuilt from its changelog topic at start
-        topic_partitions=1,  # one ordered stream into the single-writer curator
+        topic_partitions=1,  # topics Faust creates; ensure_pipeline_topics makes the others
         topic_replication_factor=1,
         web_enabled=False,
         datadir=str(datadir),

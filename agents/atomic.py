@@ -10,6 +10,12 @@ still let a crash duplicate or lose output, and this module closes both:
   consumes; a message to ``accepted``, ``rejected`` or ``dead-letter`` silently went out
   through the plain producer, outside any transaction. ``transactional_id`` names the
   producer of the *source* partition instead, as Kafka Streams does.
+* Faust names a partition's producer after its *copartition group*, a number per partition
+  count: every one-partition topic shares producer ``<app>-0-0``. Two processes that own
+  different one-partition topics (an inference worker owning `recaptioned`, a curator
+  owning `scored`) would then fence each other. ``name_producers_by_topic`` names each
+  source partition's producer after its topic instead, so every source partition (one of
+  the N of `raw-samples`, or `scored`) has its own transaction, whoever owns it.
 * Table recovery under transactions takes a changelog's high-water from the last stable
   offset *cached from the last fetch*, which is unknown (None) for a partition this
   consumer has not fetched yet, as after a restart. Faust then reads the changelog as empty
@@ -32,6 +38,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import faust
+from faust.assignor import PartitionAssignor
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
@@ -43,6 +50,16 @@ def transactional_id(app: faust.App, source: TP) -> str | None:
     if not app.in_transaction:
         return None
     return f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+
+
+def _topic_as_group(self: PartitionAssignor, topic: str) -> str:
+    return topic
+
+
+def name_producers_by_topic() -> None:
+    """One transactional producer per source topic-partition (see the module docstring).
+    Faust uses ``group_for_topic`` only to build transactional ids."""
+    PartitionAssignor.group_for_topic = _topic_as_group  # type: ignore[assignment]
 
 
 async def _last_stable_offsets(self: AIOKafkaConsumerThread, partitions: list[TP]) -> dict:

@@ -31,7 +31,7 @@ def register(ctx: Context) -> None:
                 except MalformedMessage as exc:
                     bad.append((ev, str(exc)))
             captions, error = await _caption(ctx, [r for _, r in requests])
-            async with ctx.atomic():  # the model ran outside: commits wait only for the sends
+            async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
                 for ev, reason in bad:
                     await ctx.dead_letter(ev, STAGE, reason)
                 for (source, request), caption in zip(requests, captions, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import cached_property
@@ -64,11 +64,17 @@ class Context:
                 delay = min(delay * 2, 15.0)
 
     @asynccontextmanager
-    async def atomic(self) -> AsyncIterator[None]:
-        """A batch's sends and state writes: committed together or not at all."""
+    async def atomic(self, events: Sequence[faust.EventT]) -> AsyncIterator[None]:
+        """A batch's sends, state writes and source offsets: committed together or not at
+        all. The events are acked here, not when the stream moves on: a commit right after
+        the batch (``BatchCommits``, or the one a rebalance makes) must carry their offsets
+        with their outputs, or a crash or a seek back to the committed offset sends them again
+        (a stateless agent such as inference would write them to `scored` twice)."""
         async with self.commits.hold():
             yield
             await self.confirm()
+            for event in events:
+                event.ack()
         metrics.batch_done()
 
     async def send(self, topic_name: str, schema: str, record: dict[str, Any], source: TP) -> None:

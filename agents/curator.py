@@ -21,9 +21,9 @@ from agents import curator_state as state_codec
 from agents import snapshot
 from agents.context import Context
 from infogrowth.avro import MalformedMessage
-from infogrowth.curate import Scored, rejected
+from infogrowth.curate import Scored, still_misaligned
 from infogrowth.messages import outcome_record, recaption_request, scored_from_record
-from infogrowth.records import REASON_MISALIGNED, Outcome
+from infogrowth.records import Outcome
 from infogrowth.store import ObjectStore
 
 log = logging.getLogger("infogrowth.curator")
@@ -113,7 +113,7 @@ def register(ctx: Context) -> None:
     async def curator(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
             source = events[0].message.tp  # `scored` has a single partition
-            async with ctx.atomic():
+            async with ctx.atomic(events):
                 committed = ctx.commits.last_commit  # the next commit is this batch's own
                 st = durable.load()
                 released, st.released = list(st.released), []
@@ -170,7 +170,7 @@ async def _finish(
         seq = durable.seq_of(key)
         outcome = by_id.get(key)
         if outcome is None:
-            outcome = _still_misaligned(it, ctx.settings.delta)
+            outcome = still_misaligned(it, ctx.settings.delta)
             durable.put(key, state_codec.rejected(seq))
         elif not ctx.curator.indexes(outcome):  # rejected: not part of the curated set
             durable.put(key, state_codec.rejected(seq))
@@ -183,22 +183,6 @@ async def _finish(
         await _emit(ctx, outcome, it, source)
         for evicted in outcome.evicted:
             await _emit_eviction(ctx, evicted, key, source)
-
-
-def _still_misaligned(item: Scored, delta: float) -> Outcome:
-    error = (item.sample.extra.get("extra") or {}).get("recaption_error")
-    detail = error or (
-        f"alignment {item.original_alignment} and {item.encoded.alignment:.3f} after recaption "
-        f"are both below delta={delta}"
-    )
-    return rejected(
-        item.sample,
-        REASON_MISALIGNED,
-        detail,
-        alignment=item.encoded.alignment,
-        original_alignment=item.original_alignment,
-        caption_source=item.caption_source,
-    )
 
 
 async def _emit(ctx: Context, outcome: Outcome, item: Scored, source: TP) -> None:

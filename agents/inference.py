@@ -31,7 +31,7 @@ def register(ctx: Context) -> None:
             batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
             items = [it for _, it in batch]
             results = await ctx.run_while_store_down(_score, ctx.curator, items) if items else []
-            async with ctx.atomic():  # the model ran outside: commits wait only for the sends
+            async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
                 for ev, it in parsed:
                     if isinstance(it, str):
                         await ctx.dead_letter(ev, STAGE, it)

@@ -1,46 +1,70 @@
-"""End-to-end throughput through Kafka against the core library alone, on the same data.
+"""End-to-end throughput through Kafka, in one run on one broker, against two baselines.
 
-Samples carry precomputed embeddings (no model runs), so both sides do the same work:
-parse, validate, gain, select. The core side is `infogrowth curate` on a JSONL file. The
-streaming side is the real pipeline: RawSample records produced into `raw-samples`, one
-`infogrowth worker` (inference → curator agents, Kafka transactions on), outcomes read
-back from `accepted`/`rejected`. The worker is started and warmed up first (Faust start-up
-and the first rebalance take several seconds and are not throughput); the clock runs from
-the first produced record to the last committed outcome.
+1. **core**: `infogrowth curate` on a JSONL file (parse, validate, gain, select; no Kafka).
+2. **bare Kafka**: a transactional read-process-write loop with confluent-kafka, two hops
+   (`src → mid → out`, as raw-samples → scored → accepted), batches of ``--batch``, each
+   batch's source offsets committed in its transaction, records of the pipeline's size and
+   no processing: what Kafka transactions alone allow on this machine.
+3. **pipeline**: RawSample records produced into `raw-samples`, one `infogrowth worker`
+   (inference → curator agents, exactly-once), outcomes read back from
+   `accepted`/`rejected`. Afterwards the worker's /metrics say how many of those seconds
+   the model step and the gain step took; the rest is Kafka, Faust, Avro and asyncio.
+4. **inference workers** (``--images``, 0 skips): the packaged encoder on real photos over
+   4 partitions of `raw-samples`, with one worker process, then with two (a second process
+   running only the inference agent).
+
+Samples in 1-3 carry precomputed embeddings (no model runs). Workers are started and
+warmed up first (Faust start-up, the first rebalance and model loading are not
+throughput); each clock runs from the first produced record to the last committed outcome.
 
 Uses the local broker and S3 of `make up` (started if not running).
 
-    .venv/bin/python bench/pipeline_bench.py --n 10000
+    .venv/bin/python bench/pipeline_bench.py --n 3000 --images 300
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from subprocess import Popen
 
 import numpy as np
+from confluent_kafka import Consumer
 from gain_bench import clustered
+from PIL import Image, ImageEnhance
 
-from infogrowth.demo import demo_settings
+from infogrowth.avro import AvroSerde
+from infogrowth.demo import _package_images, demo_settings
 from infogrowth.ingest import ingest_file
+from infogrowth.kafka_io import ensure_topics, make_producer, read_topic
+from infogrowth.messages import raw_record
 from infogrowth.offline import curate_file
 from infogrowth.pipeline import ensure_pipeline_topics, start_worker, stop_worker
 from infogrowth.pipeline import wait_for_outcomes as wait
 from infogrowth.settings import Settings
+from infra import free_port
 from infra.__main__ import cmd_up
+
+WARM = 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=10_000, help="samples (default 10000)")
-    p.add_argument("--dim", type=int, default=256, help="embedding dimensions (default 256)")
-    p.add_argument("--batch", type=int, default=256, help="agent batch size (default 256)")
+    p.add_argument("--dim", type=int, default=512, help="embedding dimensions (default 512)")
+    p.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
     p.add_argument("--clusters", type=int, default=500, help="clusters (default 500)")
+    p.add_argument("--images", type=int, default=300, help="photos for 1 vs 2 inference workers")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait (default 900)")
     return p.parse_args(argv)
 
@@ -58,6 +82,150 @@ def write_rows(path: Path, ids: list[str], images: np.ndarray, seed: int) -> Pat
     return path
 
 
+def timed(step: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    step()
+    return time.perf_counter() - started
+
+
+# --- 2. the bare transactional loop ---------------------------------------------------
+def bare_hop(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
+    """Moves ``n`` records from ``src`` to ``dst``, one transaction per batch."""
+    name = f"bare-{src}-{dst}"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": name,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    producer = make_producer(bootstrap, **{"transactional.id": name})
+    producer.init_transactions()
+    consumer.subscribe([src])
+    moved = 0
+    while moved < n:
+        msgs = [m for m in consumer.consume(batch, timeout=0.5) if not m.error()]
+        if not msgs:
+            continue
+        producer.begin_transaction()
+        for msg in msgs:
+            producer.produce(dst, key=msg.key(), value=msg.value())
+        offsets = consumer.position(consumer.assignment())
+        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata())
+        producer.commit_transaction()
+        moved += len(msgs)
+    consumer.close()
+
+
+def bare_kafka(run: Settings, rows: Path, n: int, batch: int) -> float:
+    """Seconds for ``n`` RawSample records through two concurrent transactional hops."""
+    tag = uuid.uuid4().hex[:6]
+    src, mid, out = (f"bare-{tag}.{t}" for t in ("src", "mid", "out"))
+    ensure_topics(run.kafka_bootstrap, [src, mid, out])
+    serde = AvroSerde("RawSample")
+    values = [serde.encode(raw_record(json.loads(line))) for line in rows.open()]
+    hops = [
+        threading.Thread(target=bare_hop, args=(run.kafka_bootstrap, a, b, n, batch))
+        for a, b in ((src, mid), (mid, out))
+    ]
+    started = time.perf_counter()
+    for hop in hops:
+        hop.start()
+    producer = make_producer(run.kafka_bootstrap)
+    for i, value in enumerate(values):
+        producer.produce(src, key=str(i).encode(), value=value)
+        producer.poll(0)
+    producer.flush(60)
+    for hop in hops:
+        hop.join()
+    elapsed = time.perf_counter() - started
+    assert sum(1 for _ in read_topic(run.kafka_bootstrap, out)) == n
+    return elapsed
+
+
+# --- 3. the pipeline, with a profile from the worker's metrics ------------------------
+def pipeline(run: Settings, warm: Path, rows: Path, ids: set[str], timeout: float) -> dict:
+    worker = start_worker(run, log_path=str(Path(run.data_dir) / "worker.log"))
+    try:
+        warm_ids = {json.loads(line)["id"] for line in warm.open()}
+        ingest_file(warm, run, progress=False)
+        wait(run, warm_ids, timeout_s=timeout, worker=worker)
+        before = step_seconds(run.metrics_port)
+        started = time.perf_counter()
+        ingest_file(rows, run, progress=False)
+        produced_s = time.perf_counter() - started
+        wait(run, ids | warm_ids, timeout_s=timeout, worker=worker)
+        elapsed = time.perf_counter() - started
+        after = step_seconds(run.metrics_port)
+    finally:
+        stop_worker(worker)
+    steps = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return {"seconds": elapsed, "produced_s": produced_s, "steps": steps}
+
+
+def step_seconds(port: int) -> dict[str, float]:
+    """Seconds spent per executor step so far (infogrowth_batch_seconds_sum)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    pattern = r'infogrowth_batch_seconds_sum\{step="([^"]+)"\} ([0-9.e+-]+)'
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text)}
+
+
+# --- 4. the packaged encoder on one and on two inference workers ----------------------
+def write_photos(out: Path, n: int, seed: int) -> Path:
+    """``n`` distinct JPEGs: random crops and brightness of the packaged photos."""
+    rng = np.random.default_rng(seed)
+    photos = sorted(_package_images().values())
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    with open(out / "photos.jsonl", "w") as fh:
+        for i in range(n):
+            path, caption = photos[i % len(photos)]
+            img = Image.open(path).convert("RGB")
+            w, h = img.size
+            x, y = int(rng.integers(w // 8)), int(rng.integers(h // 8))
+            img = img.crop((x, y, x + w * 7 // 8, y + h * 7 // 8)).resize((256, 256))
+            img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.8, 1.2)))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=85)
+            (out / "img" / f"{i}.jpg").write_bytes(buf.getvalue())
+            fh.write(
+                json.dumps({"id": f"p{seed}-{i}", "image": f"img/{i}.jpg", "caption": caption})
+            )
+            fh.write("\n")
+    return out / "photos.jsonl"
+
+
+def inference_workers(
+    base: Settings, work: Path, images: int, workers: int, timeout: float
+) -> float:
+    run = replace(
+        demo_settings(base, f"bench-enc{workers}-{uuid.uuid4().hex[:6]}"),
+        encoder="packaged",
+        raw_partitions=4,
+        metrics_port=0,
+        data_dir=str(work / f"enc{workers}"),
+    )
+    ensure_pipeline_topics(run)
+    procs: list[Popen] = [start_worker(run, log_path=str(work / f"enc{workers}-0.log"))]
+    for i in range(1, workers):
+        second = replace(run, worker_roles="inference")
+        procs.append(start_worker(second, log_path=str(work / f"enc{workers}-{i}.log")))
+    try:
+        warm = write_photos(work / f"warm{workers}", 16, seed=100 + workers)
+        ingest_file(warm, run, progress=False)
+        wait(run, {json.loads(line)["id"] for line in warm.open()}, timeout_s=timeout)
+        rows = write_photos(work / f"rows{workers}", images, seed=workers)
+        ids = {json.loads(line)["id"] for line in rows.open()}
+        started = time.perf_counter()
+        ingest_file(rows, run, progress=False)
+        wait(run, ids, timeout_s=timeout)
+        return time.perf_counter() - started
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = Settings.from_env(
@@ -65,38 +233,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     cmd_up(base)
     run = demo_settings(base, f"bench-{uuid.uuid4().hex[:6]}")
-    vectors = clustered(args.n + 64, args.dim, args.clusters, seed=0)
+    vectors = clustered(args.n + WARM, args.dim, args.clusters, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run = replace(run, data_dir=str(work / "data"))
-        warm_ids = [f"warm{i:03d}" for i in range(64)]
+        run = replace(run, data_dir=str(work / "data"), metrics_port=free_port())
+        Path(run.data_dir).mkdir(parents=True)
         ids = [f"s{i:07d}" for i in range(args.n)]
-        warm = write_rows(work / "warm.jsonl", warm_ids, vectors[:64], seed=1)
-        rows = write_rows(work / "rows.jsonl", ids, vectors[64:], seed=2)
+        warm = write_rows(
+            work / "warm.jsonl", [f"warm{i:03d}" for i in range(WARM)], vectors[:WARM], 1
+        )
+        rows = write_rows(work / "rows.jsonl", ids, vectors[WARM:], seed=2)
 
-        started = time.perf_counter()
-        curate_file(rows, work / "offline.jsonl", run, progress=True)
-        core_s = time.perf_counter() - started
-
+        core_s = timed(lambda: curate_file(rows, work / "offline.jsonl", run, progress=False))
+        bare_kafka(run, warm, WARM, args.batch)  # loads the transaction coordinator
+        bare_s = bare_kafka(run, rows, args.n, args.batch)
         ensure_pipeline_topics(run)
-        worker = start_worker(run, log_path=str(work / "worker.log"))
-        try:
-            ingest_file(warm, run, progress=False)
-            wait(run, set(warm_ids), timeout_s=args.timeout, worker=worker)
-            started = time.perf_counter()
-            ingest_file(rows, run, progress=True)
-            produced_s = time.perf_counter() - started
-            wait(run, set(ids) | set(warm_ids), timeout_s=args.timeout, worker=worker)
-            stream_s = time.perf_counter() - started
-        finally:
-            stop_worker(worker)
+        streamed = pipeline(run, warm, rows, set(ids), args.timeout)
+        encoded = {
+            w: inference_workers(base, work, args.images, w, args.timeout)
+            for w in ((1, 2) if args.images else ())
+        }
 
-    core, stream = args.n / core_s, args.n / stream_s
-    print(f"\n{args.n} samples, {args.dim}-d precomputed embeddings, agent batch {args.batch}")
-    print(f"core library (curate)   {core:8.0f} samples/s")
-    print(f"through Kafka (worker)  {stream:8.0f} samples/s  (producing took {produced_s:.1f} s)")
-    print(f"ratio Kafka/core        {stream / core:8.3f}")
-    print("(outcomes are polled every 2 s, so the Kafka figure is a slight underestimate)")
+    n, stream_s = args.n, streamed["seconds"]
+    print(f"\n{n} samples, {args.dim}-d precomputed embeddings, batch {args.batch}")
+    print(f"core library (curate)        {n / core_s:8.0f} samples/s")
+    print(f"bare Kafka, 2 tx hops        {n / bare_s:8.0f} records/s")
+    print(
+        f"pipeline (1 worker)          {n / stream_s:8.0f} samples/s"
+        f"  = {bare_s / stream_s:.1%} of bare Kafka (producing took {streamed['produced_s']:.1f} s)"
+    )
+    print(f"  of its {stream_s:.1f} s, in the model/gain executor:")
+    for step, seconds in sorted(streamed["steps"].items(), key=lambda kv: -kv[1]):
+        print(f"    {step:<24} {seconds:7.1f} s  ({seconds / stream_s:.0%})")
+    for workers, seconds in encoded.items():
+        print(
+            f"packaged encoder, {workers} inference worker(s), 4 raw partitions: "
+            f"{args.images / seconds:6.1f} images/s"
+        )
+    print("(outcomes are polled every 2 s, so the Kafka figures are slight underestimates)")
     return 0
 
 

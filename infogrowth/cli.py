@@ -226,17 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser(
         "replay",
-        help="rebuild the dataset from raw-samples (offset 0), optionally with other settings",
-        description="Read the raw topic from offset 0 with a new consumer group and curate it "
-        "again into <accepted>-VERSION / <rejected>-VERSION. With unchanged settings the "
-        "accepted records equal the streaming run's byte for byte; change --delta, --k, "
-        "--policy, --tau ... to see the dataset they would have built.",
+        help="rebuild the dataset from scored (or raw-samples), optionally with other settings",
+        description="Read `scored` (the embeddings, in the curator's order) from offset 0 and "
+        "curate it again into <accepted>-VERSION / <rejected>-VERSION without running a model. "
+        "With unchanged settings the accepted records equal the streaming run's byte for "
+        "byte; change --delta, --k, --policy, --tau ... to see the dataset they would have "
+        "built. --from raw encodes `raw-samples` again with the current encoder instead.",
     )
     replay.add_argument("--version", required=True, help="suffix of the output topics, e.g. v2")
+    replay.add_argument(
+        "--from",
+        dest="source",
+        choices=("scored", "raw"),
+        default="scored",
+        help="scored: re-curate the stored embeddings (default); raw: re-encode raw-samples",
+    )
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_flags(
         replay,
-        CURATE_FLAGS + IO_FLAGS + ("topic_raw", "topic_accepted", "topic_rejected", "app_id"),
+        CURATE_FLAGS
+        + IO_FLAGS
+        + ("topic_raw", "topic_scored", "topic_accepted", "topic_rejected", "app_id"),
     )
     replay.set_defaults(func=cmd_replay)
 
@@ -414,13 +424,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from infogrowth.replay import replay
 
     started = time.monotonic()
-    result = replay(settings, args.version, progress=not args.quiet)
+    result = replay(settings, args.version, progress=not args.quiet, source=args.source)
     print_summary(result.summary, time.monotonic() - started, out=sys.stderr)
     if result.malformed or result.duplicates:
         print(
             f"  skipped: {result.malformed} malformed, {len(result.duplicates)} repeated ids",
             file=sys.stderr,
         )
+    if result.pending:
+        print(f"  {len(result.pending)} samples still wait for their recaption", file=sys.stderr)
     print(f"wrote {result.accepted_topic} and {result.rejected_topic}", file=sys.stderr)
     return 0
 

@@ -400,6 +400,23 @@ def _is_duplicate(image: Neighbour | None, settings: Settings) -> bool:
     return image is not None and image.distance <= settings.dup_distance
 
 
+def still_misaligned(item: Scored, delta: float) -> Outcome:
+    """The rejection of a sample whose recaption came back still below δ (or unusable)."""
+    error = (item.sample.extra.get("extra") or {}).get("recaption_error")
+    detail = error or (
+        f"alignment {item.original_alignment} and {item.encoded.alignment:.3f} after recaption "
+        f"are both below delta={delta}"
+    )
+    return rejected(
+        item.sample,
+        REASON_MISALIGNED,
+        detail,
+        alignment=item.encoded.alignment,
+        original_alignment=item.original_alignment,
+        caption_source=item.caption_source,
+    )
+
+
 def apply_evictions(outcomes: Sequence[Outcome]) -> None:
     """Budget policy: a later, better sample can push an accepted one out of the budget."""
     by_id = {o.id: o for o in outcomes}

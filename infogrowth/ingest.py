@@ -173,7 +173,8 @@ def ingest_file(
         raise FileNotFoundError(f"{path}: no such file")
     topic = topic or settings.topic_raw
     check_broker(settings.kafka_bootstrap)
-    ensure_topics(settings.kafka_bootstrap, [topic], config=UNLIMITED_RETENTION)  # replay's source
+    partitions = settings.raw_partitions if topic == settings.topic_raw else 1
+    ensure_topics(settings.kafka_bootstrap, [topic], partitions, UNLIMITED_RETENTION)  # a source
     summary = IngestSummary(topic=topic)
     uploader = ImageUploader(settings, prefix)
     base_dir = path.resolve().parent

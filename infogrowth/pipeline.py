@@ -26,7 +26,8 @@ def topic_names(settings: Settings) -> list[str]:
 
 
 def source_topics(settings: Settings) -> list[str]:
-    """The sources of truth for replay: kept forever, one partition (one total order)."""
+    """The sources of truth for replay, kept forever: `raw-samples` (what came in) and
+    `scored` (the embeddings, in the one order the curator admits them)."""
     return [settings.topic_raw, settings.topic_scored]
 
 
@@ -36,12 +37,15 @@ def retention_config(settings: Settings) -> dict[str, str]:
 
 
 def ensure_pipeline_topics(settings: Settings) -> None:
-    """Creates the missing topics. `raw-samples` and `scored` have one partition (the curator
-    is the single writer of the index and needs one ordered stream, see
-    infogrowth/order.py) and unlimited retention; `accepted` has ``accepted_partitions``
-    partitions keyed by id, so downstream readers can split it; the rest have one."""
+    """Creates the missing topics. `raw-samples` has ``raw_partitions`` partitions keyed by
+    id: inference is stateless and its workers share them. `scored` has one: the curator is
+    the single writer of the index and its order is the order of `scored` (see
+    infogrowth/order.py). Both keep their records forever. `accepted` has
+    ``accepted_partitions`` partitions keyed by id, so downstream readers can split it; the
+    rest have one."""
     bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
-    ensure_topics(bootstrap, sources, partitions=1, config=UNLIMITED_RETENTION)
+    ensure_topics(bootstrap, [settings.topic_raw], settings.raw_partitions, UNLIMITED_RETENTION)
+    ensure_topics(bootstrap, [settings.topic_scored], partitions=1, config=UNLIMITED_RETENTION)
     set_topic_config(bootstrap, sources, UNLIMITED_RETENTION)  # also on topics made before
     retention = retention_config(settings)
     ensure_topics(bootstrap, [settings.topic_accepted], settings.accepted_partitions, retention)

@@ -1,27 +1,40 @@
-"""Rebuild a curated dataset from `raw-samples`, from offset 0, with the core library.
+"""Rebuild a curated dataset from the durable log, from offset 0, with the core library.
 
-The streaming curator admits samples in the order of `raw-samples` (the ordered gate holds
-recaptioned samples in their place), so replaying the topic through the same stages with
-the same settings yields the same accepted records, byte for byte; with other δ/k/policy
-it yields the dataset those settings would have built.
+By default replay re-curates `scored`, the log of embeddings in the one order the streaming
+curator admitted them (its single partition): the same gate (a misaligned sample holds its
+place until its recaptioned record, also in `scored`, resolves it), the same gain index and
+policy, no model run. With the same settings it rebuilds the accepted records byte for
+byte, whatever encoder made the embeddings; with other δ/k/policy it yields the dataset
+those settings would have built. Rejections made before `scored` (filters, bad input) are
+not decided again: those samples never reached `scored`.
+
+``source="raw"`` re-encodes `raw-samples` with the current encoder (another model, other
+filters) and recaptions inline, as `infogrowth curate` does. Its order is the topic's
+partitions one after another, each in offset order: deterministic, and the streaming order
+when `raw-samples` has one partition.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from tqdm import tqdm
 
 from infogrowth.avro import AvroSerde, MalformedMessage
-from infogrowth.curate import Curator, Scored, apply_evictions
+from infogrowth.curate import Curator, Scored, apply_evictions, still_misaligned
 from infogrowth.kafka_io import check_broker, end_offsets, ensure_topics, make_producer, read_topic
-from infogrowth.messages import outcome_record, sample_from_raw
-from infogrowth.offline import Summary, make_curator
+from infogrowth.messages import outcome_record, sample_from_raw, scored_from_record
+from infogrowth.offline import Summary, make_curator, make_index, make_reader
+from infogrowth.order import OrderedGate
 from infogrowth.records import Outcome, Sample
+from infogrowth.sample import make_policy
 from infogrowth.settings import Settings
 
 Curated = tuple[Outcome, Sample, Scored | None]
+SOURCES = ("scored", "raw")
 
 
 @dataclass
@@ -29,16 +42,139 @@ class ReplayResult:
     summary: Summary
     accepted_topic: str
     rejected_topic: str
+    source: str = "scored"
     malformed: int = 0
     duplicates: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # in `scored`, recaption not back yet
 
 
-def _raw_samples(settings: Settings, group_id: str, stats: ReplayResult) -> Iterator[Sample]:
+def replay(
+    settings: Settings, version: str, progress: bool = True, source: str = "scored"
+) -> ReplayResult:
+    """Curate `scored` (or `raw-samples`) again into `<accepted>-<version>` /
+    `<rejected>-<version>`."""
+    if source not in SOURCES:
+        raise ValueError(f"replay source must be one of {SOURCES}, got {source!r}")
+    check_broker(settings.kafka_bootstrap)
+    result = ReplayResult(
+        summary=Summary.of([]),
+        accepted_topic=f"{settings.topic_accepted}-{version}",
+        rejected_topic=f"{settings.topic_rejected}-{version}",
+        source=source,
+    )
+    ensure_topics(settings.kafka_bootstrap, [result.accepted_topic, result.rejected_topic])
+    topic = settings.topic_scored if source == "scored" else settings.topic_raw
+    total = sum(end_offsets(settings.kafka_bootstrap, topic).values())
+    bar = tqdm(total=total, unit="record", desc=f"replay {version}", disable=not progress)
+    if source == "scored":
+        curator = _curator_without_models(settings)
+        pairs = _curate_scored(curator, _values(settings, topic, bar), result)
+        no_recaption = None  # the stream recaptioned; its records say how it went
+    else:
+        curator = make_curator(settings)
+        pairs = _curate_raw(curator, _values(settings, topic, bar), result)
+        no_recaption = curator.no_recaption_reason()
+    bar.close()
+    apply_evictions([o for o, _, _ in pairs])
+    _produce(settings, result, pairs)
+    result.summary = Summary.of([o for o, _, _ in pairs], no_recaption)
+    return result
+
+
+def _values(settings: Settings, topic: str, bar: tqdm) -> Iterator[bytes]:
+    """The topic's records, partition after partition, each in offset order."""
+    by_partition: dict[int, list[bytes]] = defaultdict(list)
+    for msg in read_topic(settings.kafka_bootstrap, topic):
+        by_partition[msg.partition()].append(msg.value())
+    for partition in sorted(by_partition):
+        for value in by_partition.pop(partition):
+            bar.update(1)
+            yield value
+
+
+def _curator_without_models(settings: Settings) -> Curator:
+    """Gain index and policy only: re-curating `scored` never encodes or captions."""
+    no_models = replace(settings, label_model="")
+    return Curator(
+        no_models,
+        encoder=None,
+        captioner=None,
+        index=make_index(settings),
+        policy=make_policy(settings),
+        read_bytes=make_reader(settings),
+    )
+
+
+# --- from `scored`: the streaming curator's gate and stages, without Kafka ----------------
+def _curate_scored(curator: Curator, values: Iterator[bytes], stats: ReplayResult) -> list[Curated]:
+    serde = AvroSerde("ScoredSample")
+    gate: OrderedGate[dict[str, Any]] = OrderedGate()
+    admitted: set[str] = set()
+    pairs: list[Curated] = []
+    released: list[dict[str, Any]] = []
+    for value in values:
+        try:
+            record = serde.decode(value)
+        except MalformedMessage:
+            stats.malformed += 1  # the streaming curator sent these to dead-letter
+            continue
+        released += _admit(curator, gate, admitted, record, stats)
+        if len(released) >= curator.settings.batch_size:
+            pairs += _finish(curator, released)
+            released = []
+    pairs += _finish(curator, released)
+    stats.pending = [key for key in admitted if gate.waiting(key)]
+    return pairs
+
+
+def _admit(
+    curator: Curator,
+    gate: OrderedGate[dict[str, Any]],
+    admitted: set[str],
+    record: dict[str, Any],
+    stats: ReplayResult,
+) -> list[tuple[str, dict[str, Any]]]:
+    """As agents/curator.py ``_admit``: queue a first record, resolve a recaptioned one."""
+    key = record["id"]
+    if record.get("attempt", 0) > 0:
+        return gate.resolve(key, record) if gate.waiting(key) else []
+    if key in admitted:
+        stats.duplicates.append(key)  # an upstream retry: the curator skips it too
+        return []
+    admitted.add(key)
+    return gate.push(key, record if curator.is_aligned(scored_from_record(record)) else None)
+
+
+def _finish(curator: Curator, released: list[tuple[str, dict[str, Any]]]) -> list[Curated]:
+    """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
+    items = [scored_from_record(record) for _, record in released]
+    aligned = [it for it in items if curator.is_aligned(it)]
+    by_id = {o.id: o for o in curator.select(aligned)}
+    pairs: list[Curated] = []
+    for it in items:
+        outcome = by_id.get(it.sample.id) or still_misaligned(it, curator.settings.delta)
+        pairs.append((outcome, it.sample, it))
+    return pairs
+
+
+# --- from `raw-samples`: encode, filter and recaption again -------------------------------
+def _curate_raw(curator: Curator, values: Iterator[bytes], stats: ReplayResult) -> list[Curated]:
+    pairs: list[Curated] = []
+    batch: list[Sample] = []
+    for sample in _raw_samples(values, stats):
+        batch.append(sample)
+        if len(batch) >= curator.settings.batch_size:
+            pairs += _curate(curator, batch)
+            batch = []
+    return pairs + _curate(curator, batch)
+
+
+def _raw_samples(values: Iterator[bytes], stats: ReplayResult) -> Iterator[Sample]:
     serde = AvroSerde("RawSample")
     seen: set[str] = set()
-    for msg in read_topic(settings.kafka_bootstrap, settings.topic_raw, group_id=group_id):
+    for value in values:
         try:
-            sample = sample_from_raw(serde.decode(msg.value()))
+            sample = sample_from_raw(serde.decode(value))
         except MalformedMessage:
             stats.malformed += 1  # the streaming run sent these to dead-letter
             continue
@@ -47,36 +183,6 @@ def _raw_samples(settings: Settings, group_id: str, stats: ReplayResult) -> Iter
             continue
         seen.add(sample.id)
         yield sample
-
-
-def replay(settings: Settings, version: str, progress: bool = True) -> ReplayResult:
-    """Curate `raw-samples` again into `<accepted>-<version>` / `<rejected>-<version>`."""
-    check_broker(settings.kafka_bootstrap)
-    result = ReplayResult(
-        summary=Summary.of([]),
-        accepted_topic=f"{settings.topic_accepted}-{version}",
-        rejected_topic=f"{settings.topic_rejected}-{version}",
-    )
-    ensure_topics(settings.kafka_bootstrap, [result.accepted_topic, result.rejected_topic])
-    curator = make_curator(settings)
-    total = sum(end_offsets(settings.kafka_bootstrap, settings.topic_raw).values())
-    pairs: list[Curated] = []
-    batch: list[Sample] = []
-    bar = tqdm(total=total, unit="sample", desc=f"replay {version}", disable=not progress)
-    group = f"{settings.app_id}-replay-{version}"
-    for sample in _raw_samples(settings, group, result):
-        batch.append(sample)
-        if len(batch) >= settings.batch_size:
-            pairs += _curate(curator, batch)
-            bar.update(len(batch))
-            batch = []
-    pairs += _curate(curator, batch)
-    bar.update(len(batch))
-    bar.close()
-    apply_evictions([o for o, _, _ in pairs])
-    _produce(settings, result, pairs)
-    result.summary = Summary.of([o for o, _, _ in pairs], curator.no_recaption_reason())
-    return result
 
 
 def _curate(curator: Curator, batch: list[Sample]) -> list[Curated]:

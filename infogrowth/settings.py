@@ -87,6 +87,7 @@ class Settings:
     take_within: float = 1.0  # seconds an agent waits to fill a batch
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs
     accepted_partitions: int = 4  # `accepted` is keyed by id: consumers split its partitions
+    raw_partitions: int = 1  # `raw-samples`: >1 lets several inference workers share it
     retention_ms: int = 0  # topics other than raw/scored: 0 = broker default, -1 = forever
     metrics_port: int = 9464  # the worker's Prometheus /metrics port; 0 = off
     log_every: int = 50  # batches between the worker's progress lines; 0 = never
@@ -222,6 +223,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "hnsw_ef": _at_least(1),
     "batch_size": _at_least(1),
     "accepted_partitions": _at_least(1),
+    "raw_partitions": _at_least(1),
     "retention_ms": _at_least(-1),
     "metrics_port": _between(0, 65535),
     "log_every": _at_least(0),

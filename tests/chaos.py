@@ -108,6 +108,23 @@ def drain(run: Supervised, ids: set[str], timeout_s: float) -> dict[str, list[di
         time.sleep(1.0)
 
 
+def scored_order(settings: Settings) -> list[str]:
+    """Sample ids in the order they first appear in `scored`: the curator's order."""
+    order: dict[str, None] = {}
+    for value in topic_values(settings, settings.topic_scored):
+        order.setdefault(decode_any(value)[1]["id"], None)
+    return list(order)
+
+
+def scored_copies(settings: Settings) -> dict[tuple[str, int], list[bytes]]:
+    """(id, attempt) -> the committed records of it in `scored` (read_committed)."""
+    copies: dict[tuple[str, int], list[bytes]] = {}
+    for value in topic_values(settings, settings.topic_scored):
+        record = decode_any(value)[1]
+        copies.setdefault((record["id"], record.get("attempt", 0)), []).append(value)
+    return copies
+
+
 def outcome_records(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for topic in (settings.topic_accepted, settings.topic_rejected):

@@ -97,7 +97,7 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
         assert r.get("neighbour") == offline[sample_id]["neighbour"], sample_id
         assert r.get("neighbour_distance") == offline[sample_id]["neighbour_distance"], sample_id
 
-    # Replaying raw-samples twice rebuilds the accepted records byte for byte.
+    # Replaying `scored` twice rebuilds the accepted records byte for byte.
     streamed = topic_values(settings, settings.topic_accepted)
     first_replay = replay(settings, "r1", progress=False)
     second_replay = replay(settings, "r2", progress=False)
@@ -105,6 +105,10 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
     r2 = topic_values(settings, second_replay.accepted_topic)
     assert r1 == r2
     assert sorted(r1) == sorted(streamed)
+    assert first_replay.source == "scored" and not first_replay.pending
+    # Encoding raw-samples again (one partition: the streaming order) gives them too.
+    from_raw = replay(settings, "raw", progress=False, source="raw")
+    assert topic_values(settings, from_raw.accepted_topic) == r1
 
     # Other settings give another dataset.
     strict = replay(with_settings(settings, tau=0.3), "strict", progress=False)
