@@ -83,6 +83,7 @@ class Settings:
     topic_accepted: str = "accepted"
     topic_rejected: str = "rejected"
     topic_dead_letter: str = "dead-letter"
+    topic_runs: str = "runs"  # compacted: the settings of each run (infogrowth/runs.py)
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs

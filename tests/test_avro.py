@@ -78,6 +78,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original_label": "tiger cat",
         "neighbour": None,
         "neighbour_distance": None,
+        "run": "infogrowth@0123456789ab",
     },
     "RejectedSample": {
         "id": "s-2",
@@ -97,6 +98,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original_label": None,
         "neighbour": "s-1",
         "neighbour_distance": 0.0,
+        "run": None,
     },
     "DeadLetter": {
         "topic": "raw-samples",
@@ -106,6 +108,18 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original": b'{"id": 1}',
         "key": None,
         "stage": "encode",
+    },
+    "RunSettings": {
+        "run": "infogrowth@0123456789ab",
+        "app_id": "infogrowth",
+        "settings_hash": "0123456789ab",
+        "settings": {"delta": "0.25", "k": "1", "policy": '"budget"'},
+        "origin": "replay",
+        "replay_version": "v2",
+        "image_dim": 1280,
+        "text_dim": 384,
+        "topics": {"topic_raw": "raw-samples"},
+        "created": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
     },
 }
 
