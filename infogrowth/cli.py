@@ -61,6 +61,8 @@ SETTING_HELP = {
     "labels (default: vote of the k nearest earlier samples' labels)",
     "gain_mean": "how the k neighbour distances are averaged: arithmetic, geometric, harmonic",
     "device": "auto (CUDA when present), cpu or cuda",
+    "schema_registry_url": "Confluent Schema Registry: register the schemas there and write "
+    "its ids into records (default: the fixed ids of schemas/registry.json)",
 }
 
 
@@ -150,6 +152,7 @@ CURATE_FLAGS = (
 
 IO_FLAGS = (
     "kafka_bootstrap", "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket", "s3_secure",
+    "schema_registry_url",
 )  # fmt: skip
 
 
@@ -344,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         secrets += settings.secret_values()
+        if settings.schema_registry_url:
+            from infogrowth.schema_registry import use_registry
+
+            use_registry(settings.schema_registry_url)
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         print(f"infogrowth {args.command}: interrupted", file=sys.stderr)

@@ -75,6 +75,7 @@ class Settings:
     s3_bucket: str = "infogrowth"
     s3_secure: bool = False
     data_dir: str = ".data"
+    schema_registry_url: str = ""  # Confluent Schema Registry: its ids in records ("" = fixed ids)
     # --- topics ----------------------------------------------------------------------------
     topic_raw: str = "raw-samples"
     topic_scored: str = "scored"
