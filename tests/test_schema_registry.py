@@ -14,10 +14,13 @@ from typing import Any
 
 import fastavro
 import pytest
+from pipeline_helpers import embedding_rows, run_settings, topic_values, write_jsonl
 
 from infogrowth.avro import AvroSerde, MalformedMessage, decode_any, expanded, registry, schemas_dir
 from infogrowth.cli import main
+from infogrowth.ingest import ingest_file
 from infogrowth.kafka_io import read_topic
+from infogrowth.pipeline import ensure_pipeline_topics, start_worker, stop_worker, wait_for_outcomes
 from infogrowth.schema_registry import plain_schema, use_registry
 from infra import free_port
 
@@ -156,3 +159,31 @@ def test_ingest_with_a_registry_and_an_unreachable_one(
     assert main([*argv, "--schema-registry-url", dead]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"infogrowth ingest: error: schema registry at {dead} is unreachable")
+
+
+@pytest.mark.kafka
+@pytest.mark.s3
+def test_a_worker_writes_the_registrys_ids(
+    kafka: str, s3: Any, stub: StubRegistry, tmp_path: Path
+) -> None:
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", schema_registry_url=stub.url
+    )
+    use_registry(stub.url)  # this process ingests and reads with the registry too
+    ensure_pipeline_topics(settings)
+    rows = embedding_rows(20)
+    worker = start_worker(settings, log_path=str(tmp_path / "worker.log"))
+    try:
+        ingest_file(write_jsonl(tmp_path / "rows.jsonl", rows), settings, progress=False)
+        outcomes = wait_for_outcomes(settings, {r["id"] for r in rows}, 240, worker)
+    finally:
+        stop_worker(worker)
+
+    assert len(outcomes) == 20
+    for topic, name in (
+        (settings.topic_scored, "ScoredSample"),
+        (settings.topic_accepted, "AcceptedSample"),
+        (settings.topic_rejected, "RejectedSample"),
+    ):
+        ids = {_schema_id(v) for v in topic_values(settings, topic)}
+        assert ids == set(stub.subjects[f"infogrowth.{name}"]) and min(ids) >= 100, name
