@@ -16,6 +16,7 @@ import faust
 from agents import captioner, curator, inference, metrics
 from agents.atomic import name_producers_by_topic, recover_committed_changelogs
 from agents.context import Context
+from infogrowth.schema_registry import use_registry
 from infogrowth.settings import Settings
 
 ROLES = {
@@ -27,6 +28,7 @@ ROLES = {
 
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     settings = settings or Settings.from_env()
+    use_registry(settings.schema_registry_url)  # "" = the fixed schema ids
     recover_committed_changelogs()
     name_producers_by_topic()
     datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id

@@ -18,12 +18,14 @@ from agents.atomic import BatchCommits, transactional_id
 from infogrowth.avro import AvroSerde
 from infogrowth.curate import Curator
 from infogrowth.offline import make_curator
+from infogrowth.runs import run_ref
 from infogrowth.settings import Settings
 from infogrowth.store import StoreUnavailable
 
 log = logging.getLogger("infogrowth.agents")
 T = TypeVar("T")
 
+OUTCOME_SCHEMAS = ("AcceptedSample", "RejectedSample")
 SCHEMAS = ("RawSample", "ScoredSample", "RecaptionRequest", "AcceptedSample", "RejectedSample")
 
 
@@ -42,6 +44,11 @@ class Context:
         return self.app.topic(
             *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
+
+    @cached_property
+    def run_reference(self) -> str:
+        """The ``run`` field of this worker's outcomes (infogrowth/runs.py)."""
+        return run_ref(self.settings)
 
     @cached_property
     def curator(self) -> Curator:
@@ -80,6 +87,8 @@ class Context:
     async def send(self, topic_name: str, schema: str, record: dict[str, Any], source: TP) -> None:
         """Sends ``record`` in the transaction that commits the ``source`` partition."""
         key = str(record.get("id") or record.get("sample", {}).get("id", "")).encode()
+        if schema in OUTCOME_SCHEMAS:
+            record = {**record, "run": self.run_reference}
         await self.publish(topic_name, key, self.serde[schema].encode(record), source)
         metrics.sent(schema, record)
 

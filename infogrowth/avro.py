@@ -139,6 +139,22 @@ def stringify_extra(extra: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(plain(v)) for k, v in extra.items()}
 
 
+# --- Schema Registry mode (infogrowth/schema_registry.py) --------------------------------
+_SCHEMA_REGISTRY: Any = None  # a SchemaRegistry: its ids replace the fixed ones
+
+
+def set_schema_registry(client: Any) -> None:
+    global _SCHEMA_REGISTRY
+    _SCHEMA_REGISTRY = client
+
+
+def current_id(name: str) -> int:
+    """The id records of the current schema ``name`` are written with."""
+    if _SCHEMA_REGISTRY is not None:
+        return int(_SCHEMA_REGISTRY.register(name))
+    return registry()[name]
+
+
 class AvroSerde:
     """Encode/decode one schema's records in the Confluent wire format."""
 
@@ -147,7 +163,7 @@ class AvroSerde:
         if schema_name not in ids:
             raise KeyError(f"schema {schema_name!r} has no id in registry.json ({sorted(ids)})")
         self.name = schema_name
-        self.schema_id = ids[schema_name]
+        self.schema_id = current_id(schema_name)
         self.schema = load_schema(schema_name)
         self._header = HEADER.pack(MAGIC, self.schema_id)
 
@@ -207,12 +223,14 @@ def decode_any(data: bytes) -> tuple[str, dict[str, Any]]:
     name = _name_of(schema_id)
     if name is None:
         raise MalformedMessage(f"unknown schema id {schema_id}")
-    current = registry()[name] == schema_id
+    current = current_id(name) == schema_id
     writer = None if current else _writer(schema_id)
     return name, _read_body(data, load_schema(name), name, writer)
 
 
 def _name_of(schema_id: int) -> str | None:
+    if _SCHEMA_REGISTRY is not None:
+        return _SCHEMA_REGISTRY.name_of(schema_id)  # type: ignore[no-any-return]
     return _names(schemas_dir()).get(schema_id)
 
 
@@ -239,6 +257,8 @@ def _history(directory: Path) -> dict[int, tuple[str, dict[str, Any]]]:
 
 
 def _writer(schema_id: int) -> dict[str, Any]:
+    if _SCHEMA_REGISTRY is not None:
+        return _SCHEMA_REGISTRY.writer(schema_id)  # type: ignore[no-any-return]
     return _parsed_writer(schemas_dir(), schema_id)
 
 

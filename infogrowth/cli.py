@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -60,6 +61,8 @@ SETTING_HELP = {
     "labels (default: vote of the k nearest earlier samples' labels)",
     "gain_mean": "how the k neighbour distances are averaged: arithmetic, geometric, harmonic",
     "device": "auto (CUDA when present), cpu or cuda",
+    "schema_registry_url": "Confluent Schema Registry: register the schemas there and write "
+    "its ids into records (default: the fixed ids of schemas/registry.json)",
 }
 
 
@@ -114,10 +117,13 @@ def help_defaults(command_defaults: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def settings_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, base: Layer | None = None
 ) -> Settings:
+    """``base`` (e.g. a recorded run's settings) sits above the command's defaults, below the
+    config file, the environment and the flags."""
     env = os.environ if environ is None else environ
     layers = [Layer("command defaults", getattr(args, "command_defaults", {}))]
+    layers += [base] if base is not None else []
     config = getattr(args, "config", None) or env.get(CONFIG_ENV)
     if config:
         layers.append(file_layer(config))
@@ -146,6 +152,7 @@ CURATE_FLAGS = (
 
 IO_FLAGS = (
     "kafka_bootstrap", "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket", "s3_secure",
+    "schema_registry_url",
 )  # fmt: skip
 
 
@@ -208,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_settings_flags(export, IO_FLAGS + ("topic_accepted", "topic_rejected", "app_id"))
+    add_settings_flags(
+        export, IO_FLAGS + ("topic_accepted", "topic_rejected", "topic_runs", "app_id")
+    )
     export.set_defaults(func=cmd_export)
 
     worker = sub.add_parser(
@@ -231,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         "curate it again into <accepted>-VERSION / <rejected>-VERSION without running a model. "
         "With unchanged settings the accepted records equal the streaming run's byte for "
         "byte; change --delta, --k, --policy, --tau ... to see the dataset they would have "
-        "built. --from raw encodes `raw-samples` again with the current encoder instead.",
+        "built. --from raw encodes `raw-samples` again with the current encoder instead. "
+        "The settings default to those the worker of --app-id last recorded in the runs "
+        "topic (a config file, INFOGROWTH_* variables and flags override them). A VERSION "
+        "whose topics exist is refused unless --resume. Prints the export command for the "
+        "result.",
     )
     replay.add_argument("--version", required=True, help="suffix of the output topics, e.g. v2")
     replay.add_argument(
@@ -241,12 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="scored",
         help="scored: re-curate the stored embeddings (default); raw: re-encode raw-samples",
     )
+    replay.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted replay of VERSION: curate again, send only the outcomes its "
+        "topics lack (with the settings that VERSION was built with)",
+    )
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_flags(
         replay,
         CURATE_FLAGS
         + IO_FLAGS
-        + ("topic_raw", "topic_scored", "topic_accepted", "topic_rejected", "app_id"),
+        + ("topic_raw", "topic_scored", "topic_accepted", "topic_rejected", "topic_runs", "app_id"),
     )
     replay.set_defaults(func=cmd_replay)
 
@@ -337,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         secrets += settings.secret_values()
+        if settings.schema_registry_url:
+            from infogrowth.schema_registry import use_registry
+
+            use_registry(settings.schema_registry_url)
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         print(f"infogrowth {args.command}: interrupted", file=sys.stderr)
@@ -413,18 +436,26 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     check_broker(settings.kafka_bootstrap)
     ensure_pipeline_topics(settings)
     os.environ.update(settings_env(settings))  # agents.app reads its Settings from the env
-    from agents.app import app
+    from agents.app import app, context
+    from infogrowth.runs import record_run
 
+    record_run(context.settings, "worker", encoder=context.curator.encoder)  # after model checks
     sys.argv = ["infogrowth-worker", "worker", "--loglevel", args.loglevel, "--without-web"]
     app.main()
     return 0
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from infogrowth.replay import replay
+    from infogrowth.kafka_io import check_broker
+    from infogrowth.replay import refuse_existing, replay
 
+    check_broker(settings.kafka_bootstrap)
+    refuse_existing(settings, args.version, args.resume)  # before anything is printed
+    settings = replay_settings(args, settings)
     started = time.monotonic()
-    result = replay(settings, args.version, progress=not args.quiet, source=args.source)
+    result = replay(
+        settings, args.version, progress=not args.quiet, source=args.source, resume=args.resume
+    )
     print_summary(result.summary, time.monotonic() - started, out=sys.stderr)
     if result.malformed or result.duplicates:
         print(
@@ -433,8 +464,59 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         )
     if result.pending:
         print(f"  {len(result.pending)} samples still wait for their recaption", file=sys.stderr)
-    print(f"wrote {result.accepted_topic} and {result.rejected_topic}", file=sys.stderr)
+    if result.already_sent:
+        print(f"  resumed: {result.already_sent} outcomes were there already", file=sys.stderr)
+    print(
+        f"wrote {result.accepted_topic} and {result.rejected_topic} (run {result.run})",
+        file=sys.stderr,
+    )
+    print("export it with:", file=sys.stderr)
+    print("  " + export_command(settings, args.version), file=sys.stderr)
     return 0
+
+
+def replay_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The settings of the run being replayed (with --resume: of VERSION's run), overridden
+    by the config file, the environment and the flags."""
+    from infogrowth.replay import version_run
+    from infogrowth.runs import (
+        latest_worker_run,
+        read_runs,
+        recorded_settings,
+        run_layer,
+        run_values,
+    )
+
+    runs = read_runs(settings)
+    ref = version_run(settings, args.version) if args.resume else None
+    record = runs.get(ref) if ref else latest_worker_run(runs, settings.app_id)
+    if record is None:
+        print(
+            f"note: no run of {settings.app_id} recorded in {settings.topic_runs}: "
+            "replaying with the settings given",
+            file=sys.stderr,
+        )
+        return settings
+    rebuilt = settings_from_args(args, base=run_layer(record))
+    recorded = recorded_settings(record)
+    changed = [f"{k}={v!r}" for k, v in run_values(rebuilt).items() if recorded.get(k) != v]
+    note = f", changed: {', '.join(changed)}" if changed else ""
+    print(f"settings of run {record['run']}{note}", file=sys.stderr)
+    return rebuilt
+
+
+def export_command(settings: Settings, version: str) -> str:
+    """The `infogrowth export` command line for a replay's output topics."""
+    from infogrowth.replay import output_topics
+
+    accepted, rejected = output_topics(settings, version)
+    argv = ["infogrowth", "export", "--topic", accepted, "--rejected-topic", rejected]
+    argv += ["--dest", f"s3://{settings.s3_bucket}/datasets/{settings.app_id}-{version}"]
+    builtin = Settings()
+    for name in ("kafka_bootstrap", "s3_endpoint", "topic_runs"):
+        if getattr(settings, name) != getattr(builtin, name):
+            argv += [flag_name(name), str(getattr(settings, name))]
+    return shlex.join(argv)
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:

@@ -126,7 +126,7 @@ def demo_settings(settings: Settings, tag: str) -> Settings:
     topics = {
         f.name: f"demo-{tag}.{getattr(settings, f.name)}"
         for f in fields(Settings)
-        if f.name.startswith("topic_")
+        if f.name.startswith("topic_") and f.name != "topic_runs"  # shared, keyed by run
     }
     return replace(settings, app_id=f"infogrowth-demo-{tag}", **topics)
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tarfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from infogrowth.avro import AvroSerde, MalformedMessage
 from infogrowth.ingest import s3_call
 from infogrowth.kafka_io import check_broker, end_offsets, read_topic
 from infogrowth.records import BadInput
+from infogrowth.runs import describe, read_runs
 from infogrowth.settings import Settings
 from infogrowth.store import ObjectStore, parse_s3_uri, read_reference
 from infogrowth.vectors import as_lists
@@ -36,12 +38,6 @@ from infogrowth.vectors import as_lists
 FORMATS = ("parquet", "webdataset")
 MAX_REPORTED = 20
 SHARD_NAME = re.compile(r"^(part-\d{5}\.parquet|shard-\d{5}\.tar)$")
-# Settings worth recording next to a dataset (those of the exporting environment).
-RECORDED_SETTINGS = (
-    "app_id", "mode", "encoder", "clip_model", "captioner", "captioner_model", "delta", "k",
-    "gain_mean", "policy", "tau", "budget", "seed",
-)  # fmt: skip
-
 PARQUET_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -57,6 +53,7 @@ PARQUET_SCHEMA = pa.schema(
         ("image_embedding", pa.list_(pa.float32())),
         ("text_embedding", pa.list_(pa.float32())),
         ("extra", pa.string()),  # the record's extra map as a JSON object
+        ("run", pa.string()),  # <app_id>@<settings_hash>: manifest.json's runs
     ]
 )
 METADATA_FIELDS = tuple(
@@ -339,8 +336,17 @@ def write_webdataset(
 
 # --- the command -------------------------------------------------------------------------
 def build_manifest(
-    name: str, settings: Settings, topic: str, ends: dict[int, int], summary: ExportSummary
+    name: str,
+    settings: Settings,
+    topic: str,
+    ends: dict[int, int],
+    summary: ExportSummary,
+    records: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
+    """What the dataset is: shards, source offsets, storage, columns, and the settings of
+    the run(s) that curated it (from the runs topic, not from this command's settings)."""
+    runs = run_summaries(settings, records, summary)
+    single = runs[0] if len(runs) == 1 else {}
     return {
         "name": name,
         "format": summary.format,
@@ -356,11 +362,52 @@ def build_manifest(
             "duplicates": summary.duplicates,
             "evicted": summary.evicted,
         },
-        "app_id": settings.app_id,
-        "settings": {n: getattr(settings, n) for n in RECORDED_SETTINGS},
+        "storage": {"s3_endpoint": settings.s3_endpoint, "s3_secure": settings.s3_secure},
+        "columns": columns(summary.format),
+        "app_id": single.get("app_id"),
+        "run": single.get("run"),
+        "settings": single.get("settings"),  # null unless one recorded run curated it all
+        "runs": runs,
         "skipped": summary.skipped,
         "problems": summary.problems,
     }
+
+
+def run_summaries(
+    settings: Settings, records: Sequence[dict[str, Any]], summary: ExportSummary
+) -> list[dict[str, Any]]:
+    """Each run the exported records reference, with its recorded settings and sample count."""
+    counts = Counter(r.get("run") for r in records)
+    unknown = counts.pop(None, 0)
+    if unknown:
+        summary.problems.append(
+            f"{unknown} samples carry no run reference (written before runs were recorded): "
+            "their settings are unknown"
+        )
+    recorded = read_runs(settings) if counts else {}
+    runs = []
+    for ref, count in counts.most_common():
+        if ref in recorded:
+            runs.append({**describe(recorded[ref]), "samples": count})
+        else:
+            summary.problems.append(f"run {ref} is not in topic {settings.topic_runs}")
+            runs.append({"run": ref, "settings": None, "samples": count})
+    if len(runs) > 1:
+        summary.problems.append(f"the samples come from {len(runs)} runs (see runs)")
+    return runs
+
+
+def columns(fmt: str) -> list[dict[str, str]]:
+    """Parquet: the columns; webdataset: the files of a sample, then its .json fields."""
+    fields = [{"name": f.name, "type": str(f.type)} for f in PARQUET_SCHEMA]
+    if fmt == "parquet":
+        return fields
+    files = [
+        {"name": "<key>.<ext>", "type": "image bytes (ext from the URI or the bytes)"},
+        {"name": "<key>.txt", "type": "caption (utf-8)"},
+        {"name": "<key>.json", "type": "metadata: the fields below"},
+    ]
+    return files + [f for f in fields if f["name"] in METADATA_FIELDS]
 
 
 def export_dataset(
@@ -405,7 +452,7 @@ def export_dataset(
     for stale in sink.names():  # shards of an earlier, larger export of the same name
         if SHARD_NAME.match(stale) and stale not in written:
             sink.remove(stale)
-    summary.manifest = build_manifest(name, settings, topic, ends, summary)
+    summary.manifest = build_manifest(name, settings, topic, ends, summary, records)
     manifest = json.dumps(summary.manifest, indent=2, ensure_ascii=False).encode()
     sink.put("manifest.json", manifest, "application/json")
     return summary

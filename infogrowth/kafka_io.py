@@ -471,3 +471,10 @@ def _first_record_offset(
         return start  # unknown within the time allowed: count everything
     finally:
         consumer.unassign()
+
+
+def existing_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> list[str]:
+    """Those of ``names`` that exist on the broker, in the order given."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
+    present = set(admin.list_topics(timeout=timeout).topics)
+    return [n for n in names if n in present]

@@ -18,6 +18,7 @@ from infogrowth.kafka_io import (
     read_topic,
     set_topic_config,
 )
+from infogrowth.runs import ensure_runs_topic
 from infogrowth.settings import ENV_PREFIX, Settings
 
 
@@ -41,15 +42,17 @@ def ensure_pipeline_topics(settings: Settings) -> None:
     id: inference is stateless and its workers share them. `scored` has one: the curator is
     the single writer of the index and its order is the order of `scored` (see
     infogrowth/order.py). Both keep their records forever. `accepted` has
-    ``accepted_partitions`` partitions keyed by id, so downstream readers can split it; the
-    rest have one."""
+    ``accepted_partitions`` partitions keyed by id, so downstream readers can split it;
+    `runs` is compacted (one record per run, infogrowth/runs.py); the rest have one."""
     bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
     ensure_topics(bootstrap, [settings.topic_raw], settings.raw_partitions, UNLIMITED_RETENTION)
     ensure_topics(bootstrap, [settings.topic_scored], partitions=1, config=UNLIMITED_RETENTION)
     set_topic_config(bootstrap, sources, UNLIMITED_RETENTION)  # also on topics made before
     retention = retention_config(settings)
     ensure_topics(bootstrap, [settings.topic_accepted], settings.accepted_partitions, retention)
-    others = [n for n in topic_names(settings) if n not in (*sources, settings.topic_accepted)]
+    ensure_runs_topic(settings)
+    done = (*sources, settings.topic_accepted, settings.topic_runs)
+    others = [n for n in topic_names(settings) if n not in done]
     ensure_topics(bootstrap, others, partitions=1, config=retention)
 
 

@@ -12,6 +12,9 @@ not decided again: those samples never reached `scored`.
 filters) and recaptions inline, as `infogrowth curate` does. Its order is the topic's
 partitions one after another, each in offset order: deterministic, and the streaming order
 when `raw-samples` has one partition.
+
+A replay records its settings in the `runs` topic (its outcomes reference that run), refuses
+a version whose topics exist unless resumed, and a resumed one sends only what is missing.
 """
 
 from __future__ import annotations
@@ -23,13 +26,21 @@ from typing import Any
 
 from tqdm import tqdm
 
-from infogrowth.avro import AvroSerde, MalformedMessage
+from infogrowth.avro import AvroSerde, MalformedMessage, decode_any
 from infogrowth.curate import Curator, Scored, apply_evictions, still_misaligned
-from infogrowth.kafka_io import check_broker, end_offsets, ensure_topics, make_producer, read_topic
+from infogrowth.kafka_io import (
+    check_broker,
+    end_offsets,
+    ensure_topics,
+    existing_topics,
+    make_producer,
+    read_topic,
+)
 from infogrowth.messages import outcome_record, sample_from_raw, scored_from_record
 from infogrowth.offline import Summary, make_curator, make_index, make_reader
 from infogrowth.order import OrderedGate
 from infogrowth.records import Outcome, Sample
+from infogrowth.runs import record_run, run_ref
 from infogrowth.sample import make_policy
 from infogrowth.settings import Settings
 
@@ -43,26 +54,77 @@ class ReplayResult:
     accepted_topic: str
     rejected_topic: str
     source: str = "scored"
+    run: str = ""  # the run reference its outcomes carry
     malformed: int = 0
     duplicates: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # in `scored`, recaption not back yet
+    already_sent: int = 0  # resume: outcomes the topics held before
+
+
+def output_topics(settings: Settings, version: str) -> tuple[str, str]:
+    return f"{settings.topic_accepted}-{version}", f"{settings.topic_rejected}-{version}"
+
+
+def _outcomes_in(settings: Settings, topics: list[str]) -> Iterator[dict]:
+    for topic in topics:
+        for msg in read_topic(settings.kafka_bootstrap, topic, timeout_s=30):
+            try:
+                yield decode_any(msg.value() or b"")[1]
+            except MalformedMessage:
+                continue
+
+
+def version_run(settings: Settings, version: str) -> str | None:
+    """The run reference the outcomes of an earlier replay ``version`` carry, if any."""
+    topics = existing_topics(settings.kafka_bootstrap, output_topics(settings, version))
+    return next((r["run"] for r in _outcomes_in(settings, topics) if r.get("run")), None)
+
+
+def refuse_existing(settings: Settings, version: str, resume: bool) -> list[str]:
+    """The version's topics that exist; ValueError if there are any and not ``resume``."""
+    topics = existing_topics(settings.kafka_bootstrap, output_topics(settings, version))
+    if topics and not resume:
+        raise ValueError(
+            f"version {version!r} exists already ({', '.join(topics)}): choose another "
+            "--version, or pass --resume to finish that replay"
+        )
+    return topics
+
+
+def _check_resumed_run(settings: Settings, version: str) -> None:
+    earlier = version_run(settings, version)
+    if earlier and earlier != run_ref(settings):
+        raise ValueError(
+            f"--resume: {version!r} was built by run {earlier}, these settings are run "
+            f"{run_ref(settings)}: resume it with its own settings (drop the changed flags)"
+        )
 
 
 def replay(
-    settings: Settings, version: str, progress: bool = True, source: str = "scored"
+    settings: Settings,
+    version: str,
+    progress: bool = True,
+    source: str = "scored",
+    resume: bool = False,
 ) -> ReplayResult:
     """Curate `scored` (or `raw-samples`) again into `<accepted>-<version>` /
-    `<rejected>-<version>`."""
+    `<rejected>-<version>`.
+
+    ValueError if the version's topics exist, unless ``resume``: then only the outcomes they
+    lack are sent, and the settings must be those the version was built with.
+    """
     if source not in SOURCES:
         raise ValueError(f"replay source must be one of {SOURCES}, got {source!r}")
     check_broker(settings.kafka_bootstrap)
+    accepted, rejected = output_topics(settings, version)
     result = ReplayResult(
-        summary=Summary.of([]),
-        accepted_topic=f"{settings.topic_accepted}-{version}",
-        rejected_topic=f"{settings.topic_rejected}-{version}",
-        source=source,
+        summary=Summary.of([]), accepted_topic=accepted, rejected_topic=rejected, source=source
     )
-    ensure_topics(settings.kafka_bootstrap, [result.accepted_topic, result.rejected_topic])
+    existing = refuse_existing(settings, version, resume)
+    if existing:
+        _check_resumed_run(settings, version)
+    sent = {r["id"] for r in _outcomes_in(settings, existing)}
+    ensure_topics(settings.kafka_bootstrap, [accepted, rejected])
     topic = settings.topic_scored if source == "scored" else settings.topic_raw
     total = sum(end_offsets(settings.kafka_bootstrap, topic).values())
     bar = tqdm(total=total, unit="record", desc=f"replay {version}", disable=not progress)
@@ -75,8 +137,12 @@ def replay(
         pairs = _curate_raw(curator, _values(settings, topic, bar), result)
         no_recaption = curator.no_recaption_reason()
     bar.close()
+    result.run = record_run(
+        settings, "replay", version=version, encoder=curator.encoder, if_absent=True
+    )
     apply_evictions([o for o, _, _ in pairs])
-    _produce(settings, result, pairs)
+    result.already_sent = sum(o.id in sent for o, _, _ in pairs)
+    _produce(settings, result, [p for p in pairs if p[0].id not in sent])
     result.summary = Summary.of([o for o, _, _ in pairs], no_recaption)
     return result
 
@@ -197,7 +263,7 @@ def _produce(settings: Settings, result: ReplayResult, pairs: list[Curated]) -> 
     serdes = {"accepted": AvroSerde("AcceptedSample"), "rejected": AvroSerde("RejectedSample")}
     topics = {"accepted": result.accepted_topic, "rejected": result.rejected_topic}
     for outcome, sample, item in pairs:
-        record = outcome_record(outcome, sample, item)
+        record = {**outcome_record(outcome, sample, item), "run": result.run}
         value = serdes[outcome.decision].encode(record)
         producer.produce(topics[outcome.decision], key=outcome.id.encode(), value=value)
         producer.poll(0)

@@ -75,6 +75,7 @@ class Settings:
     s3_bucket: str = "infogrowth"
     s3_secure: bool = False
     data_dir: str = ".data"
+    schema_registry_url: str = ""  # Confluent Schema Registry: its ids in records ("" = fixed ids)
     # --- topics ----------------------------------------------------------------------------
     topic_raw: str = "raw-samples"
     topic_scored: str = "scored"
@@ -83,6 +84,7 @@ class Settings:
     topic_accepted: str = "accepted"
     topic_rejected: str = "rejected"
     topic_dead_letter: str = "dead-letter"
+    topic_runs: str = "runs"  # compacted: the settings of each run (infogrowth/runs.py)
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs

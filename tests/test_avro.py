@@ -78,6 +78,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original_label": "tiger cat",
         "neighbour": None,
         "neighbour_distance": None,
+        "run": "infogrowth@0123456789ab",
     },
     "RejectedSample": {
         "id": "s-2",
@@ -97,6 +98,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original_label": None,
         "neighbour": "s-1",
         "neighbour_distance": 0.0,
+        "run": None,
     },
     "DeadLetter": {
         "topic": "raw-samples",
@@ -106,6 +108,18 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original": b'{"id": 1}',
         "key": None,
         "stage": "encode",
+    },
+    "RunSettings": {
+        "run": "infogrowth@0123456789ab",
+        "app_id": "infogrowth",
+        "settings_hash": "0123456789ab",
+        "settings": {"delta": "0.25", "k": "1", "policy": '"budget"'},
+        "origin": "replay",
+        "replay_version": "v2",
+        "image_dim": 1280,
+        "text_dim": 384,
+        "topics": {"topic_raw": "raw-samples"},
+        "created": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
     },
 }
 
@@ -284,7 +298,7 @@ def test_embeddings_travel_packed_and_float_arrays_of_older_versions_still_decod
 
     rng = np.random.default_rng(0)
     image, text = rng.standard_normal((2, 512)).astype(np.float32)
-    base = RECORDS[name]
+    base = {k: v for k, v in RECORDS[name].items() if k != "run"}  # fields of both versions
     old = _written_with(
         old_id, {**base, "image_embedding": image.tolist(), "text_embedding": text.tolist()}
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from pipeline_helpers import run_settings
@@ -19,6 +20,7 @@ from infogrowth.pipeline import (
     stop_worker,
     wait_for_outcomes,
 )
+from infogrowth.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
@@ -74,5 +76,10 @@ def test_demo_set_streams_to_the_same_decisions_as_the_offline_curator(kafka, s3
     assert len({streamed[i]["image"] for i in accepted}) == len(accepted)
     assert 0 < len(accepted) < len(rows) // 2 + 10
 
-    exported = export_dataset(f"s3://{settings.s3_bucket}/datasets/demo", settings, progress=False)
+    # Exported from a shell with the built-in δ and k: the manifest still records the run's.
+    shell = replace(settings, delta=Settings().delta, k=Settings().k)
+    exported = export_dataset(f"s3://{settings.s3_bucket}/datasets/demo", shell, progress=False)
     assert exported.count == len(accepted) and exported.duplicates == 0
+    recorded = exported.manifest["settings"]
+    assert (recorded["delta"], recorded["k"]) == (DEMO_DEFAULTS["delta"], DEMO_DEFAULTS["k"])
+    assert exported.manifest["runs"][0]["image_dim"] == 1280  # the packaged encoder's

@@ -31,6 +31,7 @@ from infogrowth.pipeline import (
     wait_for_outcomes,
 )
 from infogrowth.replay import replay
+from infogrowth.runs import read_runs, run_ref
 from infra._service import pid_alive
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
@@ -145,6 +146,11 @@ def test_filters_decide_the_same_in_the_worker_and_offline(kafka, s3, tmp_path):
     reasons = Counter(r["reason"] for r in offline)
     assert reasons["caption_length"] == len(range(1, 80, 9))
     assert reasons["caption_repeated"] > 0 and reasons["low_alignment"] > 0
+    # The worker recorded its settings at start, and every outcome references them.
+    assert {r.get("run") for r in streamed.values()} == {run_ref(settings)}
+    recorded = read_runs(settings)[run_ref(settings)]
+    assert recorded["origin"] == "worker" and recorded["app_id"] == settings.app_id
+    assert json.loads(recorded["settings"]["alignment_top"]) == 0.6
 
 
 def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_path):
