@@ -30,7 +30,7 @@ def register(ctx: Context) -> None:
             parsed = [(ev, _parse(ev)) for ev in events]
             batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
             items = [it for _, it in batch]
-            results = await ctx.run_while_store_down(_score, ctx.curator, items) if items else []
+            results = await ctx.run_while_store_down(score, ctx.curator, items) if items else []
             async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
                 for ev, it in parsed:
                     if isinstance(it, str):
@@ -47,7 +47,7 @@ class _Item:
         self.previous = previous
 
 
-def _score(curator: Curator, items: list[_Item]) -> list[Scored | Outcome]:
+def score(curator: Curator, items: list[_Item]) -> list[Scored | Outcome]:
     """New samples pass the filters first (as offline), new captions only the encoder."""
     fresh = [it.sample for it in items if it.previous is None]
     recaptioned = [it.sample for it in items if it.previous is not None]
