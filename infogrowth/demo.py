@@ -181,7 +181,7 @@ def print_report(
         f"policy={run.policy}, tau={run.tau}, encoder={run.encoder}, "
         f"captioner={run.captioner})"
     )
-    columns = ("id", 24), ("what it is", 18), ("decision", 9), ("why", 12)
+    columns = ("id", 24), ("what it is", 18), ("decision", 9), ("why", 12), ("because of", 22)
     header = " ".join(f"{name:<{width}}" for name, width in columns)
     header += f" {'gain':>6} {'align':>6}  caption"
     print(header)
@@ -193,9 +193,10 @@ def print_report(
         caption = r.get("caption") or ""
         if r.get("caption_source") in ("recaptioned", CAPTION_SOURCE_LABEL):
             caption = f"[{r['caption_source']}] {caption}"
-        cells = sample_id, kinds.get(sample_id, ""), r["decision"], r.get("reason") or ""
+        reason, neighbour = r.get("reason") or "", r.get("neighbour") or ""
+        cells = sample_id, kinds.get(sample_id, ""), r["decision"], reason, neighbour
         line = " ".join(f"{cell:<{width}}" for cell, (_, width) in zip(cells, columns, strict=True))
-        print(f"{line} {_num(r.get('gain')):>6} {_num(r.get('alignment')):>6}  {caption[:60]}")
+        print(f"{line} {_num(r.get('gain')):>6} {_num(r.get('alignment')):>6}  {caption[:48]}")
     counts = Counter(
         r["decision"] if not r.get("reason") else f"rejected ({r['reason']})"
         for r in outcomes.values()

@@ -321,3 +321,21 @@ def test_report_of_a_runs_topics_reads_committed_outcomes_and_s3_images(kafka, s
     assert len(thumbnails(card)) == 2 and "distance <b>0.020</b>" in card
     assert 'class="ph"' in parts["bad_input"] and "no such object" in parts["bad_input"]
     assert len(thumbnails(parts["accepted"])) == 1
+
+
+def test_duplicates_are_shown_beside_the_kept_image_they_repeat(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    _save_photo("coffee", images / "coffee.jpg")
+    _save_photo("coffee", images / "coffee-copy.jpg", mirrored=True)
+    rows = [
+        _row("coffee", "images/coffee.jpg"),
+        _row("coffee-wrong", "images/coffee-copy.jpg", "rejected", reason="duplicate",
+             caption="a red sports car", neighbour="coffee", neighbour_distance=0.02),
+    ]  # fmt: skip
+    source = write_jsonl(tmp_path / "curated.jsonl", rows)
+    out = tmp_path / "report.html"
+    report_from_file(source, out, Settings.from_env())
+    part = sections(out.read_text(encoding="utf-8"))["duplicate"]
+    assert "earlier: coffee" in part and "a red sports car" in part
+    assert len(thumbnails(part)) == 2  # the duplicate and the kept image, side by side

@@ -9,7 +9,12 @@ from html import escape
 from importlib import resources
 from string import Template
 
-from infogrowth.records import REASON_BAD_INPUT, REASON_MISALIGNED, REASON_REDUNDANT
+from infogrowth.records import (
+    REASON_BAD_INPUT,
+    REASON_DUPLICATE,
+    REASON_MISALIGNED,
+    REASON_REDUNDANT,
+)
 from infogrowth.report.charts import ACCEPTED_COLOUR, REJECTED_COLOUR, histogram_svg
 from infogrowth.report.rows import ReportRow
 from infogrowth.report.thumbs import Thumbnails
@@ -150,7 +155,20 @@ def charts_section(rows: Sequence[ReportRow], run: RunContext) -> str:
 # --- galleries ---------------------------------------------------------------------------
 def galleries_of(rows: Sequence[ReportRow], cards: Cards) -> list[Gallery]:
     return [
-        redundant_gallery([r for r in rows if r.reason == REASON_REDUNDANT], cards),
+        neighbour_gallery(
+            "duplicate",
+            "Duplicates",
+            "samples whose image repeats a kept image, whatever the caption says",
+            [r for r in rows if r.reason == REASON_DUPLICATE],
+            cards,
+        ),
+        neighbour_gallery(
+            "redundant",
+            "Redundant",
+            "samples the gain rejected: too close to what was already collected",
+            [r for r in rows if r.reason == REASON_REDUNDANT],
+            cards,
+        ),
         Gallery(
             "misaligned",
             "Misaligned",
@@ -189,16 +207,18 @@ def galleries_of(rows: Sequence[ReportRow], cards: Cards) -> list[Gallery]:
     ]
 
 
-def redundant_gallery(rows: list[ReportRow], cards: Cards) -> Gallery:
-    """Pairs when the records name each one's nearest earlier sample; else one card each."""
+def neighbour_gallery(
+    key: str, title: str, what: str, rows: list[ReportRow], cards: Cards
+) -> Gallery:
+    """Pairs when the records name each one's nearest kept sample; else one card each."""
     if any(r.neighbour for r in rows):
-        note = "Each sample the gain rejected, beside the earlier sample nearest to it."
-        return Gallery("redundant", "Redundant", note, rows, cards.redundant, "pairs")
+        note = f"{what.capitalize()}, each beside the kept sample that made it so."
+        return Gallery(key, title, note, rows, cards.redundant, "pairs")
     note = (
-        "Samples the gain rejected: too close to what was already collected. These records "
-        "do not name the earlier sample (no neighbour field), so each is shown alone."
+        f"{what.capitalize()}. These records do not name the earlier sample (no neighbour "
+        "field), so each is shown alone."
     )
-    return Gallery("redundant", "Redundant", note, rows, cards.scored)
+    return Gallery(key, title, note, rows, cards.scored)
 
 
 def gallery_section(gallery: Gallery, limit: int) -> str:
