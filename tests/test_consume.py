@@ -134,7 +134,9 @@ def test_sources_of_truth_are_kept_forever_and_accepted_is_partitioned(
     for name in (settings.topic_raw, settings.topic_scored):
         assert configs[name]["retention.ms"] == "-1", name
         assert configs[name]["retention.bytes"] == "-1", name
-    for name in set(topic_names(settings)) - {settings.topic_raw, settings.topic_scored}:
+    assert configs[settings.topic_runs]["cleanup.policy"] == "compact"  # one record per run
+    sources = {settings.topic_raw, settings.topic_scored, settings.topic_runs}
+    for name in set(topic_names(settings)) - sources:
         assert configs[name]["retention.ms"] == "3600000", name
     default = run_settings(kafka, s3, tmp_path)
     ensure_pipeline_topics(default)
