@@ -26,6 +26,7 @@ graph on every run; the same inputs in the same batches give byte-identical gain
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -33,6 +34,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -162,7 +164,8 @@ class GainIndex:
         self._labels: list[str | None] = []
         self._pos: dict[str, int] = {}
         self._deleted: set[int] = set()  # positions taken out of the search (remove)
-        self._stored = 0  # positions 0.._stored-1 are in hnswlib
+        self._stored = 0  # positions 0.._stored-1 are in hnswlib (or on their way)
+        self._pending: Future[None] | None = None  # inserts running on the inserter thread
         self._prefix: dict[str, np.ndarray] = {}  # modality -> first EXACT_PREFIX vectors
 
     # --- container protocol ----------------------------------------------------------------
@@ -217,8 +220,8 @@ class GainIndex:
         for sample_id in ids:
             pos = self._pos[sample_id]
             if pos not in self._deleted:
-                for index in self._indices.values():
-                    index.mark_deleted(pos)
+                for mod in self.modalities:
+                    self._hnsw(mod).mark_deleted(pos)
                 self._deleted.add(pos)
 
     @property
@@ -297,14 +300,29 @@ class GainIndex:
         n = len(next(iter(x.values())))
         if n == 0:
             return
+        self._drain()
         if not self._indices:
             self._create({mod: x[mod].shape[1] for mod in self.modalities})
         self._reserve(first + n)
-        positions = np.arange(first, first + n)
         for mod in self.modalities:
-            self._indices[mod].add_items(x[mod], positions, num_threads=1)
             self._keep_prefix(mod, x[mod], first)
         self._stored = first + n
+        self._pending = _inserter().submit(self._add_items, dict(x), np.arange(first, first + n))
+
+    def _add_items(self, x: Mapping[str, np.ndarray], positions: np.ndarray) -> None:
+        for mod in self.modalities:
+            self._indices[mod].add_items(x[mod], positions, num_threads=1)
+
+    def _hnsw(self, mod: str) -> hnswlib.Index:
+        """The modality's hnswlib index, once the background inserts have finished."""
+        self._drain()
+        return self._indices[mod]
+
+    def _drain(self) -> None:
+        """Waits for the inserts running in the background (and raises their error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def _keep_prefix(self, mod: str, x: np.ndarray, n0: int) -> None:
         """Copies rows n0… of ``x`` into the exact-search prefix (grown by doubling)."""
@@ -339,9 +357,7 @@ class GainIndex:
         live = self._stored - len(self._deleted)
         if live <= 0:
             return None
-        pos, _ = self._indices[mod].knn_query(
-            x, k=min(self.k, live), num_threads=self.query_threads
-        )
+        pos, _ = self._hnsw(mod).knn_query(x, k=min(self.k, live), num_threads=self.query_threads)
         return pos.astype(np.int64)
 
     def _stored_vectors(self, mod: str, positions: np.ndarray) -> np.ndarray:
@@ -354,7 +370,7 @@ class GainIndex:
         if head.any():
             out[head] = prefix[positions[head]]  # type: ignore[index]
         if not head.all():
-            out[~head] = self._indices[mod].get_items(positions[~head].tolist())
+            out[~head] = self._hnsw(mod).get_items(positions[~head].tolist())
         return out
 
     def _create(self, dims: dict[str, int]) -> None:
@@ -375,6 +391,7 @@ class GainIndex:
         if needed <= self._capacity:
             return
         capacity = max(self._capacity * 2, needed)
+        self._drain()
         for index in self._indices.values():
             index.resize_index(capacity)
         self._capacity = capacity
@@ -429,7 +446,7 @@ class GainIndex:
     def _items(self, mod: str, positions: list[int]) -> np.ndarray:
         # hnswlib hides removed items from get_items too; the flag alone changes no graph edge.
         hidden = sorted(self._deleted.intersection(positions))
-        index = self._indices[mod]
+        index = self._hnsw(mod)
         for pos in hidden:
             index.unmark_deleted(pos)
         try:
@@ -511,7 +528,7 @@ class GainIndex:
         }
         _write_part(fh, json.dumps(header).encode("utf-8"), magic=True)
         for mod in self.modalities if self._indices else ():
-            _write_part(fh, _index_bytes(self._indices[mod]))
+            _write_part(fh, _index_bytes(self._hnsw(mod)))
 
     @classmethod
     def _read(cls, fh: BinaryIO) -> GainIndex:
@@ -729,6 +746,13 @@ def _concat(parts: list[GainBatch], modalities: tuple[str, ...]) -> GainBatch:
         {mod: [n for p in parts for n in p.nearest[mod]] for mod in modalities},
         [flag for p in parts for flag in p.inserted],
     )
+
+
+@functools.cache
+def _inserter() -> ThreadPoolExecutor:
+    """One thread for every index's hnswlib inserts: serial, so graphs are deterministic;
+    hnswlib releases the GIL, so inserts overlap the scoring of the next batch."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gain-insert")
 
 
 def _write_part(fh: BinaryIO, data: bytes, magic: bool = False) -> None:
