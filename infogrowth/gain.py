@@ -38,13 +38,13 @@ a search; the same inputs in the same batches give byte-identical gains.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
 import os
 import struct
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -328,7 +328,8 @@ class GainIndex:
         for mod in self.modalities:
             self._keep_prefix(mod, x[mod], first)
         self._stored = first + n
-        self._pending = _inserter().submit(self._add_items, dict(x), np.arange(first, first + n))
+        positions = np.arange(first, first + n)
+        self._pending = _inserter(self).submit(self._add_items, dict(x), positions)
 
     def _add_items(self, x: Mapping[str, np.ndarray], positions: np.ndarray) -> None:
         for mod in self.modalities:
@@ -615,8 +616,10 @@ class _BatchWalk:
         self.flushed = 0  # how many of them are in hnswlib
         self.touched: set[int] = set()  # stored positions removed during the batch
         self.x64 = {mod: v.astype(np.float64) for mod, v in x.items()}
-        self.sim = {mod: v @ v.T for mod, v in x.items()}
         self.stored = {mod: self._stored_candidates(mod) for mod in x}
+        # After the search (which waits for the inserter past the prefix): a small BLAS call
+        # racing the inserter thread for the two cores is several times slower.
+        self.sim = {mod: v @ v.T for mod, v in x.items()}
         self.fast = {mod: self._answers(mod) for mod in x}
 
     # --- bookkeeping -----------------------------------------------------------------------
@@ -778,11 +781,26 @@ def _concat(parts: list[GainBatch], modalities: tuple[str, ...]) -> GainBatch:
     )
 
 
-@functools.cache
-def _inserter() -> ThreadPoolExecutor:
+_INSERTERS: dict[int, ThreadPoolExecutor] = {}  # per process id: threads do not survive fork
+_INSERTING: weakref.WeakSet[GainIndex] = weakref.WeakSet()
+
+
+def _inserter(index: GainIndex) -> ThreadPoolExecutor:
     """One thread for every index's hnswlib inserts: serial, so graphs are deterministic;
-    hnswlib releases the GIL, so inserts overlap the scoring of the next batch."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gain-insert")
+    hnswlib releases the GIL, so inserts overlap the caller's work."""
+    _INSERTING.add(index)
+    pid = os.getpid()
+    if pid not in _INSERTERS:
+        _INSERTERS[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gain-insert")
+    return _INSERTERS[pid]
+
+
+def _drain_all() -> None:
+    for index in list(_INSERTING):
+        index.sync()
+
+
+os.register_at_fork(before=_drain_all)  # a forked child must not copy a half-built graph
 
 
 def _write_part(fh: BinaryIO, data: bytes, magic: bool = False) -> None:
