@@ -336,3 +336,77 @@ def test_removed_samples_leave_and_rebuild_replays_removals(data, batch: int) ->
         got = other.gain_and_add(data[0][200:260], tail)
         assert got.gain.tobytes() == expected.gain.tobytes()
         assert got.neighbours == expected.neighbours
+
+
+@pytest.mark.parametrize("batch", [1, 64, 300])
+def test_beyond_the_exact_prefix_hnsw_with_removals(data, monkeypatch, batch: int) -> None:
+    """Past EXACT_PREFIX stored samples the stored candidates come from hnswlib: gains stay
+    close to exact, reruns byte-identical, and rebuild/from_bytes give the same future gains
+    (removals included, inserts running on the background thread)."""
+    monkeypatch.setattr("infogrowth.gain.EXACT_PREFIX", 300)
+    ids, vecs = data[0][:1200], {m: v[:1200] for m, v in data[1].items()}
+
+    def once() -> tuple[GainIndex, np.ndarray, dict[str, list[str]]]:
+        index = GainIndex(k=4)
+        decide, removed = evict_every_fifth(ids)
+        gains, neighbours = [], []
+        for s in range(0, 1200, batch):
+            part = {m: v[s : s + batch] for m, v in vecs.items()}
+            out = index.gain_and_add(
+                ids[s : s + batch], part, decide=lambda r, g, *rest, s=s: decide(s + r, g)
+            )
+            gains.append(out.gain)
+            neighbours += out.neighbours
+        gone_at = {g: ids.index(r) for r, gs in removed.items() for g in gs}
+        for i, row in enumerate(neighbours):  # never a rejected or an already removed sample
+            assert all(n in index and gone_at.get(n, i) >= i for n in row), i
+        return index, np.concatenate(gains), removed
+
+    index, gains, removed = once()
+    assert gains.tobytes() == once()[1].tobytes()
+    assert index.live < len(index) < 1200  # some rejected, some removed
+    live = [i for i in index.ids if i not in {r for rs in removed.values() for r in rs}]
+    assert index.live == len(live)
+    copy = GainIndex.rebuild(
+        index.ids, index.get_vectors(index.ids), removals=removed, **index.params
+    )
+    blob = GainIndex.from_bytes(index.to_bytes())
+    tail = {m: v[1200:1300] for m, v in data[1].items()}
+    expected = index.gain_and_add(data[0][1200:1300], tail)
+    assert np.all(np.isfinite(expected.gain))
+    for other in (copy, blob):
+        got = other.gain_and_add(data[0][1200:1300], tail)
+        assert got.gain.tobytes() == expected.gain.tobytes()
+        assert got.neighbours == expected.neighbours
+
+
+def evict_every_fifth(ids: list[str]):
+    """Rejects every 7th sample and, at every 5th kept one, removes the oldest kept."""
+    kept: list[str] = []
+    removed: dict[str, list[str]] = {}
+
+    def decide(row: int, gain: float | None) -> Verdict:
+        if row % 7 == 3:
+            return Verdict(insert=False)
+        kept.append(ids[row])
+        gone = [kept.pop(0)] if len(kept) % 5 == 0 else []
+        if gone:
+            removed[ids[row]] = gone
+        return Verdict(remove=gone)
+
+    return decide, removed
+
+
+def test_hnsw_phase_matches_exact_neighbours(monkeypatch) -> None:
+    """Past the exact prefix the neighbours are HNSW's: on low-intrinsic-dimension data they
+    are the exact ones (recall@4 = 1 here), in any batching."""
+    monkeypatch.setattr("infogrowth.gain.EXACT_PREFIX", 200)
+    x = clustered(1500, 32, seed=9)
+    ids = [f"s{i}" for i in range(1500)]
+    exact = []
+    for i in range(1, 1500):
+        d = np.sort(1.0 - x[:i].astype(np.float64) @ x[i].astype(np.float64))[:4]
+        exact.append(np.clip(d, 0, 2).mean())
+    for batch in (1, 128):
+        gains = run(ids, {"image": x}, batch, modalities=("image",))
+        np.testing.assert_allclose(gains[1:], exact, atol=1e-6)
