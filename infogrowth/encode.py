@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from infogrowth.labels import IMAGENET_CLASSES
-from infogrowth.records import BadInput, Sample
+from infogrowth.records import BadInput, Sample, StoreUnavailable
 from infogrowth.settings import Settings
 
 ReadBytes = Callable[[str], bytes]
@@ -557,8 +557,8 @@ def _load_image(ref: str | None, read_bytes: ReadBytes) -> Image.Image:
         raise BadInput("missing image reference")
     try:
         data = read_bytes(ref)
-    except BadInput:
-        raise
+    except (BadInput, StoreUnavailable):
+        raise  # an outage is nobody's bad input: the caller waits and retries the batch
     except Exception as exc:  # the store's own errors: still one sample's problem
         raise BadInput(f"unreadable image {ref}: {_one_line(exc)}") from exc
     try:

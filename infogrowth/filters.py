@@ -19,7 +19,7 @@ from typing import Protocol
 from PIL import Image
 from sortedcontainers import SortedList
 
-from infogrowth.records import BadInput, Sample
+from infogrowth.records import BadInput, Sample, StoreUnavailable
 from infogrowth.settings import Settings
 
 REASON_IMAGE_SHAPE = "image_shape"
@@ -73,6 +73,8 @@ class ImageShapeFilter:
             return None
         try:
             width, height = Image.open(io.BytesIO(reader.keep(sample.image))).size
+        except StoreUnavailable:
+            raise  # an outage: the caller waits and retries the batch
         except (BadInput, OSError, ValueError, Image.DecompressionBombError):
             return None  # unreadable: the encoder reports it as bad_input
         problem = self._problem(width, height)

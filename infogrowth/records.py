@@ -66,6 +66,11 @@ class Outcome:
         return asdict(self)
 
 
+class StoreUnavailable(ConnectionError):
+    """The object store did not answer (down, unreachable, refusing): the sample is fine,
+    so no stage may call it bad input; streaming stages wait and retry the batch."""
+
+
 class BadInput(ValueError):
     """A sample that cannot be processed; it becomes a rejected record, never a crash."""
 

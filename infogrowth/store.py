@@ -16,7 +16,7 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from infogrowth.records import BadInput
+from infogrowth.records import BadInput, StoreUnavailable
 
 if TYPE_CHECKING:
     from infogrowth.settings import Settings
@@ -133,11 +133,6 @@ class ObjectStore:
     def delete(self, uri_or_key: str) -> None:
         bucket, key = self._locate(uri_or_key)
         self.client.remove_object(bucket, key)
-
-
-class StoreUnavailable(ConnectionError):
-    """The object store did not answer (down, unreachable, refusing): the sample is fine,
-    so streaming stages retry instead of rejecting it."""
 
 
 def read_reference(ref: str | None, store: ObjectStore | None = None) -> bytes:

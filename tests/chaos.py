@@ -33,13 +33,16 @@ class Supervised:
 
     settings: Settings
     log_path: Path
+    total: int  # samples in the run
     worker: subprocess.Popen | None = None
     expected_state: dict[int, tuple[int, int]] = field(default_factory=dict)  # pid -> counts
     starts: int = 0
 
     def start(self) -> None:
         # The old worker is gone, so the committed changelog is what the new one must restore.
-        committed = committed_state(self.settings) if self.starts else None
+        # (A restart after the last outcome has no batch to restore its state for.)
+        restarted = self.starts > 0 and outcome_count(self.settings) < self.total
+        committed = committed_state(self.settings) if restarted else None
         self.worker = start_worker(self.settings, log_path=str(self.log_path))
         if committed is not None:
             self.expected_state[self.worker.pid] = committed
@@ -56,6 +59,12 @@ class Supervised:
     def stop(self) -> None:
         if self.worker is not None:
             stop_worker(self.worker, signal.SIGTERM)
+
+    def wait_for_log(self, text: str, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"{text!r} never appeared in {self.log_path}"
+            time.sleep(0.2)
 
     def wait_until_restoring(self, timeout_s: float = 60.0) -> None:
         """Returns once the current worker has started reading its changelog."""

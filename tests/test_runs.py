@@ -1,4 +1,7 @@
-"""Run settings travel with the data: the runs topic, `run` on outcomes, export, replay."""
+"""Run settings travel with the data: the runs topic, `run` on outcomes, export, replay.
+
+The crawl here is produced straight into raw-samples (no worker, so no `scored`): replays
+re-encode it (`--from raw`)."""
 
 from __future__ import annotations
 
@@ -42,6 +45,9 @@ def test_captioner_url_is_recorded_without_credentials() -> None:
 
 
 # --- on the broker -------------------------------------------------------------------------
+REPLAY_RAW = ("replay", "--from", "raw")
+
+
 def _argv(settings: Settings) -> list[str]:
     """Where a command finds this test's topics (infrastructure only, no algorithm settings)."""
     names = ("kafka_bootstrap", "app_id", "topic_raw", "topic_accepted", "topic_rejected")
@@ -74,7 +80,7 @@ def test_replay_takes_the_runs_settings_and_export_records_them(
     configs = topic_configs(settings.kafka_bootstrap, [settings.topic_runs])
     assert configs[settings.topic_runs]["cleanup.policy"] == "compact"
 
-    assert main(["replay", "--version", "v1", "--quiet", *_argv(settings)]) == 0
+    assert main([*REPLAY_RAW, "--version", "v1", "--quiet", *_argv(settings)]) == 0
 
     err = capsys.readouterr().err
     accepted_topic = f"{settings.topic_accepted}-v1"
@@ -83,7 +89,9 @@ def test_replay_takes_the_runs_settings_and_export_records_them(
     assert 0 < len(accepted) <= 25 and len(accepted) + len(rejected) == ROWS  # budget 25, not 1000
     assert {r["run"] for r in accepted + rejected} == {run_ref(settings)}
     assert f"settings of run {run_ref(settings)}" in err and "changed" not in err
-    expected = replay(settings, "library", progress=False)  # the run's settings, explicitly
+    expected = replay(
+        settings, "library", progress=False, source="raw"
+    )  # the run's settings, explicitly
     assert topic_values(settings, accepted_topic) == topic_values(settings, expected.accepted_topic)
 
     # The printed export command, run from a shell with the built-in settings (δ=0.4, k=4).
@@ -106,7 +114,22 @@ def test_replay_takes_the_runs_settings_and_export_records_them(
     assert settings.s3_secret_key not in (out / "manifest.json").read_text()
 
     # A flag still overrides the run's settings, and makes another run.
-    assert main(["replay", "--version", "v2", "--quiet", "--budget", "10", *_argv(settings)]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--from",
+                "raw",
+                "--version",
+                "v2",
+                "--quiet",
+                "--budget",
+                "10",
+                *_argv(settings),
+            ]
+        )
+        == 0
+    )
     assert "changed: budget=10" in capsys.readouterr().err
     smaller = _records(settings, f"{settings.topic_accepted}-v2")
     assert 0 < len(smaller) <= 10
@@ -129,10 +152,10 @@ def test_reused_version_is_refused_and_resume_finishes_it(
     crawled: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = replace(crawled, policy="threshold", tau=0.3)  # no worker run recorded
-    full = replay(settings, "full", progress=False)
+    full = replay(settings, "full", progress=False, source="raw")
     capsys.readouterr()
 
-    assert main(["replay", "--version", "full", "--quiet", *_argv(settings)]) == 2
+    assert main([*REPLAY_RAW, "--version", "full", "--quiet", *_argv(settings)]) == 2
 
     err = capsys.readouterr().err.strip()
     assert err.startswith("infogrowth replay: error: version 'full' exists already")
@@ -145,12 +168,36 @@ def test_reused_version_is_refused_and_resume_finishes_it(
     _copy(settings, full.rejected_topic, part[1], 20)
 
     # Resuming with other settings than the version's would mix two datasets.
-    changed = ["replay", "--version", "part", "--resume", "--quiet", "--tau", "0.5"]
+    changed = [
+        "replay",
+        "--from",
+        "raw",
+        "--version",
+        "part",
+        "--resume",
+        "--quiet",
+        "--tau",
+        "0.5",
+    ]
     assert main([*changed, *_argv(settings)]) == 2
     assert "was built by run" in capsys.readouterr().err
 
     # No algorithm flags: the version's own run (tau 0.3), not the built-in tau 0.05.
-    assert main(["replay", "--version", "part", "--resume", "--quiet", *_argv(settings)]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--from",
+                "raw",
+                "--version",
+                "part",
+                "--resume",
+                "--quiet",
+                *_argv(settings),
+            ]
+        )
+        == 0
+    )
 
     err = capsys.readouterr().err
     assert "resumed: 25 outcomes were there already" in err
