@@ -114,22 +114,8 @@ def test_replay_takes_the_runs_settings_and_export_records_them(
     assert settings.s3_secret_key not in (out / "manifest.json").read_text()
 
     # A flag still overrides the run's settings, and makes another run.
-    assert (
-        main(
-            [
-                "replay",
-                "--from",
-                "raw",
-                "--version",
-                "v2",
-                "--quiet",
-                "--budget",
-                "10",
-                *_argv(settings),
-            ]
-        )
-        == 0
-    )
+    override = [*REPLAY_RAW, "--version", "v2", "--quiet", "--budget", "10"]
+    assert main([*override, *_argv(settings)]) == 0
     assert "changed: budget=10" in capsys.readouterr().err
     smaller = _records(settings, f"{settings.topic_accepted}-v2")
     assert 0 < len(smaller) <= 10
@@ -168,36 +154,12 @@ def test_reused_version_is_refused_and_resume_finishes_it(
     _copy(settings, full.rejected_topic, part[1], 20)
 
     # Resuming with other settings than the version's would mix two datasets.
-    changed = [
-        "replay",
-        "--from",
-        "raw",
-        "--version",
-        "part",
-        "--resume",
-        "--quiet",
-        "--tau",
-        "0.5",
-    ]
-    assert main([*changed, *_argv(settings)]) == 2
+    resume = [*REPLAY_RAW, "--version", "part", "--resume", "--quiet"]
+    assert main([*resume, "--tau", "0.5", *_argv(settings)]) == 2
     assert "was built by run" in capsys.readouterr().err
 
     # No algorithm flags: the version's own run (tau 0.3), not the built-in tau 0.05.
-    assert (
-        main(
-            [
-                "replay",
-                "--from",
-                "raw",
-                "--version",
-                "part",
-                "--resume",
-                "--quiet",
-                *_argv(settings),
-            ]
-        )
-        == 0
-    )
+    assert main([*resume, *_argv(settings)]) == 0
 
     err = capsys.readouterr().err
     assert "resumed: 25 outcomes were there already" in err
