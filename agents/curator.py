@@ -93,9 +93,13 @@ class CuratorState:
         self.batches = 0
         seq, index = self.load().next_seq, self.ctx.curator.index
         try:
-            await self.ctx.run(snapshot.write, self.store, self.snapshots, index, seq)
+            key = await self.ctx.run(snapshot.write, self.store, self.snapshots, index, seq)
         except Exception as exc:  # an optimisation: S3 trouble must not stop the curator
             log.warning("curator snapshot not written (%s)", exc)
+        else:
+            log.info(
+                "curator snapshot written: %d indexed, up to seq %d (%s)", len(index), seq, key
+            )
 
     def seq(self) -> int:
         st = self.load()

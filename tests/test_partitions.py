@@ -68,10 +68,10 @@ def test_inference_worker_killed_on_four_partitions_loses_and_duplicates_nothing
     assert len(end_offsets(kafka, settings.topic_scored)) == 1
     rows = embedding_rows(N)
     inference = with_settings(settings, worker_roles="inference")
-    doomed = Supervised(inference, tmp_path / "inference-a.log")
-    survivor = Supervised(inference, tmp_path / "inference-b.log")
+    doomed = Supervised(inference, tmp_path / "inference-a.log", len(rows))
+    survivor = Supervised(inference, tmp_path / "inference-b.log", len(rows))
     curating = with_settings(settings, worker_roles="captioner,curator")
-    curator = Supervised(curating, tmp_path / "curator.log")
+    curator = Supervised(curating, tmp_path / "curator.log", len(rows))
     feeder = threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True)
     runs = (doomed, survivor, curator)
     doomed.start()
