@@ -73,6 +73,16 @@ def test_duplicate_table_flags_copies_and_not_distinct_photos(qb) -> None:  # no
     assert "Target: precision ≥ 0.95" in table.render()
 
 
+def test_distance_table_separates_copies_from_distinct_photos(qb) -> None:  # noqa: ANN001
+    photos = qb.demo_photos()[:4]
+    encoder = qb.CachedEncoder(ThumbnailEncoder())
+    [row] = qb.distance_table({"photos": photos}, encoder).rows
+    assert row[0] == "photos"
+    copy_max, distinct_min = float(row[1]), float(row[3])
+    assert 0 <= float(row[2]) <= copy_max and distinct_min <= float(row[4]) <= float(row[5])
+    assert row[-1] == ("yes" if copy_max <= 0.15 < distinct_min else "**no**")
+
+
 def test_cached_encoder_encodes_each_distinct_image_once(qb) -> None:  # noqa: ANN001
     inner = ThumbnailEncoder()
     cached = qb.CachedEncoder(inner)
