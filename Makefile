@@ -36,9 +36,14 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --progress-bar off -e '.[dev,bench]'
+	touch $@
+
+bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/gain_bench.py
 	$(BIN)/python bench/pipeline_bench.py
+	$(BIN)/python bench/quality_bench.py
 
 up: install
 	$(BIN)/python -m infra up
