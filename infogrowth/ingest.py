@@ -90,18 +90,11 @@ class ImageUploader:
 
 
 def s3_call(store: ObjectStore, call: Callable[[], T]) -> T:
-    """Infrastructure failures of S3 as one-line ConnectionErrors."""
+    """Infrastructure failures of S3 as one-line ConnectionErrors (StoreUnavailable)."""
     try:
         return call()
-    except S3Error as exc:
-        raise ConnectionError(f"S3 at {store.endpoint} ({store.bucket}): {exc.code}") from None
-    except HTTPError as exc:
-        # MaxRetryError wraps the cause: keep its last clause ("[Errno 111] Connection refused").
-        cause = getattr(exc, "reason", None) or exc
-        reason = " ".join(str(cause).split()).rsplit(": ", 1)[-1][:160]
-        raise ConnectionError(
-            f"S3 endpoint at {store.endpoint} is unreachable ({reason})"
-        ) from None
+    except (S3Error, HTTPError) as exc:
+        raise store.unavailable(exc) from None
 
 
 def local_path(ref: str, base_dir: Path) -> Path | None:

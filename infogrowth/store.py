@@ -110,10 +110,18 @@ class ObjectStore:
         except S3Error as exc:
             if exc.code in MISSING_CODES:
                 raise FileNotFoundError(f"s3://{bucket}/{key}: {exc.code}") from None
-            raise StoreUnavailable(f"S3 at {self.endpoint}: {exc.code}") from None
+            raise self.unavailable(exc) from None
         except HTTPError as exc:
-            reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[-160:]
-            raise StoreUnavailable(f"S3 at {self.endpoint} is unreachable ({reason})") from None
+            raise self.unavailable(exc) from None
+
+    def unavailable(self, exc: S3Error | HTTPError) -> StoreUnavailable:
+        """An infrastructure failure of the store as one line (never a sample's fault)."""
+        if isinstance(exc, S3Error):
+            return StoreUnavailable(f"S3 at {self.endpoint} ({self.bucket}): {exc.code}")
+        # MaxRetryError wraps the cause: keep its last clause ("[Errno 111] Connection refused").
+        cause = getattr(exc, "reason", None) or exc
+        reason = " ".join(str(cause).split()).rsplit(": ", 1)[-1][:160]
+        return StoreUnavailable(f"S3 endpoint at {self.endpoint} is unreachable ({reason})")
 
     def exists(self, uri_or_key: str) -> bool:
         bucket, key = self._locate(uri_or_key)
