@@ -60,20 +60,18 @@ class Supervised:
         if self.worker is not None:
             stop_worker(self.worker, signal.SIGTERM)
 
-    def wait_for_log(self, text: str, timeout_s: float = 120.0) -> None:
+    def wait_for_log(self, text: str, timeout_s: float = 120.0, poll_s: float = 0.2) -> None:
         deadline = time.monotonic() + timeout_s
         while text not in self.log_path.read_text(errors="replace"):
             assert time.monotonic() < deadline, f"{text!r} never appeared in {self.log_path}"
-            time.sleep(0.2)
+            time.sleep(poll_s)
 
     def wait_until_restoring(self, timeout_s: float = 60.0) -> None:
-        """Returns once the current worker has started reading its changelog."""
+        """Returns once the current worker has started reading its changelog (polled
+        often: the caller kills it during recovery, which lasts seconds)."""
         assert self.worker is not None
         marker = f"[{self.worker.pid}] [INFO] [^---Recovery]: Highwater"
-        deadline = time.monotonic() + timeout_s
-        while marker not in self.log_path.read_text(errors="replace"):
-            assert time.monotonic() < deadline, "the restarted worker never began recovery"
-            time.sleep(0.05)
+        self.wait_for_log(marker, timeout_s, poll_s=0.05)
 
     def restored_states(self) -> dict[int, tuple[int, int]]:
         """pid -> (indexed, queued) as each worker logged it after recovery."""
