@@ -16,7 +16,7 @@ import faust
 from agents import captioner, curator, inference, metrics
 from agents.atomic import name_producers_by_topic, recover_committed_changelogs
 from agents.context import Context
-from infogrowth.schema_registry import use_registry
+from infogrowth.io.schema_registry import use_registry
 from infogrowth.settings import Settings
 
 ROLES = {

@@ -11,8 +11,8 @@ import faust
 from faust.types import TP
 
 from agents.context import Context
-from infogrowth.avro import MalformedMessage
-from infogrowth.messages import scored_from_record
+from infogrowth.io.avro import MalformedMessage
+from infogrowth.io.messages import scored_from_record
 
 STAGE = "captioner"
 

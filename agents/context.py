@@ -15,12 +15,12 @@ from faust.types import TP
 
 from agents import metrics
 from agents.atomic import BatchCommits, transactional_id
-from infogrowth.avro import AvroSerde
-from infogrowth.curate import Curator
-from infogrowth.offline import make_curator
-from infogrowth.runs import run_ref
+from infogrowth.commands.offline import make_curator
+from infogrowth.core.curate import Curator
+from infogrowth.io.avro import AvroSerde
+from infogrowth.io.runs import run_ref
+from infogrowth.io.store import StoreUnavailable
 from infogrowth.settings import Settings
-from infogrowth.store import StoreUnavailable
 
 log = logging.getLogger("infogrowth.agents")
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class Context:
 
     @cached_property
     def run_reference(self) -> str:
-        """The ``run`` field of this worker's outcomes (infogrowth/runs.py)."""
+        """The ``run`` field of this worker's outcomes (infogrowth/io/runs.py)."""
         return run_ref(self.settings)
 
     @cached_property

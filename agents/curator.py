@@ -20,11 +20,11 @@ from faust.types import TP
 from agents import curator_state as state_codec
 from agents import snapshot
 from agents.context import Context
-from infogrowth.avro import MalformedMessage
-from infogrowth.curate import Scored, still_misaligned
-from infogrowth.messages import outcome_record, recaption_request, scored_from_record
+from infogrowth.core.curate import Scored, still_misaligned
+from infogrowth.io.avro import MalformedMessage
+from infogrowth.io.messages import outcome_record, recaption_request, scored_from_record
+from infogrowth.io.store import ObjectStore
 from infogrowth.records import Outcome
-from infogrowth.store import ObjectStore
 
 log = logging.getLogger("infogrowth.curator")
 STAGE = "curator"

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from infogrowth.gain import GainIndex
-from infogrowth.order import OrderedGate
-from infogrowth.sample import Policy
-from infogrowth.vectors import WIRE, pack
+from infogrowth.core.gain import GainIndex
+from infogrowth.core.order import OrderedGate
+from infogrowth.core.sample import Policy
+from infogrowth.io.vectors import WIRE, pack
 
 Entry = dict[str, Any]
 _HEAD = struct.Struct(">I")  # length of the JSON header

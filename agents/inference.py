@@ -12,9 +12,14 @@ import faust
 from faust.types import TP
 
 from agents.context import Context
-from infogrowth.avro import MalformedMessage, decode_any
-from infogrowth.curate import Curator, Scored
-from infogrowth.messages import outcome_record, sample_from_raw, scored_from_record, scored_record
+from infogrowth.core.curate import Curator, Scored
+from infogrowth.io.avro import MalformedMessage, decode_any
+from infogrowth.io.messages import (
+    outcome_record,
+    sample_from_raw,
+    scored_from_record,
+    scored_record,
+)
 from infogrowth.records import REASON_MISALIGNED, Outcome, Sample
 
 STAGE = "inference"

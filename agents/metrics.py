@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from infogrowth.kafka_io import group_lag
+from infogrowth.io.kafka_io import group_lag
 
 if TYPE_CHECKING:
     from agents.context import Context

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import logging
 
-from infogrowth.gain import GainIndex
-from infogrowth.store import ObjectStore, StoreUnavailable
+from infogrowth.core.gain import GainIndex
+from infogrowth.io.store import ObjectStore, StoreUnavailable
 
 log = logging.getLogger("infogrowth.curator")
 POINTER = "latest.json"

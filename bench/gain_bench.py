@@ -34,7 +34,7 @@ import hnswlib
 import numpy as np
 from tqdm import tqdm
 
-from infogrowth.gain import EXACT_PREFIX, GainIndex
+from infogrowth.core.gain import EXACT_PREFIX, GainIndex
 
 TARGET_RATE, TARGET_RECALL, TARGET_MEMORY = 3000.0, 0.999, 1.3
 

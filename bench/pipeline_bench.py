@@ -43,14 +43,14 @@ from confluent_kafka import Consumer
 from gain_bench import clustered
 from PIL import Image, ImageEnhance
 
-from infogrowth.avro import AvroSerde
-from infogrowth.demo import _package_images, demo_settings
-from infogrowth.ingest import ingest_file
-from infogrowth.kafka_io import ensure_topics, make_producer, read_topic
-from infogrowth.messages import raw_record
-from infogrowth.offline import curate_file
-from infogrowth.pipeline import ensure_pipeline_topics, start_worker, stop_worker
-from infogrowth.pipeline import wait_for_outcomes as wait
+from infogrowth.commands.demo import _package_images, demo_settings
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.offline import curate_file
+from infogrowth.commands.pipeline import ensure_pipeline_topics, start_worker, stop_worker
+from infogrowth.commands.pipeline import wait_for_outcomes as wait
+from infogrowth.io.avro import AvroSerde
+from infogrowth.io.kafka_io import ensure_topics, make_producer, read_topic
+from infogrowth.io.messages import raw_record
 from infogrowth.settings import Settings
 from infra import free_port
 from infra.__main__ import cmd_up

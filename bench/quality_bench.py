@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from infogrowth.clean import make_captioner
-from infogrowth.curate import Curator
-from infogrowth.encode import Encoder, ImageFeatures, PackagedEncoder
-from infogrowth.offline import curate_outcomes, make_index, make_reader
+from infogrowth.commands.offline import curate_outcomes, make_index, make_reader
+from infogrowth.core.clean import make_captioner
+from infogrowth.core.curate import Curator
+from infogrowth.core.encode import Encoder, ImageFeatures, PackagedEncoder
+from infogrowth.core.sample import make_policy
 from infogrowth.records import REASON_DUPLICATE, Outcome
-from infogrowth.sample import make_policy
 from infogrowth.settings import Settings
 
 DEFAULTS = Settings()
@@ -106,7 +106,7 @@ class Photo:
 
 def demo_photos() -> list[Photo]:
     """The demo's 18 scikit-image / scikit-learn photos with the captions written for them."""
-    from infogrowth.demo import _package_images
+    from infogrowth.commands.demo import _package_images
 
     return [Photo(n, p, c) for n, (p, c) in sorted(_package_images().items())]
 

@@ -20,8 +20,8 @@ import numpy as np
 from gain_bench import clustered
 
 from agents import curator_state as state_codec
-from infogrowth.gain import GainIndex
-from infogrowth.sample import AcceptAll
+from infogrowth.core.gain import GainIndex
+from infogrowth.core.sample import AcceptAll
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

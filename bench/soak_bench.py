@@ -26,16 +26,16 @@ from confluent_kafka import Consumer, TopicPartition
 from gain_bench import clustered
 from pipeline_bench import write_rows
 
-from infogrowth.demo import demo_settings
-from infogrowth.ingest import ingest_file
-from infogrowth.pipeline import (
+from infogrowth.commands.demo import demo_settings
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.pipeline import (
     ensure_pipeline_topics,
     outcome_count,
     raw_count,
     start_worker,
     stop_worker,
 )
-from infogrowth.pipeline import wait_for_outcomes as wait
+from infogrowth.commands.pipeline import wait_for_outcomes as wait
 from infogrowth.settings import Settings
 from infra.__main__ import cmd_up
 

@@ -45,7 +45,7 @@ class Settings:
     tau: float = 0.05  # gain threshold of the threshold policy
     budget: int = 1000  # samples kept by the budget policy
     dup_distance: float = 0.15  # image cosine distance to a kept image at or below: duplicate
-    # --- DataComp-style filters (infogrowth/filters.py); 0 / 1.0 switch one off -------------
+    # --- DataComp-style filters (infogrowth/core/filters.py); 0 / 1.0 switch one off -------------
     min_side: int = 8  # pixels: smaller images (tracking pixels, icons) are image_shape
     max_aspect: float = 3.0  # long / short side above it: image_shape
     min_words: int = 0  # caption_length
@@ -84,7 +84,7 @@ class Settings:
     topic_accepted: str = "accepted"
     topic_rejected: str = "rejected"
     topic_dead_letter: str = "dead-letter"
-    topic_runs: str = "runs"  # compacted: the settings of each run (infogrowth/runs.py)
+    topic_runs: str = "runs"  # compacted: the settings of each run (infogrowth/io/runs.py)
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs

@@ -18,10 +18,10 @@ from typing import Any
 from pipeline_helpers import topic_values
 
 from agents import curator_state as state_codec
-from infogrowth.avro import decode_any
-from infogrowth.kafka_io import read_topic
-from infogrowth.offline import curate_file
-from infogrowth.pipeline import outcome_count, start_worker, stop_worker
+from infogrowth.commands.offline import curate_file
+from infogrowth.commands.pipeline import outcome_count, start_worker, stop_worker
+from infogrowth.io.avro import decode_any
+from infogrowth.io.kafka_io import read_topic
 from infogrowth.settings import Settings
 
 STATE_LINE = re.compile(r"\[(\d+)\] \[INFO\] curator state: (\d+) indexed, (\d+) queued")

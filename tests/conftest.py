@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from infogrowth.io.store import ObjectStore
 from infogrowth.settings import Settings
-from infogrowth.store import ObjectStore
 from infra import LocalKafka, LocalS3, ToolMissing, free_port
 from infra.s3 import juicefs_binary
 

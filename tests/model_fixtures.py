@@ -179,6 +179,6 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 @lru_cache(maxsize=1)
 def packaged_encoder():  # noqa: ANN201 - imported lazily to keep collection fast
     """One PackagedEncoder per test session (its weights are cached per process anyway)."""
-    from infogrowth.encode import PackagedEncoder
+    from infogrowth.core.encode import PackagedEncoder
 
     return PackagedEncoder("cpu", batch_size=32)

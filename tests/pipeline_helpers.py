@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from infogrowth.demo import demo_settings
-from infogrowth.kafka_io import read_topic
+from infogrowth.commands.demo import demo_settings
+from infogrowth.io.kafka_io import read_topic
 from infogrowth.settings import Settings
 
 

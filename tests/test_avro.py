@@ -15,7 +15,7 @@ import fastavro
 import numpy as np
 import pytest
 
-from infogrowth.avro import (
+from infogrowth.io.avro import (
     AvroSerde,
     MalformedMessage,
     SchemaError,
@@ -251,7 +251,7 @@ def test_every_current_schema_is_frozen_under_its_id():
     change needs a new id in registry.json, then `freeze_history()`."""
     from fastavro.schema import to_parsing_canonical_form
 
-    from infogrowth.avro import _history_file, expanded, schemas_dir
+    from infogrowth.io.avro import _history_file, expanded, schemas_dir
 
     for name, schema_id in registry().items():
         frozen = _history_file(schemas_dir(), name, schema_id)
@@ -263,7 +263,7 @@ def test_every_current_schema_is_frozen_under_its_id():
 
 
 def test_records_of_an_older_schema_version_still_decode():
-    from infogrowth.avro import HEADER, _writer
+    from infogrowth.io.avro import HEADER, _writer
 
     old_id = 5  # RejectedSample before neighbour, label and filter fields were added
     assert registry()["RejectedSample"] != old_id
@@ -280,7 +280,7 @@ def test_records_of_an_older_schema_version_still_decode():
 
 
 def _written_with(schema_id: int, record: dict[str, Any]) -> bytes:
-    from infogrowth.avro import HEADER, _writer
+    from infogrowth.io.avro import HEADER, _writer
 
     body = io.BytesIO()
     fastavro.schemaless_writer(body, _writer(schema_id), record)
@@ -293,8 +293,8 @@ def _written_with(schema_id: int, record: dict[str, Any]) -> bytes:
 def test_embeddings_travel_packed_and_float_arrays_of_older_versions_still_decode(
     name: str, old_id: int
 ) -> None:
-    from infogrowth.messages import sample_from_raw, scored_from_record
-    from infogrowth.vectors import as_lists
+    from infogrowth.io.messages import sample_from_raw, scored_from_record
+    from infogrowth.io.vectors import as_lists
 
     rng = np.random.default_rng(0)
     image, text = rng.standard_normal((2, 512)).astype(np.float32)

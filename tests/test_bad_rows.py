@@ -10,16 +10,16 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from infogrowth.avro import AvroSerde, SchemaError
-from infogrowth.cli import main
-from infogrowth.kafka_io import (
+from infogrowth.commands.cli import main
+from infogrowth.io.avro import AvroSerde, SchemaError
+from infogrowth.io.kafka_io import (
     MESSAGE_MAX_BYTES,
     RECORD_OVERHEAD,
     make_producer,
     produce_records,
     read_topic,
 )
-from infogrowth.messages import raw_record
+from infogrowth.io.messages import raw_record
 
 HUGE_INT = b"1" + b"0" * 400  # 1e400 written as digits: no float can hold it
 

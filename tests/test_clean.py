@@ -20,7 +20,7 @@ import pytest
 from model_fixtures import build_tiny_captioner, build_tiny_clip, packaged_encoder, photos
 from PIL import Image
 
-from infogrowth.clean import (
+from infogrowth.core.clean import (
     CaptionError,
     LabelCaptioner,
     OpenAICaptioner,
@@ -30,8 +30,8 @@ from infogrowth.clean import (
     make_captioner,
     needs_recaption,
 )
-from infogrowth.encode import ClipEncoder, alignment_of
-from infogrowth.labels import IMAGENET_CLASSES
+from infogrowth.core.encode import ClipEncoder, alignment_of
+from infogrowth.core.labels import IMAGENET_CLASSES
 from infogrowth.settings import Settings
 
 
@@ -146,7 +146,7 @@ def test_openai_captioner_errors_are_clear(server: tuple[str, type[_Handler]]) -
 
 
 def test_openai_captioner_rejects_malformed_answers() -> None:
-    from infogrowth.clean import _caption_from_response
+    from infogrowth.core.clean import _caption_from_response
 
     with pytest.raises(CaptionError, match="unexpected response"):
         _caption_from_response(b"<html>", "u")

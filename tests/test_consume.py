@@ -11,14 +11,14 @@ import pytest
 from pipeline_helpers import run_settings, with_settings
 from torch.utils.data import DataLoader
 
-from infogrowth.avro import AvroSerde
-from infogrowth.cli import main
-from infogrowth.consume import CuratedStream
-from infogrowth.dataset import CuratedDataset
-from infogrowth.kafka_io import ensure_topics, make_producer, produce_records, topic_configs
-from infogrowth.pipeline import ensure_pipeline_topics, topic_names
+from infogrowth.commands.cli import main
+from infogrowth.commands.pipeline import ensure_pipeline_topics, topic_names
+from infogrowth.io.avro import AvroSerde
+from infogrowth.io.consume import CuratedStream
+from infogrowth.io.dataset import CuratedDataset
+from infogrowth.io.kafka_io import ensure_topics, make_producer, produce_records, topic_configs
+from infogrowth.io.store import ObjectStore
 from infogrowth.settings import Settings
-from infogrowth.store import ObjectStore
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 EVICTED = {"a003", "a017", "a029"}

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infogrowth.avro import AvroSerde
-from infogrowth.messages import outcome_record
-from infogrowth.offline import curate_file, make_curator
+from infogrowth.commands.offline import curate_file, make_curator
+from infogrowth.io.avro import AvroSerde
+from infogrowth.io.messages import outcome_record
 from infogrowth.records import Outcome, Sample
 from infogrowth.settings import Settings
 

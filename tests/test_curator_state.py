@@ -10,10 +10,10 @@ import pytest
 
 from agents import curator_state as state_codec
 from agents import snapshot
-from infogrowth.curate import Curator, Scored
-from infogrowth.encode import Encoded
-from infogrowth.gain import GainIndex
-from infogrowth.offline import make_curator
+from infogrowth.commands.offline import make_curator
+from infogrowth.core.curate import Curator, Scored
+from infogrowth.core.encode import Encoded
+from infogrowth.core.gain import GainIndex
 from infogrowth.records import Sample
 from infogrowth.settings import Settings
 

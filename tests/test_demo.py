@@ -10,11 +10,11 @@ from dataclasses import replace
 import pytest
 from pipeline_helpers import run_settings
 
-from infogrowth.demo import DEMO_DEFAULTS, build_demo_set
-from infogrowth.export import export_dataset
-from infogrowth.ingest import ingest_file
-from infogrowth.offline import curate_file
-from infogrowth.pipeline import (
+from infogrowth.commands.demo import DEMO_DEFAULTS, build_demo_set
+from infogrowth.commands.export import export_dataset
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.offline import curate_file
+from infogrowth.commands.pipeline import (
     ensure_pipeline_topics,
     start_worker,
     stop_worker,

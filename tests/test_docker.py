@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from infogrowth.avro import SCHEMAS_ENV
-from infogrowth.cli import build_parser, settings_from_args
+from infogrowth.commands.cli import build_parser, settings_from_args
+from infogrowth.io.avro import SCHEMAS_ENV
 from infogrowth.settings import CONFIG_ENV, FIELD_TYPES, WORKER_ROLES, env_name
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from model_fixtures import (
 )
 from PIL import Image
 
-from infogrowth.encode import (
+from infogrowth.core.encode import (
     ClipEncoder,
     Encoded,
     Encoder,
@@ -34,7 +34,7 @@ from infogrowth.encode import (
     l2_normalise,
     make_encoder,
 )
-from infogrowth.labels import IMAGENET_CLASSES
+from infogrowth.core.labels import IMAGENET_CLASSES
 from infogrowth.records import BadInput, Sample
 from infogrowth.settings import Settings
 
@@ -286,7 +286,7 @@ def test_packaged_encode_batch_end_to_end() -> None:
 
 
 def test_label_prompt_cache_survives_garbage(tmp_path: Path) -> None:
-    from infogrowth.encode import _read_cached, _write_cached
+    from infogrowth.core.encode import _read_cached, _write_cached
 
     path = tmp_path / "sub" / "c.npy"
     assert _read_cached(path, (2, 3)) is None

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infogrowth.filters import (
+from infogrowth.commands.offline import make_curator
+from infogrowth.core.filters import (
     AlignmentTopFilter,
     CaptionLengthFilter,
     CaptionRepeatFilter,
@@ -18,7 +19,6 @@ from infogrowth.filters import (
     caption_key,
     make_filters,
 )
-from infogrowth.offline import make_curator
 from infogrowth.records import Sample
 from infogrowth.settings import Settings
 

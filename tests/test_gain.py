@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infogrowth.gain import GainIndex, Verdict, mean_distance
+from infogrowth.core.gain import GainIndex, Verdict, mean_distance
+from infogrowth.core.sample import ThresholdPolicy
 from infogrowth.records import BadInput
-from infogrowth.sample import ThresholdPolicy
 
 MODS = ("image", "text")
 
@@ -343,7 +343,7 @@ def test_beyond_the_exact_prefix_hnsw_with_removals(data, monkeypatch, batch: in
     """Past EXACT_PREFIX stored samples the stored candidates come from hnswlib: gains stay
     close to exact, reruns byte-identical, and rebuild/from_bytes give the same future gains
     (removals included, inserts running on the background thread)."""
-    monkeypatch.setattr("infogrowth.gain.EXACT_PREFIX", 300)
+    monkeypatch.setattr("infogrowth.core.gain.EXACT_PREFIX", 300)
     ids, vecs = data[0][:1200], {m: v[:1200] for m, v in data[1].items()}
 
     def once() -> tuple[GainIndex, np.ndarray, dict[str, list[str]]]:
@@ -400,7 +400,7 @@ def evict_every_fifth(ids: list[str]):
 def test_hnsw_phase_matches_exact_neighbours(monkeypatch) -> None:
     """Past the exact prefix the neighbours are HNSW's: on low-intrinsic-dimension data they
     are the exact ones (recall@4 = 1 here), in any batching."""
-    monkeypatch.setattr("infogrowth.gain.EXACT_PREFIX", 200)
+    monkeypatch.setattr("infogrowth.core.gain.EXACT_PREFIX", 200)
     x = clustered(1500, 32, seed=9)
     ids = [f"s{i}" for i in range(1500)]
     exact = []

@@ -16,11 +16,11 @@ import pytest
 from conftest import S3Server
 from PIL import Image
 
-from infogrowth.avro import AvroSerde
-from infogrowth.cli import main
-from infogrowth.export import export_dataset
-from infogrowth.ingest import ingest_file
-from infogrowth.kafka_io import (
+from infogrowth.commands.cli import main
+from infogrowth.commands.export import export_dataset
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.io.avro import AvroSerde
+from infogrowth.io.kafka_io import (
     check_broker,
     end_offsets,
     ensure_topics,

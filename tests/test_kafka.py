@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Producer
 
-from infogrowth.avro import AvroSerde
+from infogrowth.io.avro import AvroSerde
 
 pytestmark = pytest.mark.kafka
 

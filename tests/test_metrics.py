@@ -14,10 +14,15 @@ import pytest
 from pipeline_helpers import embedding_rows, run_settings, write_jsonl
 from prometheus_client.parser import text_string_to_metric_families
 
-from infogrowth.cli import TOPIC_FLAGS, flag_name, main
-from infogrowth.ingest import ingest_file
-from infogrowth.kafka_io import topic_configs
-from infogrowth.pipeline import ensure_pipeline_topics, start_worker, stop_worker, wait_for_outcomes
+from infogrowth.commands.cli import TOPIC_FLAGS, flag_name, main
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.pipeline import (
+    ensure_pipeline_topics,
+    start_worker,
+    stop_worker,
+    wait_for_outcomes,
+)
+from infogrowth.io.kafka_io import topic_configs
 from infogrowth.settings import Settings
 from infra import free_port
 

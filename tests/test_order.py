@@ -1,6 +1,6 @@
 import pytest
 
-from infogrowth.order import OrderedGate
+from infogrowth.core.order import OrderedGate
 
 
 def test_items_pass_straight_through_when_nothing_waits():

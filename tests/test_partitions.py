@@ -26,10 +26,10 @@ from pipeline_helpers import (
     write_jsonl,
 )
 
-from infogrowth.ingest import ingest_file
-from infogrowth.kafka_io import end_offsets
-from infogrowth.pipeline import ensure_pipeline_topics
-from infogrowth.replay import replay
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.pipeline import ensure_pipeline_topics
+from infogrowth.commands.replay import replay
+from infogrowth.io.kafka_io import end_offsets
 from infogrowth.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.chaos]

@@ -19,10 +19,9 @@ from pipeline_helpers import (
     write_jsonl,
 )
 
-from infogrowth.avro import AvroSerde, decode_any
-from infogrowth.ingest import ingest_file
-from infogrowth.offline import curate_file
-from infogrowth.pipeline import (
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.offline import curate_file
+from infogrowth.commands.pipeline import (
     ensure_pipeline_topics,
     read_outcomes,
     settings_env,
@@ -30,8 +29,9 @@ from infogrowth.pipeline import (
     stop_worker,
     wait_for_outcomes,
 )
-from infogrowth.replay import replay
-from infogrowth.runs import read_runs, run_ref
+from infogrowth.commands.replay import replay
+from infogrowth.io.avro import AvroSerde, decode_any
+from infogrowth.io.runs import read_runs, run_ref
 from infra._service import pid_alive
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
@@ -188,7 +188,7 @@ def test_a_worker_dies_with_the_process_that_started_it(kafka, s3, tmp_path):
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed")
     script = (
         "import time\n"
-        "from infogrowth.pipeline import start_worker\n"
+        "from infogrowth.commands.pipeline import start_worker\n"
         "from infogrowth.settings import Settings\n"
         "print(start_worker(Settings.from_env()).pid, flush=True)\n"
         "time.sleep(120)\n"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infogrowth.encode import Encoder, ImageFeatures
+from infogrowth.core.encode import Encoder, ImageFeatures
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality_bench.py"
 

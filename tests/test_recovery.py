@@ -23,8 +23,8 @@ from conftest import S3Server
 from model_fixtures import build_tiny_clip, jpeg_bytes, photos
 from pipeline_helpers import embedding_rows, run_settings, write_jsonl
 
-from infogrowth.ingest import ingest_file
-from infogrowth.pipeline import ensure_pipeline_topics, outcome_count
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count
 from infra import LocalKafka, LocalS3, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.chaos]

@@ -18,9 +18,9 @@ import skimage.data
 from PIL import Image
 from pipeline_helpers import embedding_rows, write_jsonl
 
-from infogrowth.cli import main
-from infogrowth.files import RowWriter
-from infogrowth.offline import curate_file
+from infogrowth.commands.cli import main
+from infogrowth.commands.offline import curate_file
+from infogrowth.io.files import RowWriter
 from infogrowth.report import report_from_file
 from infogrowth.report.thumbs import THUMB_SIZE
 from infogrowth.settings import Settings
@@ -272,8 +272,8 @@ def _outcome(sample_id: str, image: str, decision: str, **fields: Any) -> dict[s
 @pytest.mark.kafka
 @pytest.mark.s3
 def test_report_of_a_runs_topics_reads_committed_outcomes_and_s3_images(kafka, s3, tmp_path):
-    from infogrowth.avro import AvroSerde
-    from infogrowth.kafka_io import ensure_topics, make_producer, produce_records
+    from infogrowth.io.avro import AvroSerde
+    from infogrowth.io.kafka_io import ensure_topics, make_producer, produce_records
     from infogrowth.report import report_from_topics
 
     store = s3.store("report")

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from pipeline_helpers import embedding_rows, run_settings, topic_values, write_jsonl
 
-from infogrowth.avro import decode_any
-from infogrowth.cli import main
-from infogrowth.ingest import ingest_file
-from infogrowth.kafka_io import ensure_topics, make_producer, read_topic, topic_configs
-from infogrowth.pipeline import ensure_pipeline_topics
-from infogrowth.replay import replay
-from infogrowth.runs import RUN_SETTINGS, read_runs, record_run, run_ref
+from infogrowth.commands.cli import main
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.pipeline import ensure_pipeline_topics
+from infogrowth.commands.replay import replay
+from infogrowth.io.avro import decode_any
+from infogrowth.io.kafka_io import ensure_topics, make_producer, read_topic, topic_configs
+from infogrowth.io.runs import RUN_SETTINGS, read_runs, record_run, run_ref
 from infogrowth.settings import SECRET_FIELDS, Settings
 
 ROWS = 90
@@ -38,7 +38,7 @@ def test_run_reference_covers_curation_settings_only() -> None:
 
 
 def test_captioner_url_is_recorded_without_credentials() -> None:
-    from infogrowth.runs import run_values
+    from infogrowth.io.runs import run_values
 
     settings = Settings(captioner_url="http://user:pa55@vlm.local:8000/v1")
     assert run_values(settings)["captioner_url"] == "http://vlm.local:8000/v1"

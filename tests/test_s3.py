@@ -11,9 +11,9 @@ import pytest
 from minio import Minio
 from minio.error import S3Error
 
+from infogrowth.io.store import ObjectStore, parse_s3_uri, read_reference
 from infogrowth.records import BadInput
 from infogrowth.settings import Settings
-from infogrowth.store import ObjectStore, parse_s3_uri, read_reference
 
 if TYPE_CHECKING:
     from conftest import S3Server

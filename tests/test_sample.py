@@ -8,8 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from infogrowth.records import REASON_OVER_BUDGET, REASON_REDUNDANT
-from infogrowth.sample import (
+from infogrowth.core.sample import (
     AcceptAll,
     BudgetPolicy,
     ThresholdPolicy,
@@ -19,6 +18,7 @@ from infogrowth.sample import (
     static_sample,
     unit_random,
 )
+from infogrowth.records import REASON_OVER_BUDGET, REASON_REDUNDANT
 from infogrowth.settings import Settings
 
 

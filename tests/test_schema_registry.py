@@ -16,12 +16,24 @@ import fastavro
 import pytest
 from pipeline_helpers import embedding_rows, run_settings, topic_values, write_jsonl
 
-from infogrowth.avro import AvroSerde, MalformedMessage, decode_any, expanded, registry, schemas_dir
-from infogrowth.cli import main
-from infogrowth.ingest import ingest_file
-from infogrowth.kafka_io import read_topic
-from infogrowth.pipeline import ensure_pipeline_topics, start_worker, stop_worker, wait_for_outcomes
-from infogrowth.schema_registry import plain_schema, use_registry
+from infogrowth.commands.cli import main
+from infogrowth.commands.ingest import ingest_file
+from infogrowth.commands.pipeline import (
+    ensure_pipeline_topics,
+    start_worker,
+    stop_worker,
+    wait_for_outcomes,
+)
+from infogrowth.io.avro import (
+    AvroSerde,
+    MalformedMessage,
+    decode_any,
+    expanded,
+    registry,
+    schemas_dir,
+)
+from infogrowth.io.kafka_io import read_topic
+from infogrowth.io.schema_registry import plain_schema, use_registry
 from infra import free_port
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infogrowth import cli
+from infogrowth.commands import cli
 from infogrowth.settings import CONFIG_ENV, FIELD_TYPES, Settings, SettingsError, env_name
 from infra import free_port
 
@@ -231,7 +231,7 @@ def _cli_output(*args: str) -> tuple[int, str]:
     """The real command in a child process: every byte it writes to stdout and stderr."""
     env = {**os.environ, "INFOGROWTH_S3_SECRET_KEY": SECRET, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "infogrowth.cli", *args],
+        [sys.executable, "-m", "infogrowth.commands.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

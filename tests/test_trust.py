@@ -14,10 +14,10 @@ import pytest
 from model_fixtures import build_tiny_classifier, jpeg_bytes, photos
 from pipeline_helpers import embedding_rows, run_settings, write_jsonl
 
-from infogrowth.cli import main
-from infogrowth.demo import DEMO_DEFAULTS, SKIMAGE_PHOTOS, WRONG_CAPTIONS
-from infogrowth.encode import PackagedEncoder
-from infogrowth.offline import curate_file
+from infogrowth.commands.cli import main
+from infogrowth.commands.demo import DEMO_DEFAULTS, SKIMAGE_PHOTOS, WRONG_CAPTIONS
+from infogrowth.commands.offline import curate_file
+from infogrowth.core.encode import PackagedEncoder
 from infogrowth.settings import Settings
 
 
@@ -174,7 +174,7 @@ def test_label_action_reject_rejects_the_same_rows_as_mislabelled(tmp_path: Path
 def test_a_vote_leaves_the_scored_items_and_the_index_with_the_given_labels() -> None:
     # The worker's durable state stores each selected item's label next to its vectors: it
     # must be the label the index holds, or a restarted curator would vote differently.
-    from infogrowth.offline import make_curator
+    from infogrowth.commands.offline import make_curator
     from infogrowth.records import Sample
 
     rows, _ = _noisy_digits()
@@ -187,9 +187,9 @@ def test_a_vote_leaves_the_scored_items_and_the_index_with_the_given_labels() ->
 
 
 def test_label_verdicts_travel_in_the_avro_records() -> None:
-    from infogrowth.avro import AvroSerde
-    from infogrowth.messages import outcome_record
-    from infogrowth.offline import make_curator
+    from infogrowth.commands.offline import make_curator
+    from infogrowth.io.avro import AvroSerde
+    from infogrowth.io.messages import outcome_record
     from infogrowth.records import Sample
 
     rows, _ = _noisy_digits()
@@ -268,8 +268,8 @@ def test_a_user_image_classifier_judges_the_labels_it_knows(tmp_path: Path) -> N
 
 # --- the same decisions through the streaming worker ---------------------------------------
 def _stream(settings: Settings, src: Path, tmp_path: Path) -> dict[str, dict]:
-    from infogrowth.ingest import ingest_file
-    from infogrowth.pipeline import (
+    from infogrowth.commands.ingest import ingest_file
+    from infogrowth.commands.pipeline import (
         ensure_pipeline_topics,
         start_worker,
         stop_worker,

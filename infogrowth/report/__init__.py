@@ -51,7 +51,7 @@ def write_report(
 ) -> ReportSummary:
     """Render ``rows`` to ``out``; images are read with the settings' S3 endpoint and keys
     (relative paths against ``base_dir``). Unreadable images become placeholders."""
-    from infogrowth.offline import make_reader
+    from infogrowth.commands.offline import make_reader
 
     thumbs = Thumbnails(make_reader(settings, base_dir))
     html = render_page(rows, thumbs, run_context(settings, source), max_per_section)

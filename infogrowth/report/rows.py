@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infogrowth.files import read_rows
+from infogrowth.io.files import read_rows
 from infogrowth.settings import Settings
 
 
@@ -92,13 +92,13 @@ def rows_from_file(path: str | Path) -> list[ReportRow]:
 def rows_from_topics(settings: Settings) -> list[ReportRow]:
     """The last committed outcome per sample of the settings' accepted/rejected topics,
     read_committed, with samples the budget policy evicted later shown as over_budget."""
-    from infogrowth.pipeline import read_outcomes  # Kafka only when reading topics
+    from infogrowth.commands.pipeline import read_outcomes  # Kafka only when reading topics
 
     return rows_from_outcomes(read_outcomes(settings))
 
 
 def rows_from_outcomes(outcomes: Mapping[str, Mapping[str, Any]]) -> list[ReportRow]:
-    """Rows of ``infogrowth.pipeline.read_outcomes``' records (id -> last outcome)."""
+    """Rows of ``infogrowth.commands.pipeline.read_outcomes``' records (id -> last outcome)."""
     return [report_row(record) for record in outcomes.values()]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from infogrowth.clean import CAPTION_SOURCE_LABEL, NO_CAPTIONER
+from infogrowth.core.clean import CAPTION_SOURCE_LABEL, NO_CAPTIONER
 from infogrowth.records import REASON_MISALIGNED
 from infogrowth.settings import Settings
 
@@ -132,9 +132,9 @@ def demo_settings(settings: Settings, tag: str) -> Settings:
 
 
 def run_demo(settings: Settings, timeout_s: float = 900.0) -> int:
-    from infogrowth.export import export_dataset
-    from infogrowth.ingest import ingest_file
-    from infogrowth.pipeline import (
+    from infogrowth.commands.export import export_dataset
+    from infogrowth.commands.ingest import ingest_file
+    from infogrowth.commands.pipeline import (
         ensure_pipeline_topics,
         start_worker,
         stop_worker,

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import fastavro
 
-from infogrowth import avro
+from infogrowth.io import avro
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

@@ -26,14 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from infogrowth.avro import AvroSerde, MalformedMessage
-from infogrowth.ingest import s3_call
-from infogrowth.kafka_io import check_broker, end_offsets, read_topic
+from infogrowth.commands.ingest import s3_call
+from infogrowth.io.avro import AvroSerde, MalformedMessage
+from infogrowth.io.kafka_io import check_broker, end_offsets, read_topic
+from infogrowth.io.runs import describe, read_runs
+from infogrowth.io.store import ObjectStore, parse_s3_uri, read_reference
+from infogrowth.io.vectors import as_lists
 from infogrowth.records import BadInput
-from infogrowth.runs import describe, read_runs
 from infogrowth.settings import Settings
-from infogrowth.store import ObjectStore, parse_s3_uri, read_reference
-from infogrowth.vectors import as_lists
 
 FORMATS = ("parquet", "webdataset")
 MAX_REPORTED = 20

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from infogrowth.clean import (
+from infogrowth.core.clean import (
     CAPTION_SOURCE_LABEL,
     NO_CAPTIONER,
     NO_ENCODER,
@@ -25,15 +25,16 @@ from infogrowth.clean import (
     knn_vote,
     needs_recaption,
 )
-from infogrowth.encode import Encoded, Encoder, WrongEncoder, encode_batch
-from infogrowth.filters import (
+from infogrowth.core.encode import Encoded, Encoder, WrongEncoder, encode_batch
+from infogrowth.core.filters import (
     REASON_LOW_ALIGNMENT,
     Prefetched,
     ReadBytes,
     make_alignment_filter,
     make_filters,
 )
-from infogrowth.gain import GainIndex, Neighbour, Verdict
+from infogrowth.core.gain import GainIndex, Neighbour, Verdict
+from infogrowth.core.sample import Policy
 from infogrowth.records import (
     REASON_BAD_INPUT,
     REASON_DUPLICATE,
@@ -45,7 +46,6 @@ from infogrowth.records import (
     Outcome,
     Sample,
 )
-from infogrowth.sample import Policy
 from infogrowth.settings import Settings
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from infogrowth.labels import IMAGENET_CLASSES
+from infogrowth.core.labels import IMAGENET_CLASSES
 from infogrowth.records import BadInput, Sample, StoreUnavailable
 from infogrowth.settings import Settings
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from infogrowth.encode import (
+from infogrowth.core.encode import (
     LABEL_PROMPT,
     Encoder,
     ImagePreprocessor,

@@ -10,15 +10,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from infogrowth.clean import CAPTION_SOURCE_LABEL, make_captioner
-from infogrowth.curate import Curator, ReadBytes, apply_evictions, rejected
-from infogrowth.encode import make_encoder
-from infogrowth.files import RowWriter, count_rows, read_rows
-from infogrowth.gain import GainIndex
+from infogrowth.core.clean import CAPTION_SOURCE_LABEL, make_captioner
+from infogrowth.core.curate import Curator, ReadBytes, apply_evictions, rejected
+from infogrowth.core.encode import make_encoder
+from infogrowth.core.gain import GainIndex
+from infogrowth.core.sample import make_policy
+from infogrowth.io.files import RowWriter, count_rows, read_rows
+from infogrowth.io.store import ObjectStore, read_reference
 from infogrowth.records import REASON_BAD_INPUT, REASON_MISALIGNED, Outcome, Sample
-from infogrowth.sample import make_policy
 from infogrowth.settings import Settings
-from infogrowth.store import ObjectStore, read_reference
 
 
 def make_reader(settings: Settings, base_dir: Path | None = None) -> ReadBytes:

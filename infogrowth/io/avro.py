@@ -53,7 +53,7 @@ def schemas_dir() -> Path:
     return _BUNDLED
 
 
-_BUNDLED = Path(__file__).resolve().parent.parent / "schemas"
+_BUNDLED = Path(__file__).resolve().parents[2] / "schemas"
 
 
 @cache
@@ -139,7 +139,7 @@ def stringify_extra(extra: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(plain(v)) for k, v in extra.items()}
 
 
-# --- Schema Registry mode (infogrowth/schema_registry.py) --------------------------------
+# --- Schema Registry mode (infogrowth/io/schema_registry.py) --------------------------------
 _SCHEMA_REGISTRY: Any = None  # a SchemaRegistry: its ids replace the fixed ones
 
 

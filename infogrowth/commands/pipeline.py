@@ -10,15 +10,15 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from infogrowth.avro import MalformedMessage, decode_any
-from infogrowth.kafka_io import (
+from infogrowth.io.avro import MalformedMessage, decode_any
+from infogrowth.io.kafka_io import (
     UNLIMITED_RETENTION,
     end_offsets,
     ensure_topics,
     read_topic,
     set_topic_config,
 )
-from infogrowth.runs import ensure_runs_topic
+from infogrowth.io.runs import ensure_runs_topic
 from infogrowth.settings import ENV_PREFIX, Settings
 
 
@@ -41,9 +41,9 @@ def ensure_pipeline_topics(settings: Settings) -> None:
     """Creates the missing topics. `raw-samples` has ``raw_partitions`` partitions keyed by
     id: inference is stateless and its workers share them. `scored` has one: the curator is
     the single writer of the index and its order is the order of `scored` (see
-    infogrowth/order.py). Both keep their records forever. `accepted` has
+    infogrowth/core/order.py). Both keep their records forever. `accepted` has
     ``accepted_partitions`` partitions keyed by id, so downstream readers can split it;
-    `runs` is compacted (one record per run, infogrowth/runs.py); the rest have one."""
+    `runs` is compacted (one record per run, infogrowth/io/runs.py); the rest have one."""
     bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
     ensure_topics(bootstrap, [settings.topic_raw], settings.raw_partitions, UNLIMITED_RETENTION)
     ensure_topics(bootstrap, [settings.topic_scored], partitions=1, config=UNLIMITED_RETENTION)
@@ -72,7 +72,7 @@ def start_worker(settings: Settings, log_path: str | None = None, **popen: Any) 
 
     env = {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1"}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    cmd = [sys.executable, "-m", "infogrowth.cli", "worker"]
+    cmd = [sys.executable, "-m", "infogrowth.commands.cli", "worker"]
     return subprocess.Popen(
         cmd,
         env=env,

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from infogrowth.avro import AvroSerde, MalformedMessage
-from infogrowth.kafka_io import ensure_topics, make_producer, produce_records, read_topic
+from infogrowth.io.avro import AvroSerde, MalformedMessage
+from infogrowth.io.kafka_io import ensure_topics, make_producer, produce_records, read_topic
 from infogrowth.settings import FIELD_TYPES, SECRET_FIELDS, Layer, Settings
 
 if TYPE_CHECKING:
-    from infogrowth.encode import Encoder
+    from infogrowth.core.encode import Encoder
 
 SCHEMA = "RunSettings"
 COMPACTED = {"cleanup.policy": "compact"}

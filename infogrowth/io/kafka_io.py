@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infogrowth.avro import AvroSerde, SchemaError
+from infogrowth.io.avro import AvroSerde, SchemaError
 
 log = logging.getLogger("infogrowth.kafka")
 

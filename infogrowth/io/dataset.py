@@ -21,10 +21,10 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from infogrowth.consume import CuratedSample, CuratedStream, topic_partitions
+from infogrowth.io.consume import CuratedSample, CuratedStream, topic_partitions
 from infogrowth.settings import Settings
 
-log = logging.getLogger("infogrowth.dataset")
+log = logging.getLogger("infogrowth.io.dataset")
 
 
 def default_transform(sample: CuratedSample) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infogrowth.demo import DEMO_DEFAULTS
+from infogrowth.commands.demo import DEMO_DEFAULTS
 from infogrowth.settings import (
     CONFIG_ENV,
     FIELD_TYPES,
@@ -27,7 +27,7 @@ from infogrowth.settings import (
 )
 
 if TYPE_CHECKING:
-    from infogrowth.offline import Summary
+    from infogrowth.commands.offline import Summary
 
 # Help for the settings a user most often sets; every Settings field is a flag either way.
 SETTING_HELP = {
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and export the curated dataset to S3. `make down` stops the broker and S3.",
     )
     demo.add_argument("--timeout", type=float, default=900, help="seconds to wait for the worker")
-    add_settings_flags(demo, CURATE_FLAGS + IO_FLAGS, DEMO_DEFAULTS)  # why: infogrowth/demo.py
+    add_settings_flags(demo, CURATE_FLAGS + IO_FLAGS, DEMO_DEFAULTS)  # see commands/demo.py
     demo.set_defaults(func=cmd_demo)
     add_tail_parser(sub)
     add_status_parser(sub)
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         secrets += settings.secret_values()
         if settings.schema_registry_url:
-            from infogrowth.schema_registry import use_registry
+            from infogrowth.io.schema_registry import use_registry
 
             use_registry(settings.schema_registry_url)
         return int(args.func(args, settings) or 0)
@@ -388,7 +388,7 @@ def report_error(command: str, exc: Exception, secrets: list[str]) -> int:
 
 
 def cmd_curate(args: argparse.Namespace, settings: Settings) -> int:
-    from infogrowth.offline import curate_file
+    from infogrowth.commands.offline import curate_file
 
     started = time.monotonic()
     summary = curate_file(Path(args.input), Path(args.out), settings, progress=not args.quiet)
@@ -398,7 +398,7 @@ def cmd_curate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from infogrowth.ingest import ingest_file
+    from infogrowth.commands.ingest import ingest_file
 
     summary = ingest_file(
         args.input, settings, topic=args.topic, prefix=args.prefix, progress=not args.quiet
@@ -410,7 +410,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    from infogrowth.export import export_dataset
+    from infogrowth.commands.export import export_dataset
 
     summary = export_dataset(
         args.dest,
@@ -430,14 +430,14 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
-    from infogrowth.kafka_io import check_broker
-    from infogrowth.pipeline import ensure_pipeline_topics, settings_env
+    from infogrowth.commands.pipeline import ensure_pipeline_topics, settings_env
+    from infogrowth.io.kafka_io import check_broker
 
     check_broker(settings.kafka_bootstrap)
     ensure_pipeline_topics(settings)
     os.environ.update(settings_env(settings))  # agents.app reads its Settings from the env
     from agents.app import app, context
-    from infogrowth.runs import record_run
+    from infogrowth.io.runs import record_run
 
     record_run(context.settings, "worker", encoder=context.curator.encoder)  # after model checks
     sys.argv = ["infogrowth-worker", "worker", "--loglevel", args.loglevel, "--without-web"]
@@ -446,8 +446,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from infogrowth.kafka_io import check_broker
-    from infogrowth.replay import refuse_existing, replay
+    from infogrowth.commands.replay import refuse_existing, replay
+    from infogrowth.io.kafka_io import check_broker
 
     check_broker(settings.kafka_bootstrap)
     refuse_existing(settings, args.version, args.resume)  # before anything is printed
@@ -478,8 +478,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def replay_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     """The settings of the run being replayed (with --resume: of VERSION's run), overridden
     by the config file, the environment and the flags."""
-    from infogrowth.replay import version_run
-    from infogrowth.runs import (
+    from infogrowth.commands.replay import version_run
+    from infogrowth.io.runs import (
         latest_worker_run,
         read_runs,
         recorded_settings,
@@ -507,7 +507,7 @@ def replay_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def export_command(settings: Settings, version: str) -> str:
     """The `infogrowth export` command line for a replay's output topics."""
-    from infogrowth.replay import output_topics
+    from infogrowth.commands.replay import output_topics
 
     accepted, rejected = output_topics(settings, version)
     argv = ["infogrowth", "export", "--topic", accepted, "--rejected-topic", rejected]
@@ -527,7 +527,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.input:
         summary = report_from_file(args.input, args.out, settings, args.max_per_section)
     else:
-        from infogrowth.kafka_io import check_broker
+        from infogrowth.io.kafka_io import check_broker
 
         check_broker(settings.kafka_bootstrap)
         summary = report_from_topics(settings, args.out, args.max_per_section)
@@ -536,7 +536,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from infogrowth.demo import run_demo
+    from infogrowth.commands.demo import run_demo
 
     return run_demo(settings, timeout_s=args.timeout)
 
@@ -545,7 +545,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     import itertools
     import json
 
-    from infogrowth.consume import CuratedStream
+    from infogrowth.io.consume import CuratedStream
 
     stream = CuratedStream(
         settings,
@@ -564,7 +564,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from infogrowth.status import pipeline_status, render
+    from infogrowth.commands.status import pipeline_status, render
 
     print(render(pipeline_status(settings, args.metrics_url, args.interval)))
     return 0

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from infogrowth.kafka_io import PartitionLag, check_broker, end_offsets, group_lag
+from infogrowth.io.kafka_io import PartitionLag, check_broker, end_offsets, group_lag
 from infogrowth.settings import Settings
 
 

@@ -1,7 +1,7 @@
 """Following the curated dataset live: the API for downstream consumers (trainers, indexers).
 
 ```python
-from infogrowth.consume import CuratedStream
+from infogrowth.io.consume import CuratedStream
 from infogrowth.settings import Settings
 
 with CuratedStream(Settings.from_env(), fetch_images=True) as stream:
@@ -24,7 +24,7 @@ What the stream guarantees:
   (``fetch_images=True``); a sample whose image cannot be read carries ``image_error``.
 
 ``partitions`` picks the partitions this stream owns (default: all), which is how
-``infogrowth.dataset.CuratedDataset`` gives each DataLoader worker a disjoint share. With a
+``infogrowth.io.dataset.CuratedDataset`` gives each DataLoader worker a disjoint share. With a
 ``group_id`` the stream starts from that group's committed offsets and commits what it has
 handed out (at least once across restarts); without one it reads from the beginning (or
 the end) and commits nothing.
@@ -48,9 +48,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from infogrowth.avro import AvroSerde, MalformedMessage
-from infogrowth.export import ImageReader
-from infogrowth.kafka_io import (
+from infogrowth.commands.export import ImageReader
+from infogrowth.io.avro import AvroSerde, MalformedMessage
+from infogrowth.io.kafka_io import (
     ReadTimeout,
     _consumer,
     _drain,
@@ -59,11 +59,11 @@ from infogrowth.kafka_io import (
     _reached,
     check_broker,
 )
+from infogrowth.io.vectors import as_lists
 from infogrowth.records import BadInput
 from infogrowth.settings import Settings
-from infogrowth.vectors import as_lists
 
-log = logging.getLogger("infogrowth.consume")
+log = logging.getLogger("infogrowth.io.consume")
 EMBEDDINGS = ("image_embedding", "text_embedding")
 FOREVER = float("inf")
 

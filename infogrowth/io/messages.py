@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from infogrowth.avro import stringify_extra
-from infogrowth.curate import Scored
-from infogrowth.encode import Encoded
+from infogrowth.core.curate import Scored
+from infogrowth.core.encode import Encoded
+from infogrowth.io.avro import stringify_extra
+from infogrowth.io.vectors import EMBEDDING_FIELDS, pack, pack_if_exact, unpack
 from infogrowth.records import KNOWN_FIELDS, Outcome, Sample
-from infogrowth.vectors import EMBEDDING_FIELDS, pack, pack_if_exact, unpack
 
 PASSTHROUGH = ("source", "url", "crawl_time")  # RawSample fields the core does not use
 

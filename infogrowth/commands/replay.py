@@ -26,9 +26,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from infogrowth.avro import AvroSerde, MalformedMessage, decode_any
-from infogrowth.curate import Curator, Scored, apply_evictions, still_misaligned
-from infogrowth.kafka_io import (
+from infogrowth.commands.offline import Summary, make_curator, make_index, make_reader
+from infogrowth.core.curate import Curator, Scored, apply_evictions, still_misaligned
+from infogrowth.core.order import OrderedGate
+from infogrowth.core.sample import make_policy
+from infogrowth.io.avro import AvroSerde, MalformedMessage, decode_any
+from infogrowth.io.kafka_io import (
     check_broker,
     end_offsets,
     ensure_topics,
@@ -36,12 +39,9 @@ from infogrowth.kafka_io import (
     make_producer,
     read_topic,
 )
-from infogrowth.messages import outcome_record, sample_from_raw, scored_from_record
-from infogrowth.offline import Summary, make_curator, make_index, make_reader
-from infogrowth.order import OrderedGate
+from infogrowth.io.messages import outcome_record, sample_from_raw, scored_from_record
+from infogrowth.io.runs import record_run, run_ref
 from infogrowth.records import Outcome, Sample
-from infogrowth.runs import record_run, run_ref
-from infogrowth.sample import make_policy
 from infogrowth.settings import Settings
 
 Curated = tuple[Outcome, Sample, Scored | None]

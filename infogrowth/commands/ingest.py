@@ -19,18 +19,18 @@ from minio.error import S3Error
 from tqdm import tqdm
 from urllib3.exceptions import HTTPError
 
-from infogrowth.avro import AvroSerde
-from infogrowth.files import count_rows, read_rows
-from infogrowth.kafka_io import (
+from infogrowth.io.avro import AvroSerde
+from infogrowth.io.files import count_rows, read_rows
+from infogrowth.io.kafka_io import (
     UNLIMITED_RETENTION,
     check_broker,
     ensure_topics,
     make_producer,
     produce_records,
 )
-from infogrowth.messages import raw_record
+from infogrowth.io.messages import raw_record
+from infogrowth.io.store import ObjectStore
 from infogrowth.settings import Settings
-from infogrowth.store import ObjectStore
 
 T = TypeVar("T")
 MAX_REPORTED = 20  # problems kept in the summary; the counts are always complete

@@ -1,0 +1,1 @@
+"""The `infogrowth` commands: curate, ingest, export, replay, status, the demo, the worker."""

@@ -1,0 +1,1 @@
+"""Data files the package reads at run time (class names)."""
