@@ -339,3 +339,31 @@ def test_duplicates_are_shown_beside_the_kept_image_they_repeat(tmp_path):
     part = sections(out.read_text(encoding="utf-8"))["duplicate"]
     assert "earlier: coffee" in part and "a red sports car" in part
     assert len(thumbnails(part)) == 2  # the duplicate and the kept image, side by side
+
+
+@pytest.mark.kafka
+def test_report_of_topics_marks_the_thresholds_of_the_run_that_decided(kafka, tmp_path):
+    """The reader's own settings (δ default) must not be what the page marks: the run's
+    recorded δ and policy are."""
+    from dataclasses import replace
+
+    from infogrowth.io.avro import AvroSerde
+    from infogrowth.io.kafka_io import ensure_topics, make_producer, produce_records
+    from infogrowth.io.runs import record_run
+    from infogrowth.report import report_from_topics
+
+    tag = uuid.uuid4().hex[:8]
+    reader = Settings.from_env(
+        kafka_bootstrap=kafka, topic_accepted=f"acc-{tag}", topic_rejected=f"rej-{tag}",
+        topic_runs=f"runs-{tag}", app_id=f"app-{tag}",
+    )  # fmt: skip
+    worker = replace(reader, delta=0.31, policy="threshold", tau=0.07)
+    ref = record_run(worker, "worker")
+    ensure_topics(kafka, [reader.topic_accepted, reader.topic_rejected])
+    produce_records(make_producer(kafka), reader.topic_accepted, AvroSerde("AcceptedSample"),
+                    [_outcome("a", "", "accepted", run=ref)])  # fmt: skip
+    out = tmp_path / "report.html"
+    report_from_topics(reader, out)
+    html = out.read_text(encoding="utf-8")
+    assert reader.delta != 0.31
+    assert "δ=0.31" in html and "threshold τ=0.07" in html and f"run {ref}" in html

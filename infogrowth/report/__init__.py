@@ -7,7 +7,9 @@ mail attachment or an S3 bucket with no network access.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +75,32 @@ def report_from_topics(
     settings: Settings, out: str | Path, max_per_section: int = MAX_PER_SECTION
 ) -> ReportSummary:
     rows = rows_from_topics(settings)
-    return write_report(rows, out, settings, topics_source(settings), None, max_per_section)
+    settings, run_note = _deciding_run(settings, rows)
+    source = topics_source(settings) + run_note
+    return write_report(rows, out, settings, source, None, max_per_section)
+
+
+# The settings a report shows and marks on its charts.
+REPORT_SETTINGS = ("delta", "k", "tau", "policy", "budget", "encoder", "mode")
+
+
+def _deciding_run(settings: Settings, rows: Sequence[ReportRow]) -> tuple[Settings, str]:
+    """The settings of the run that decided most of ``rows`` (from topic `runs`), so the
+    page marks the thresholds that run used rather than the reader's own; and a note for
+    the source line. Without a recorded run the given settings stay."""
+    from infogrowth.io.runs import read_runs, recorded_settings
+
+    counts = Counter(row.run for row in rows if row.run)
+    if not counts:
+        return settings, ""
+    ref, _ = counts.most_common(1)[0]
+    others = f" (+{len(counts) - 1} other runs)" if len(counts) > 1 else ""
+    record = read_runs(settings).get(ref)
+    if record is None:
+        return settings, f" · run {ref}{others}, not in {settings.topic_runs}: given settings"
+    recorded = recorded_settings(record)
+    values = {k: recorded[k] for k in REPORT_SETTINGS if k in recorded}
+    return dataclasses.replace(settings, **values), f" · run {ref}{others}"
 
 
 def topics_source(settings: Settings) -> str:

@@ -32,6 +32,7 @@ class ReportRow:
     relabelled: bool = False
     neighbour: str | None = None  # the earlier sample that made this one redundant
     neighbour_distance: float | None = None
+    run: str | None = None  # the run (topic `runs`) that decided it, on topic records
 
     @property
     def recaptioned(self) -> bool:
@@ -71,6 +72,7 @@ def report_row(record: Mapping[str, Any]) -> ReportRow:
         relabelled=_flag(field("relabelled")),
         neighbour=_text(field("neighbour")),
         neighbour_distance=_number(field("neighbour_distance")),
+        run=_text(record.get("run")),
     )
 
 
