@@ -272,3 +272,14 @@ def test_s3_failures_never_print_the_secret(kafka: str, s3: Any, tmp_path: Path)
     code, output = _cli_output(*base, s3.access_key, "--s3-endpoint", s3.endpoint)
     assert code == 2 and f"S3 at {s3.endpoint}" in output  # the gateway refuses the key
     assert SECRET not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("typo", [["--s3-secret-ky", SECRET], [f"--openai-api-ky={SECRET}"]])
+def test_a_misspelt_secret_flag_is_named_without_its_value(
+    typo: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["curate", "in.jsonl", "--out", "o.jsonl", *typo])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert SECRET not in err and typo[0].split("=")[0] in err and "values not shown" in err

@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from infogrowth.commands.demo import DEMO_DEFAULTS
 from infogrowth.settings import (
@@ -159,8 +159,21 @@ IO_FLAGS = (
 TOPIC_FLAGS = tuple(name for name in FIELD_TYPES if name.startswith("topic_"))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but an error about unrecognized arguments names only the flags: a
+    misspelt secret flag (``--s3-secret-ky=…``) must not print the secret."""
+
+    def error(self, message: str) -> NoReturn:
+        head, sep, rest = message.partition("unrecognized arguments: ")
+        if sep:
+            shown = [a.split("=", 1)[0] + ("=…" if "=" in a else "") for a in rest.split()]
+            shown = [a if a.startswith("-") else "…" for a in shown]
+            message = f"{head}{sep}{' '.join(shown)} (values not shown)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="infogrowth",
         description="Online data curation for image-text datasets (InfoGrowth): clean "
         "misaligned captions, measure each sample's information gain against what was "
