@@ -16,6 +16,7 @@ import faust
 from agents import captioner, curator, inference, metrics
 from agents.atomic import name_producers_by_topic, recover_committed_changelogs
 from agents.context import Context
+from agents.redact import mask_log_records
 from infogrowth.io.schema_registry import use_registry
 from infogrowth.settings import Settings
 
@@ -28,6 +29,7 @@ ROLES = {
 
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     settings = settings or Settings.from_env()
+    mask_log_records(settings.secret_values())
     use_registry(settings.schema_registry_url)  # "" = the fixed schema ids
     recover_committed_changelogs()
     name_producers_by_topic()
