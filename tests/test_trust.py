@@ -326,3 +326,28 @@ def test_the_worker_marks_label_captions_and_never_rescores_them(kafka, s3, tmp_
             assert got.get(field) == want[field], (sample_id, field)
     cat = streamed["chelsea"]
     assert cat["caption_source"] == "label_fallback" and cat["alignment"] is None
+
+
+@pytest.mark.slow
+def test_an_object_store_outage_while_recaptioning_is_no_misaligned_verdict(
+    tmp_path: Path,
+) -> None:
+    """The caption is not judged when its image cannot be fetched: the outage propagates
+    (the streaming captioner waits and retries the batch; offline curate stops with one
+    line) instead of rejecting a sample that may be fine."""
+    from infogrowth.commands.offline import make_curator
+    from infogrowth.core.curate import Scored
+    from infogrowth.records import Sample, StoreUnavailable
+
+    rows = _photo_rows(tmp_path)
+    curator = make_curator(Settings(captioner="label", **DEMO_DEFAULTS), base_dir=tmp_path)
+    scored = curator.score([Sample.from_dict(r) for r in rows])
+    misaligned = [it for it in scored if isinstance(it, Scored) and not curator.is_aligned(it)]
+    assert "chelsea" in [it.sample.id for it in misaligned]
+
+    def store_down(ref: str) -> bytes:
+        raise StoreUnavailable("S3 endpoint at 127.0.0.1:1 is unreachable")
+
+    curator.read_bytes = store_down
+    with pytest.raises(StoreUnavailable):
+        curator.recaption(misaligned)

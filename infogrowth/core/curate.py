@@ -45,6 +45,7 @@ from infogrowth.records import (
     BadInput,
     Outcome,
     Sample,
+    StoreUnavailable,
 )
 from infogrowth.settings import Settings
 
@@ -257,6 +258,8 @@ class Curator:
             return [self._misaligned(it, self.no_captioner_detail()) for it in items]
         try:
             captions = self.new_captions(items)
+        except StoreUnavailable:
+            raise  # an outage is no verdict on the caption: the caller waits and retries
         except Exception as exc:  # a remote captioner can fail; the samples must not be lost
             return [self._misaligned(it, f"recaption failed: {exc}") for it in items]
         renamed = [replace(it.sample, caption=c) for it, c in zip(items, captions, strict=True)]
