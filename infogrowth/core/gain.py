@@ -85,6 +85,9 @@ _EXACT_MARGIN = 4
 # small temporaries keep the resident memory near that of the index itself.
 _SCAN_FLOATS = 1 << 21
 _GET_ITEMS = 128
+# Rows walk with the batch's optimistic answers until a decision touches them (tests switch
+# this off to compare with the row-by-row walk, which must give the same bits).
+_FAST_WALK = True
 _PARAMS = ("modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads")
 
 
@@ -261,10 +264,63 @@ class GainIndex:
         chunk = {mod: x[start : start + len(ids)] for mod, x in mats.items()}
         walk = _BatchWalk(self, chunk)
         try:
-            rows = [self._walk_row(walk, i, ids, labels, decide) for i in range(len(ids))]
+            if decide is _insert_all and _FAST_WALK:
+                self._insert_every_row(walk, ids, labels)  # inserts overlap the output lists
+                return self._optimistic(walk, ids, labels)
+            batch = self._optimistic(walk, ids, labels)
+            clean = _FAST_WALK  # every row so far kept, nothing removed: answers hold as is
+            for i in range(len(ids)):
+                if clean:
+                    nearest = {mod: batch.nearest[mod][i] for mod in self.modalities}
+                    gain = float(batch.gain[i])
+                    verdict = decide(
+                        i, None if math.isnan(gain) else gain, nearest, batch.neighbour_labels[i]
+                    )
+                    self._apply(walk, i, ids, labels, verdict)
+                    batch.inserted[i] = verdict.insert
+                    clean = verdict.insert and not verdict.remove
+                else:
+                    _put_row(batch, i, self._walk_row(walk, i, ids, labels, decide))
+            return batch
         finally:
             walk.flush()
-        return _stack_rows(rows, self.modalities)
+
+    def _insert_every_row(self, walk: _BatchWalk, ids: list[str], labels: list[str | None]) -> None:
+        """``_apply`` of an insert-everything verdict to every row, in one go."""
+        first = len(self._ids)
+        self._pos.update(zip(ids, range(first, first + len(ids)), strict=True))
+        self._ids.extend(ids)
+        self._labels.extend(labels)
+        walk.inserted_all()
+        walk.flush()
+
+    def _optimistic(self, walk: _BatchWalk, ids: list[str], labels: list[str | None]) -> GainBatch:
+        """Every row's output assuming every row of the batch is kept and nothing is removed
+        (then the answers of ``_BatchWalk`` hold as they are and row j sits at n0 + j)."""
+        n0, known_ids, known_labels = walk.n0, self._ids, self._labels
+
+        def id_of(p: int) -> str:
+            return known_ids[p] if p < n0 else ids[p - n0]
+
+        first = walk.fast[self.modalities[0]][1].tolist()
+        neighbour_labels = [
+            [known_labels[p] if p < n0 else labels[p - n0] for p in row if p >= 0] for row in first
+        ]
+        nearest: dict[str, list[Neighbour | None]] = {}
+        for mod in self.modalities:
+            dist, pos = walk.fast[mod][0][:, 0].tolist(), walk.fast[mod][1][:, 0].tolist()
+            nearest[mod] = [
+                Neighbour(id_of(p), d) if p >= 0 else None for d, p in zip(dist, pos, strict=True)
+            ]
+        means = {mod: walk.fast[mod][3].copy() for mod in self.modalities}
+        return GainBatch(
+            _mean_of_modalities(np.stack(list(means.values()))),
+            [[id_of(p) for p in row if p >= 0] for row in first],
+            neighbour_labels,
+            means,
+            nearest,
+            [True] * len(ids),
+        )
 
     def _walk_row(
         self,
@@ -274,9 +330,10 @@ class GainIndex:
         labels: list[str | None],
         decide: Decide,
     ) -> _Row:
+        """Row i alone, after decisions that touched the batch's optimistic answers."""
         per_mod = {mod: walk.neighbours(mod, i) for mod in self.modalities}
         dists = {mod: mean for mod, (_, _, mean) in per_mod.items()}
-        gain = float(np.mean([dists[mod] for mod in self.modalities]))
+        gain = float(_mean_of_modalities(np.array([[dists[mod]] for mod in self.modalities]))[0])
         nearest = {mod: self._nearest(d, pos) for mod, (d, pos, _) in per_mod.items()}
         first = [int(p) for p in per_mod[self.modalities[0]][1] if p >= 0]
         row = _Row(
@@ -287,12 +344,17 @@ class GainIndex:
             nearest=nearest,
         )
         verdict = decide(i, None if math.isnan(gain) else gain, nearest, row.neighbour_labels)
+        self._apply(walk, i, ids, labels, verdict)
+        row.inserted = verdict.insert
+        return row
+
+    def _apply(
+        self, walk: _BatchWalk, i: int, ids: list[str], labels: list[str | None], verdict: Verdict
+    ) -> None:
         if verdict.insert:
             walk.inserted(i, self._register(ids[i], labels[i]))
-        row.inserted = verdict.insert
         if verdict.remove:
             walk.remove(verdict.remove)
-        return row
 
     def _nearest(self, dist: np.ndarray, pos: np.ndarray) -> Neighbour | None:
         if pos[0] < 0:
@@ -639,6 +701,14 @@ class _BatchWalk:
         self.position[row] = pos
         self.rows.append(row)
 
+    def inserted_all(self) -> None:
+        """Every row of the batch inserted, in order, at positions n0, n0 + 1, …"""
+        assert not self.rows
+        size = len(self.position)
+        self.alive[:size] = True
+        self.position[:] = np.arange(self.n0, self.n0 + size)
+        self.rows = list(range(size))
+
     def remove(self, ids: Sequence[str]) -> None:
         self.flush()  # serial order: the rows kept so far enter the graph before removals
         self.index.remove(ids)
@@ -743,15 +813,20 @@ def _finish(dist: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return dist, pos
 
 
-def _stack_rows(rows: list[_Row], modalities: tuple[str, ...]) -> GainBatch:
-    return GainBatch(
-        np.array([r.gain for r in rows], dtype=np.float64),
-        [r.neighbours for r in rows],
-        [r.neighbour_labels for r in rows],
-        {mod: np.array([r.modality_gains[mod] for r in rows], np.float64) for mod in modalities},
-        {mod: [r.nearest[mod] for r in rows] for mod in modalities},
-        [r.inserted for r in rows],
-    )
+def _put_row(batch: GainBatch, i: int, row: _Row) -> None:
+    batch.gain[i] = row.gain
+    batch.neighbours[i] = row.neighbours
+    batch.neighbour_labels[i] = row.neighbour_labels
+    for mod, value in row.modality_gains.items():
+        batch.modality_gains[mod][i] = value
+        batch.nearest[mod][i] = row.nearest[mod]
+    batch.inserted[i] = row.inserted
+
+
+def _mean_of_modalities(means: np.ndarray) -> np.ndarray:
+    """(modalities, rows) mean distances -> the gain of each row; one formula for the batch
+    and for a row alone, so both give the same bits."""
+    return means.mean(axis=0)
 
 
 def mean_distance(dist: np.ndarray, kind: str = "arithmetic") -> np.ndarray:
