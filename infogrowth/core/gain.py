@@ -436,7 +436,7 @@ class GainIndex:
         for s in range(0, len(x), rows):
             sim = x[s : s + rows] @ prefix[:n].T
             sim[:, gone] = -np.inf
-            top = np.argpartition(-sim, kb - 1, axis=1)[:, :kb]
+            top = np.argpartition(sim, n - kb, axis=1)[:, n - kb :]  # no negated copy
             live = np.isfinite(np.take_along_axis(sim, top, axis=1))
             out[s : s + rows] = np.where(live, top, -1)
         return out
@@ -458,12 +458,14 @@ class GainIndex:
         head = positions < (0 if prefix is None else len(prefix))
         if head.any():
             out[head] = prefix[positions[head]]  # type: ignore[index]
-        if not head.all():
+        if not head.all():  # ~25 us per vector in hnswlib 0.8.0 (list or numpy): fetch once
             rest = np.flatnonzero(~head)
+            unique, inverse = np.unique(positions[rest], return_inverse=True)
+            fetched = np.empty((len(unique), out.shape[1]), np.float64)
             index = self._hnsw(mod)
-            for s in range(0, len(rest), _GET_ITEMS):  # get_items builds Python float lists
-                part = rest[s : s + _GET_ITEMS]
-                out[part] = index.get_items(positions[part].tolist())
+            for s in range(0, len(unique), _GET_ITEMS):
+                fetched[s : s + _GET_ITEMS] = index.get_items(unique[s : s + _GET_ITEMS].tolist())
+            out[rest] = fetched[inverse]
         return out
 
     def _create(self, dims: dict[str, int]) -> None:
