@@ -18,8 +18,11 @@ than that, else one parallel hnswlib query), each row's most similar earlier row
 batch, the float64 distances of all those candidates (the exact re-score: ties and float32
 rounding that varies with the batch shape cannot change the k nearest), and each row's k
 nearest assuming every earlier row of the batch is kept. The rows are then walked in order
-for ``decide``; a row whose answer a decision touched (an earlier row of the batch was not
-kept or was removed, a stored candidate was removed) is recomputed alone. Kept rows enter
+for ``decide``: while every verdict so far kept its row and removed nothing, a row takes that
+answer as it is (with no ``decide`` hook the whole batch is kept and no row is walked at
+all); after that, a row whose answer a decision touched (an earlier row of the batch was not
+kept or was removed, a stored candidate was removed) is recomputed alone. Both give the same
+bits (tests/test_gain.py compares them with the fast walk switched off). Kept rows enter
 hnswlib in one serial add_items call per batch, split at removals, so the graph is that of
 one-at-a-time inserts whatever the batching (``rebuild`` replays the same order).
 
