@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infogrowth.core.gain import GainIndex, Verdict, mean_distance
+from infogrowth.core.gain import GainIndex, Verdict, _largest, mean_distance
 from infogrowth.core.sample import ThresholdPolicy
 from infogrowth.records import BadInput
 
@@ -446,3 +446,20 @@ def test_fast_walk_gives_the_row_by_row_answer(data, monkeypatch, decide_factory
     fast = _walk_outputs(ids, vecs, 128, decide_factory)
     monkeypatch.setattr("infogrowth.core.gain._FAST_WALK", False)
     assert _walk_outputs(ids, vecs, 128, decide_factory) == fast
+
+
+def test_largest_matches_a_full_partition() -> None:
+    """The exact scan's top-k selection (a floor from each row's head, then only the values
+    above it ranked) picks the same values as a full argpartition, ties and deleted included."""
+    rng = np.random.default_rng(11)
+    sim = rng.integers(0, 40, size=(64, 3000)).astype(np.float32)  # many ties
+    sim[:, rng.integers(0, 3000, 500)] = -np.inf  # deleted columns
+    sim[:3, 200:] = -np.inf  # rows with fewer than kb live values beyond the head
+    sim[3, :] = -np.inf
+    sim[4, -1] = 99.0  # a row's largest past its head
+    for kb in (1, 8, 200):
+        cols, values = _largest(sim, kb)
+        expected = np.sort(np.partition(sim, sim.shape[1] - kb, axis=1)[:, -kb:], axis=1)
+        np.testing.assert_array_equal(np.sort(values, axis=1), expected)
+        live = np.isfinite(values)  # the columns of -inf picks are never used
+        np.testing.assert_array_equal(np.take_along_axis(sim, cols, 1)[live], values[live])
