@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infogrowth.core.gain import GainIndex, Verdict, mean_distance
+from infogrowth.core.gain import GainIndex, Verdict, _largest, mean_distance
 from infogrowth.core.sample import ThresholdPolicy
 from infogrowth.records import BadInput
 
@@ -410,3 +410,56 @@ def test_hnsw_phase_matches_exact_neighbours(monkeypatch) -> None:
     for batch in (1, 128):
         gains = run(ids, {"image": x}, batch, modalities=("image",))
         np.testing.assert_allclose(gains[1:], exact, atol=1e-6)
+
+
+def _walk_outputs(ids, vecs, batch: int, decide_factory) -> list[tuple]:
+    index = GainIndex(k=4)
+    decide = decide_factory(ids) if decide_factory else None
+    outs = []
+    for s in range(0, len(ids), batch):
+        part = {m: v[s : s + batch] for m, v in vecs.items()}
+        hook = None if decide is None else (lambda r, g, *rest, s=s: decide(s + r, g))
+        out = index.gain_and_add(ids[s : s + batch], part, decide=hook)
+        outs.append(
+            (
+                out.gain.tobytes(),
+                {m: g.tobytes() for m, g in out.modality_gains.items()},
+                out.neighbours,
+                out.neighbour_labels,
+                out.nearest,
+                out.inserted,
+            )
+        )
+    return outs + [(index.ids, index.live)]
+
+
+def _keep_all(ids: list[str]):
+    return lambda row, gain: Verdict()
+
+
+@pytest.mark.parametrize("decide_factory", [None, _keep_all, lambda ids: evict_every_fifth(ids)[0]])
+def test_fast_walk_gives_the_row_by_row_answer(data, monkeypatch, decide_factory) -> None:
+    """The batch's optimistic answers (insert-everything, or a decide that has kept every row
+    so far) must equal the row-by-row walk bit for bit, before and past the exact prefix."""
+    monkeypatch.setattr("infogrowth.core.gain.EXACT_PREFIX", 300)
+    ids, vecs = data[0][:900], {m: v[:900] for m, v in data[1].items()}
+    fast = _walk_outputs(ids, vecs, 128, decide_factory)
+    monkeypatch.setattr("infogrowth.core.gain._FAST_WALK", False)
+    assert _walk_outputs(ids, vecs, 128, decide_factory) == fast
+
+
+def test_largest_matches_a_full_partition() -> None:
+    """The exact scan's top-k selection (a floor from each row's head, then only the values
+    above it ranked) picks the same values as a full argpartition, ties and deleted included."""
+    rng = np.random.default_rng(11)
+    sim = rng.integers(0, 40, size=(64, 3000)).astype(np.float32)  # many ties
+    sim[:, rng.integers(0, 3000, 500)] = -np.inf  # deleted columns
+    sim[:3, 200:] = -np.inf  # rows with fewer than kb live values beyond the head
+    sim[3, :] = -np.inf
+    sim[4, -1] = 99.0  # a row's largest past its head
+    for kb in (1, 8, 200):
+        cols, values = _largest(sim, kb)
+        expected = np.sort(np.partition(sim, sim.shape[1] - kb, axis=1)[:, -kb:], axis=1)
+        np.testing.assert_array_equal(np.sort(values, axis=1), expected)
+        live = np.isfinite(values)  # the columns of -inf picks are never used
+        np.testing.assert_array_equal(np.take_along_axis(sim, cols, 1)[live], values[live])

@@ -18,8 +18,11 @@ than that, else one parallel hnswlib query), each row's most similar earlier row
 batch, the float64 distances of all those candidates (the exact re-score: ties and float32
 rounding that varies with the batch shape cannot change the k nearest), and each row's k
 nearest assuming every earlier row of the batch is kept. The rows are then walked in order
-for ``decide``; a row whose answer a decision touched (an earlier row of the batch was not
-kept or was removed, a stored candidate was removed) is recomputed alone. Kept rows enter
+for ``decide``: while every verdict so far kept its row and removed nothing, a row takes that
+answer as it is (with no ``decide`` hook the whole batch is kept and no row is walked at
+all); after that, a row whose answer a decision touched (an earlier row of the batch was not
+kept or was removed, a stored candidate was removed) is recomputed alone. Both give the same
+bits (tests/test_gain.py compares them with the fast walk switched off). Kept rows enter
 hnswlib in one serial add_items call per batch, split at removals, so the graph is that of
 one-at-a-time inserts whatever the batching (``rebuild`` replays the same order).
 
@@ -27,7 +30,10 @@ Exactness: while the index holds at most EXACT_PREFIX samples, gains are exact (
 brute-force scan) and byte-identical in any batching. Past that, the stored candidates are
 hnswlib's: gains equal one-at-a-time scoring whenever HNSW returns the true k nearest;
 ``bench/gain_bench.py`` measures recall@4 against numpy brute force (M=16,
-ef_construction=64, ef=128: >= 0.999 on 100k x 512 clustered vectors). The prefix copy is
+ef_construction=64, ef=128: >= 0.999 on 100k x 512 clustered vectors). Recall@4 of the
+hnswlib candidates alone on that data, past 30k (2026-11-23): M=16/efC=64 0.9982 at ef=64,
+0.9991 at ef=96, 0.9993 at ef=128; M=16/efC=96 0.9992 at ef=48 but inserts ~1.5x slower;
+efC=40 (M=16) or M=12/efC=48 stay below 0.993 even at ef=128. The prefix copy is
 dropped once the index outgrows it.
 
 Determinism: inserts use one thread, because hnswlib's parallel inserts build a different
@@ -81,10 +87,14 @@ EXACT_PREFIX = 30_000
 # Extra exact candidates per row: a float32 near-tie at the k-th place is settled by the
 # float64 re-score rather than by GEMM rounding, which varies with batch shape.
 _EXACT_MARGIN = 4
-# Similarities per block of the exact scan (8 MiB of float32) and ids per get_items call:
-# small temporaries keep the resident memory near that of the index itself.
-_SCAN_FLOATS = 1 << 21
+# Similarities per block of the exact scan (16 MiB of float32; each block streams the prefix
+# from memory once: at 30k, 139-row blocks scan ~25% faster than 69-row ones) and ids per
+# get_items call: small temporaries keep the resident memory near that of the index itself.
+_SCAN_FLOATS = 1 << 22
 _GET_ITEMS = 128
+# Rows walk with the batch's optimistic answers until a decision touches them (tests switch
+# this off to compare with the row-by-row walk, which must give the same bits).
+_FAST_WALK = True
 _PARAMS = ("modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads")
 
 
@@ -261,10 +271,63 @@ class GainIndex:
         chunk = {mod: x[start : start + len(ids)] for mod, x in mats.items()}
         walk = _BatchWalk(self, chunk)
         try:
-            rows = [self._walk_row(walk, i, ids, labels, decide) for i in range(len(ids))]
+            if decide is _insert_all and _FAST_WALK:
+                self._insert_every_row(walk, ids, labels)  # inserts overlap the output lists
+                return self._optimistic(walk, ids, labels)
+            batch = self._optimistic(walk, ids, labels)
+            clean = _FAST_WALK  # every row so far kept, nothing removed: answers hold as is
+            for i in range(len(ids)):
+                if clean:
+                    nearest = {mod: batch.nearest[mod][i] for mod in self.modalities}
+                    gain = float(batch.gain[i])
+                    verdict = decide(
+                        i, None if math.isnan(gain) else gain, nearest, batch.neighbour_labels[i]
+                    )
+                    self._apply(walk, i, ids, labels, verdict)
+                    batch.inserted[i] = verdict.insert
+                    clean = verdict.insert and not verdict.remove
+                else:
+                    _put_row(batch, i, self._walk_row(walk, i, ids, labels, decide))
+            return batch
         finally:
             walk.flush()
-        return _stack_rows(rows, self.modalities)
+
+    def _insert_every_row(self, walk: _BatchWalk, ids: list[str], labels: list[str | None]) -> None:
+        """``_apply`` of an insert-everything verdict to every row, in one go."""
+        first = len(self._ids)
+        self._pos.update(zip(ids, range(first, first + len(ids)), strict=True))
+        self._ids.extend(ids)
+        self._labels.extend(labels)
+        walk.inserted_all()
+        walk.flush()
+
+    def _optimistic(self, walk: _BatchWalk, ids: list[str], labels: list[str | None]) -> GainBatch:
+        """Every row's output assuming every row of the batch is kept and nothing is removed
+        (then the answers of ``_BatchWalk`` hold as they are and row j sits at n0 + j)."""
+        n0, known_ids, known_labels = walk.n0, self._ids, self._labels
+
+        def id_of(p: int) -> str:
+            return known_ids[p] if p < n0 else ids[p - n0]
+
+        first = walk.fast[self.modalities[0]][1].tolist()
+        neighbour_labels = [
+            [known_labels[p] if p < n0 else labels[p - n0] for p in row if p >= 0] for row in first
+        ]
+        nearest: dict[str, list[Neighbour | None]] = {}
+        for mod in self.modalities:
+            dist, pos = walk.fast[mod][0][:, 0].tolist(), walk.fast[mod][1][:, 0].tolist()
+            nearest[mod] = [
+                Neighbour(id_of(p), d) if p >= 0 else None for d, p in zip(dist, pos, strict=True)
+            ]
+        means = {mod: walk.fast[mod][3].copy() for mod in self.modalities}
+        return GainBatch(
+            _mean_of_modalities(np.stack(list(means.values()))),
+            [[id_of(p) for p in row if p >= 0] for row in first],
+            neighbour_labels,
+            means,
+            nearest,
+            [True] * len(ids),
+        )
 
     def _walk_row(
         self,
@@ -274,9 +337,10 @@ class GainIndex:
         labels: list[str | None],
         decide: Decide,
     ) -> _Row:
+        """Row i alone, after decisions that touched the batch's optimistic answers."""
         per_mod = {mod: walk.neighbours(mod, i) for mod in self.modalities}
         dists = {mod: mean for mod, (_, _, mean) in per_mod.items()}
-        gain = float(np.mean([dists[mod] for mod in self.modalities]))
+        gain = float(_mean_of_modalities(np.array([[dists[mod]] for mod in self.modalities]))[0])
         nearest = {mod: self._nearest(d, pos) for mod, (d, pos, _) in per_mod.items()}
         first = [int(p) for p in per_mod[self.modalities[0]][1] if p >= 0]
         row = _Row(
@@ -287,12 +351,17 @@ class GainIndex:
             nearest=nearest,
         )
         verdict = decide(i, None if math.isnan(gain) else gain, nearest, row.neighbour_labels)
+        self._apply(walk, i, ids, labels, verdict)
+        row.inserted = verdict.insert
+        return row
+
+    def _apply(
+        self, walk: _BatchWalk, i: int, ids: list[str], labels: list[str | None], verdict: Verdict
+    ) -> None:
         if verdict.insert:
             walk.inserted(i, self._register(ids[i], labels[i]))
-        row.inserted = verdict.insert
         if verdict.remove:
             walk.remove(verdict.remove)
-        return row
 
     def _nearest(self, dist: np.ndarray, pos: np.ndarray) -> Neighbour | None:
         if pos[0] < 0:
@@ -374,9 +443,8 @@ class GainIndex:
         for s in range(0, len(x), rows):
             sim = x[s : s + rows] @ prefix[:n].T
             sim[:, gone] = -np.inf
-            top = np.argpartition(-sim, kb - 1, axis=1)[:, :kb]
-            live = np.isfinite(np.take_along_axis(sim, top, axis=1))
-            out[s : s + rows] = np.where(live, top, -1)
+            top, best = _largest(sim, kb)
+            out[s : s + rows] = np.where(np.isfinite(best), top, -1)
         return out
 
     def _query(self, mod: str, x: np.ndarray) -> np.ndarray | None:
@@ -396,12 +464,14 @@ class GainIndex:
         head = positions < (0 if prefix is None else len(prefix))
         if head.any():
             out[head] = prefix[positions[head]]  # type: ignore[index]
-        if not head.all():
+        if not head.all():  # ~25 us per vector in hnswlib 0.8.0 (list or numpy): fetch once
             rest = np.flatnonzero(~head)
+            unique, inverse = np.unique(positions[rest], return_inverse=True)
+            fetched = np.empty((len(unique), out.shape[1]), np.float64)
             index = self._hnsw(mod)
-            for s in range(0, len(rest), _GET_ITEMS):  # get_items builds Python float lists
-                part = rest[s : s + _GET_ITEMS]
-                out[part] = index.get_items(positions[part].tolist())
+            for s in range(0, len(unique), _GET_ITEMS):
+                fetched[s : s + _GET_ITEMS] = index.get_items(unique[s : s + _GET_ITEMS].tolist())
+            out[rest] = fetched[inverse]
         return out
 
     def _create(self, dims: dict[str, int]) -> None:
@@ -639,6 +709,14 @@ class _BatchWalk:
         self.position[row] = pos
         self.rows.append(row)
 
+    def inserted_all(self) -> None:
+        """Every row of the batch inserted, in order, at positions n0, n0 + 1, …"""
+        assert not self.rows
+        size = len(self.position)
+        self.alive[:size] = True
+        self.position[:] = np.arange(self.n0, self.n0 + size)
+        self.rows = list(range(size))
+
     def remove(self, ids: Sequence[str]) -> None:
         self.flush()  # serial order: the rows kept so far enter the graph before removals
         self.index.remove(ids)
@@ -729,6 +807,28 @@ class _BatchWalk:
         return dist, pos, top, mean_distance(dist, self.index.mean)
 
 
+def _largest(sim: np.ndarray, kb: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns of its kb largest values and those values (any order; at a tie
+    any of the tied columns, always the same for the same input).
+
+    A full argpartition of every row costs about a third of the GEMM that made ``sim``;
+    instead, the kb-th largest of the first 1/16 of each row is a floor no lower than the
+    row's own kb-th largest, and only the few values at or above it are ranked.
+    """
+    n_rows, n = sim.shape
+    head = sim[:, : max(kb, n // 16)]
+    floor = np.partition(head, head.shape[1] - kb, axis=1)[:, head.shape[1] - kb]
+    rows, cols = np.nonzero(sim >= floor[:, None])  # at least kb per row
+    counts = np.bincount(rows, minlength=n_rows)
+    width = int(counts.max())
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    values = np.full((n_rows, width), -np.inf, sim.dtype)
+    columns = np.zeros((n_rows, width), np.int64)
+    values[rows, slot], columns[rows, slot] = sim[rows, cols], cols
+    pick = np.argpartition(values, width - kb, axis=1)[:, width - kb :]
+    return np.take_along_axis(columns, pick, 1), np.take_along_axis(values, pick, 1)
+
+
 def _finish(dist: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of up to k candidates, nearest first (inf: none) -> distances clipped to [0, 2],
     snapped to 0 near 0, nan/-1 padded to k columns."""
@@ -743,15 +843,20 @@ def _finish(dist: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return dist, pos
 
 
-def _stack_rows(rows: list[_Row], modalities: tuple[str, ...]) -> GainBatch:
-    return GainBatch(
-        np.array([r.gain for r in rows], dtype=np.float64),
-        [r.neighbours for r in rows],
-        [r.neighbour_labels for r in rows],
-        {mod: np.array([r.modality_gains[mod] for r in rows], np.float64) for mod in modalities},
-        {mod: [r.nearest[mod] for r in rows] for mod in modalities},
-        [r.inserted for r in rows],
-    )
+def _put_row(batch: GainBatch, i: int, row: _Row) -> None:
+    batch.gain[i] = row.gain
+    batch.neighbours[i] = row.neighbours
+    batch.neighbour_labels[i] = row.neighbour_labels
+    for mod, value in row.modality_gains.items():
+        batch.modality_gains[mod][i] = value
+        batch.nearest[mod][i] = row.nearest[mod]
+    batch.inserted[i] = row.inserted
+
+
+def _mean_of_modalities(means: np.ndarray) -> np.ndarray:
+    """(modalities, rows) mean distances -> the gain of each row; one formula for the batch
+    and for a row alone, so both give the same bits."""
+    return means.mean(axis=0)
 
 
 def mean_distance(dist: np.ndarray, kind: str = "arithmetic") -> np.ndarray:
