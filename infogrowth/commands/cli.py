@@ -146,7 +146,7 @@ CURATE_FLAGS = (
     "label_action", "label_model",
     "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket",
     "dup_distance", "min_side", "max_aspect", "min_words", "max_words", "max_caption_repeats",
-    "alignment_top",
+    "alignment_top", "shards", "centroids",
 )  # fmt: skip
 
 
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     add_tail_parser(sub)
     add_status_parser(sub)
+    add_shards_parser(sub)
     return parser
 
 
@@ -324,6 +325,36 @@ def add_status_parser(sub: Any) -> None:
     status.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     add_settings_flags(status, ("kafka_bootstrap", "app_id", "metrics_port", *TOPIC_FLAGS))
     status.set_defaults(func=cmd_status)
+
+
+def add_shards_parser(sub: Any) -> None:
+    shards = sub.add_parser(
+        "shards",
+        help="fit the centroids that split the curator into shards",
+        description="A sharded curator routes each sample to the shard of its nearest "
+        "centroid; each shard curates its samples against its own index.",
+    )
+    action = shards.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = action.add_parser(
+        "fit",
+        help="fit --shards centroids (k-means, --seed) on a bootstrap sample",
+        description="Fit --shards k-means centroids (seed --seed) on the L2-normalised image "
+        "embeddings of the first --n samples of FROM, write centroids-<version>.bin (version: "
+        "a hash of its content) under --dest, and print the reference to pass as --centroids.",
+    )
+    fit.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="a .jsonl/.parquet file (encoded unless it carries embeddings), or the topic "
+        "`scored` (embeddings as stored) or `raw` (encoded)",
+    )
+    fit.add_argument("--n", type=int, default=10000, help="samples to fit on (default: 10000)")
+    fit.add_argument(
+        "--dest", help="directory or s3://bucket/prefix (default: s3://<s3-bucket>/centroids)"
+    )
+    add_settings_flags(fit, CURATE_FLAGS + IO_FLAGS + ("topic_raw", "topic_scored"))
+    fit.set_defaults(func=cmd_shards_fit)
 
 
 def add_tail_parser(sub: Any) -> None:
@@ -394,6 +425,16 @@ def cmd_curate(args: argparse.Namespace, settings: Settings) -> int:
     summary = curate_file(Path(args.input), Path(args.out), settings, progress=not args.quiet)
     print_summary(summary, time.monotonic() - started, out=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_shards_fit(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.commands.shards import fit_centroids, save
+
+    centroids = fit_centroids(args.source, args.n, settings)
+    ref = save(centroids, args.dest or f"s3://{settings.s3_bucket}/centroids", settings)
+    print(f"{centroids.shards} centroids fitted on {centroids.fitted_on} samples", file=sys.stderr)
+    print(f"--centroids {ref}")
     return 0
 
 
