@@ -12,6 +12,7 @@ import pytest
 from infogrowth.commands.cli import main
 from infogrowth.commands.offline import make_curator
 from infogrowth.commands.shards import load, save, settings_centroids
+from infogrowth.core.curate import Curator
 from infogrowth.core.shards import Centroids, ShardedCurator, fit, shard_settings
 from infogrowth.records import Outcome, Sample
 from infogrowth.settings import Settings
@@ -95,6 +96,8 @@ def test_each_shard_curates_its_own_subsequence() -> None:
     assert as_rows(got) == as_rows([expected[s.id] for s in samples])
     assert as_rows(got) != as_rows(make_curator(settings()).curate_batch(samples))
     assert sum(len(c.index) for c in sharded.shards) == sum(o.decision == "accepted" for o in got)
+    fresh = sharded.reset_shard(1)  # what a streaming worker that gains shard 1 restores into
+    assert type(fresh) is Curator and len(fresh.index) == 0 and sharded.shards[1] is fresh
 
 
 def test_one_centroid_is_the_unsharded_curation() -> None:

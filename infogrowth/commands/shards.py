@@ -27,10 +27,9 @@ def save(centroids: Centroids, dest: str, settings: Settings) -> str:
     returns the reference to pass as ``--centroids``."""
     if dest.startswith("s3://"):
         bucket, key = parse_s3_uri(dest.rstrip("/") + "/" + centroids.file_name)
-        store = ObjectStore.from_settings(settings)
+        store = ObjectStore.from_settings(replace(settings, s3_bucket=bucket))
         store.ensure_bucket()
-        store.put_bytes(f"s3://{bucket}/{key}", centroids.to_bytes())
-        return f"s3://{bucket}/{key}"
+        return store.put_bytes(key, centroids.to_bytes())
     path = Path(dest) / centroids.file_name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(centroids.to_bytes())

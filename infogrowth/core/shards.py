@@ -132,8 +132,15 @@ class ShardedCurator(Curator):
 
     def __init__(self, base: Curator, centroids: Centroids) -> None:
         self.__dict__.update(base.__dict__)  # the same models, filters and label memory
+        self.base = base
         self.centroids = centroids
         self.shards = [shard_curator(base, s, centroids.shards) for s in range(centroids.shards)]
+
+    def reset_shard(self, shard: int) -> Curator:
+        """A fresh curator (empty index and policy) for ``shard``, in place of the old one:
+        a streaming worker that (re)gains a shard restores its state into it."""
+        self.shards[shard] = shard_curator(self.base, shard, len(self.shards))
+        return self.shards[shard]
 
     def route(self, item: Scored) -> int:
         return self.centroids.route(item.encoded.image_emb)
