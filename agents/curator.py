@@ -45,7 +45,10 @@ class CuratorState:
         self.curator = curator.reset_shard(partition) if sharded else curator
         self.sharded = sharded
         self.restored: state_codec.Restored | None = None
-        self.light: dict[str, state_codec.Entry] = {}  # sharded: see _keep_light
+        # What the gate needs of each entry (seq), kept apart from the table: Faust's
+        # recovery of a changelog partition this worker keeps across a rebalance re-applies
+        # the records we sent (raw values) to the table.
+        self.light: dict[str, state_codec.Entry] = {}
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
         every = ctx.settings.snapshot_every
@@ -77,9 +80,8 @@ class CuratorState:
             curator.index = self.restored.index
             log.info("curator state: %d indexed from a snapshot", self.restored.from_snapshot)
             for key, entry in entries.items():  # the index holds the vectors now
-                self._keep_light(key, entry)
-                if self.sharded:
-                    del self.table.data[key]
+                self.light[key] = state_codec.light(entry)
+                del self.table.data[key]
             shard = f" (shard {self.partition})" if self.sharded else ""
             log.info(
                 "curator state%s: %d indexed, %d queued",
@@ -90,19 +92,10 @@ class CuratorState:
         return self.restored
 
     def seq_of(self, key: str) -> int:
-        return (self.light if self.sharded else self.table.data)[key]["seq"]
-
-    def _keep_light(self, key: str, entry: state_codec.Entry) -> None:
-        """What the gate needs of an entry, in the table (one shard), or apart from it when
-        sharded: Faust's recovery of a changelog partition this worker keeps across a
-        rebalance re-applies the records we sent (raw values) over the table's entries."""
-        if self.sharded:
-            self.light[key] = state_codec.light(entry)
-        else:
-            self.table.data[key] = state_codec.light(entry)
+        return self.light[key]["seq"]
 
     def put(self, key: str, value: state_codec.Entry) -> None:
-        self._keep_light(key, value)
+        self.light[key] = state_codec.light(value)
         # JSON key (the table's key serializer), binary value (raw value serializer).
         self.unsent.append((json.dumps(key).encode(), state_codec.encode(value)))
 

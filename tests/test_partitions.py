@@ -161,6 +161,9 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(kafk
     # The survivor restored the killed worker's shard from its changelog partition.
     restored = re.findall(r"curator state \(shard (\d)\)", survivor.log_path.read_text())
     assert set(restored) == {"0", "1"}
+    # Centroids can also be fitted on `scored` itself (the stored embeddings).
+    again = fit_centroids("scored", 300, settings)
+    assert (again.shards, again.fitted_on) == (2, 300)
 
 
 def scored_ids_by_partition(settings: Settings) -> dict[int, set[str]]:

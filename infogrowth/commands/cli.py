@@ -61,6 +61,9 @@ SETTING_HELP = {
     "labels (default: vote of the k nearest earlier samples' labels)",
     "gain_mean": "how the k neighbour distances are averaged: arithmetic, geometric, harmonic",
     "device": "auto (CUDA when present), cpu or cuda",
+    "shards": "curator shards (1: one exact curator); more needs --centroids with as many",
+    "centroids": "centroid file (path or s3://) from `infogrowth shards fit`: each sample is "
+    "curated in the shard of its nearest centroid",
     "schema_registry_url": "Confluent Schema Registry: register the schemas there and write "
     "its ids into records (default: the fixed ids of schemas/registry.json)",
 }
@@ -353,7 +356,9 @@ def add_shards_parser(sub: Any) -> None:
     fit.add_argument(
         "--dest", help="directory or s3://bucket/prefix (default: s3://<s3-bucket>/centroids)"
     )
-    add_settings_flags(fit, CURATE_FLAGS + IO_FLAGS + ("topic_raw", "topic_scored"))
+    models = ("encoder", "clip_model", "mode", "device", "batch_size")
+    topics = ("topic_raw", "topic_scored")
+    add_settings_flags(fit, ("shards", "seed", *models, *IO_FLAGS, *topics))
     fit.set_defaults(func=cmd_shards_fit)
 
 
