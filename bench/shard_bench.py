@@ -10,8 +10,9 @@ Single-modal mode with one label for every sample, so the index holds the image 
 only (the multimodal index holds image and text and would only double the time). The
 threshold policy with ``--tau`` and ``--dup-distance`` decides.
 
-Printed: decision agreement, how many decisions flip (and which way), and the gain error
-|gain(S) - gain(1)| (mean, p99, max) over the samples both runs give a gain.
+Printed: verdict (decision and reason) and accept/reject agreement, how many verdicts flip
+(and which way), and the gain error |gain(S) - gain(1)| (mean, p99, max) over the samples
+both runs give a gain.
 
     .venv/bin/python bench/shard_bench.py                # 100k x 512, S=4
     .venv/bin/python bench/shard_bench.py --n 20000 --shards 8
@@ -81,7 +82,8 @@ def select_all(curator: Curator, items: list[Scored], batch: int) -> tuple[list[
 
 @dataclass
 class Comparison:
-    agree: float
+    agree: float  # same verdict: decision and reason
+    same_decision: float  # same accept/reject
     flips: Counter[str]
     gain_error: np.ndarray
     accepted: tuple[int, int]
@@ -94,8 +96,10 @@ def compare(exact: list[Outcome], sharded: list[Outcome]) -> Comparison:
     pairs = list(zip(exact, sharded, strict=True))
     flips = Counter(f"{verdict(a)} -> {verdict(b)}" for a, b in pairs if verdict(a) != verdict(b))
     errors = [abs(a.gain - b.gain) for a, b in pairs if a.gain is not None and b.gain is not None]
+    differ = sum(a.decision != b.decision for a, b in pairs)
     return Comparison(
         agree=1 - sum(flips.values()) / len(pairs),
+        same_decision=1 - differ / len(pairs),
         flips=flips,
         gain_error=np.array(errors),
         accepted=tuple(sum(o.decision == "accepted" for o in run) for run in (exact, sharded)),
@@ -133,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|")
     print(f"| accepted | {result.accepted[0]} | {result.accepted[1]} |")
     print(f"| selection time (s) | {exact_s:.1f} | {sharded_s:.1f} |")
-    print(f"| decision agreement | | {100 * result.agree:.2f}% |")
-    print(f"| decisions flipped | | {sum(result.flips.values())} |")
+    print(f"| verdict agreement (decision and reason) | | {100 * result.agree:.2f}% |")
+    print(f"| accept/reject agreement | | {100 * result.same_decision:.2f}% |")
+    print(f"| verdicts flipped | | {sum(result.flips.values())} |")
     for flip, count in result.flips.most_common():
         print(f"| &nbsp; {flip} | | {count} |")
     print(
