@@ -84,12 +84,20 @@ class Context:
                 event.ack()
         metrics.batch_done()
 
-    async def send(self, topic_name: str, schema: str, record: dict[str, Any], source: TP) -> None:
-        """Sends ``record`` in the transaction that commits the ``source`` partition."""
+    async def send(
+        self,
+        topic_name: str,
+        schema: str,
+        record: dict[str, Any],
+        source: TP,
+        partition: int | None = None,
+    ) -> None:
+        """Sends ``record`` in the transaction that commits the ``source`` partition (to
+        ``partition``, or where the key hashes)."""
         key = str(record.get("id") or record.get("sample", {}).get("id", "")).encode()
         if schema in OUTCOME_SCHEMAS:
             record = {**record, "run": self.run_reference}
-        await self.publish(topic_name, key, self.serde[schema].encode(record), source)
+        await self.publish(topic_name, key, self.serde[schema].encode(record), source, partition)
         metrics.sent(schema, record)
 
     async def publish(

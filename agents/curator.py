@@ -21,6 +21,7 @@ from agents import curator_state as state_codec
 from agents import snapshot
 from agents.context import Context
 from infogrowth.core.curate import Scored, still_misaligned
+from infogrowth.core.shards import ShardedCurator
 from infogrowth.io.avro import MalformedMessage
 from infogrowth.io.messages import outcome_record, recaption_request, scored_from_record
 from infogrowth.io.store import ObjectStore
@@ -31,39 +32,70 @@ STAGE = "curator"
 
 
 class CuratorState:
-    """Bridges the in-memory index/gate and the Faust table that makes them durable."""
+    """Bridges the in-memory index/gate of one `scored` partition (one shard) and the Faust
+    table that makes them durable."""
 
-    def __init__(self, ctx: Context, table: faust.Table) -> None:
+    def __init__(self, ctx: Context, table: faust.Table, partition: int = 0) -> None:
         self.ctx = ctx
         self.table = table
+        self.partition = partition
+        curator = ctx.curator
+        # Sharded: a fresh curator of this partition's shard, whatever an earlier owner left.
+        sharded = isinstance(curator, ShardedCurator)
+        self.curator = curator.reset_shard(partition) if sharded else curator
+        self.sharded = sharded
         self.restored: state_codec.Restored | None = None
+        # What the gate needs of each entry (seq), kept apart from the table: Faust's
+        # recovery of a changelog partition this worker keeps across a rebalance re-applies
+        # the records we sent (raw values) to the table.
+        self.light: dict[str, state_codec.Entry] = {}
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
         every = ctx.settings.snapshot_every
         self.store = ObjectStore.from_settings(ctx.settings) if every else None
         self.snapshots = snapshot.prefix(ctx.settings.app_id)
+        if self.sharded:
+            self.snapshots += f"shard-{partition}/"
         self.batches = 0
+
+    def _entries(self) -> dict[str, state_codec.Entry]:
+        """This partition's committed table entries (recovered from its changelog partition;
+        the memory store remembers each key's partition)."""
+        data = self.table.data
+        if not self.sharded:
+            return {k: state_codec.decode(v) for k, v in data.items() if v}
+        where = data._key_partition
+        return {
+            k: state_codec.decode(v)
+            for k, v in data.items()
+            if v and where.get(k) == self.partition
+        }
 
     def load(self) -> state_codec.Restored:
         if self.restored is None:
-            curator = self.ctx.curator
-            entries = {k: state_codec.decode(v) for k, v in self.table.data.items() if v}
+            curator = self.curator
+            entries = self._entries()
             latest = snapshot.read(self.store, self.snapshots) if self.store else None
             self.restored = state_codec.restore(entries, curator.index, curator.policy, latest)
             curator.index = self.restored.index
             log.info("curator state: %d indexed from a snapshot", self.restored.from_snapshot)
             for key, entry in entries.items():  # the index holds the vectors now
-                self.table.data[key] = state_codec.light(entry)
+                self.light[key] = state_codec.light(entry)
+                del self.table.data[key]
+            shard = f" (shard {self.partition})" if self.sharded else ""
             log.info(
-                "curator state: %d indexed, %d queued", len(curator.index), len(self.restored.gate)
+                "curator state%s: %d indexed, %d queued",
+                shard,
+                len(curator.index),
+                len(self.restored.gate),
             )
         return self.restored
 
     def seq_of(self, key: str) -> int:
-        return self.table.data[key]["seq"]
+        return self.light[key]["seq"]
 
     def put(self, key: str, value: state_codec.Entry) -> None:
-        self.table.data[key] = state_codec.light(value)
+        self.light[key] = state_codec.light(value)
         # JSON key (the table's key serializer), binary value (raw value serializer).
         self.unsent.append((json.dumps(key).encode(), state_codec.encode(value)))
 
@@ -75,12 +107,12 @@ class CuratorState:
 
     async def flush(self, source: TP) -> None:
         """Sends this batch's entries to the changelog in the batch's transaction
-        (``send_changelog`` goes through a buffer that can miss it). The source topic has
-        one partition, so the changelog has one too."""
+        (``send_changelog`` goes through a buffer that can miss it), to the changelog
+        partition of the source partition (co-partitioned: one shard each)."""
         unsent, self.unsent = self.unsent, []
         topic = self.table.changelog_topic.get_topic_name()
         for raw_key, raw_value in unsent:
-            await self.ctx.publish(topic, raw_key, raw_value, source, partition=0)
+            await self.ctx.publish(topic, raw_key, raw_value, source, partition=source.partition)
 
     async def maybe_snapshot(self, committed_before: float) -> None:
         """After ``snapshot_every`` batches or more, at the end of a batch that committed
@@ -91,7 +123,7 @@ class CuratorState:
         if self.store is None or self.batches < self.ctx.settings.snapshot_every or not committed:
             return
         self.batches = 0
-        seq, index = self.load().next_seq, self.ctx.curator.index
+        seq, index = self.load().next_seq, self.curator.index
         try:
             key = await self.ctx.run(snapshot.write, self.store, self.snapshots, index, seq)
         except Exception as exc:  # an optimisation: S3 trouble must not stop the curator
@@ -107,26 +139,62 @@ class CuratorState:
         return st.next_seq - 1
 
 
+class Shards:
+    """The curator state of each `scored` partition this worker owns. A partition given to
+    another worker is dropped; when it comes back, its state is restored again from its
+    changelog partition (the other owner moved it on)."""
+
+    def __init__(self, ctx: Context, table: faust.Table) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.states: dict[int, CuratorState] = {}
+        if isinstance(ctx.curator, ShardedCurator):
+            ctx.app.on_partitions_assigned.connect(self.on_assigned)
+
+    def of(self, partition: int) -> CuratorState:
+        if partition not in self.states:
+            self.states[partition] = CuratorState(self.ctx, self.table, partition)
+        return self.states[partition]
+
+    async def on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic == self.ctx.settings.topic_scored}
+        for partition in set(self.states) - mine:
+            del self.states[partition]
+
+
 def register(ctx: Context) -> None:
     s = ctx.settings
+    shards = len(getattr(ctx.curator, "shards", [ctx.curator]))
     # JSON keys; value_type bytes means raw values: recovery hands load() what flush() wrote.
-    table = ctx.app.Table("curator-state", partitions=1, key_type=str, value_type=bytes)
-    durable = CuratorState(ctx, table)
+    # One table partition per `scored` partition (shard): Faust assigns them together.
+    table = ctx.app.Table("curator-state", partitions=shards, key_type=str, value_type=bytes)
+    states = Shards(ctx, table)
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
     async def curator(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
-            source = events[0].message.tp  # `scored` has a single partition
+            by_partition: dict[TP, list[faust.EventT]] = {}
+            for ev in events:  # in order within each partition, one transaction each
+                by_partition.setdefault(ev.message.tp, []).append(ev)
             async with ctx.atomic(events):
                 committed = ctx.commits.last_commit  # the next commit is this batch's own
-                st = durable.load()
-                released, st.released = list(st.released), []
-                for ev in events:
-                    released += await _admit(ctx, durable, ev)
-                if released:
-                    await _finish(ctx, durable, released, source)
-                await durable.flush(source)
-            await durable.maybe_snapshot(committed)
+                for source, mine in by_partition.items():
+                    await _curate(ctx, states.of(source.partition), mine, source)
+            for source in by_partition:
+                await states.of(source.partition).maybe_snapshot(committed)
+
+
+async def _curate(
+    ctx: Context, durable: CuratorState, events: list[faust.EventT], source: TP
+) -> None:
+    """One partition's events of a batch: gate, gain and policy of its shard."""
+    st = durable.load()
+    released, st.released = list(st.released), []
+    for ev in events:
+        released += await _admit(ctx, durable, ev)
+    if released:
+        await _finish(ctx, durable, released, source)
+    await durable.flush(source)
 
 
 async def _admit(
@@ -150,7 +218,7 @@ async def _admit(
         return []  # redelivered by an upstream retry: same id, same content
     item = scored_from_record(record)
     seq = durable.seq()
-    if ctx.curator.is_aligned(item):
+    if durable.curator.is_aligned(item):
         durable.put(key, state_codec.queued(seq, raw))
         durable.decoded[key] = item
         return st.gate.push(key, raw)
@@ -165,8 +233,8 @@ async def _finish(
 ) -> None:
     """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
     items = [durable.item(key, raw) for key, raw in released]
-    aligned = [it for it in items if ctx.curator.is_aligned(it)]
-    outcomes = await ctx.run(ctx.curator.select, aligned)
+    aligned = [it for it in items if durable.curator.is_aligned(it)]
+    outcomes = await ctx.run(durable.curator.select, aligned)
     by_id: dict[str, Outcome] = {o.id: o for o in outcomes}
     st = durable.load()
     for it in items:
@@ -176,11 +244,11 @@ async def _finish(
         if outcome is None:
             outcome = still_misaligned(it, ctx.settings.delta)
             durable.put(key, state_codec.rejected(seq))
-        elif not ctx.curator.indexes(outcome):  # rejected: not part of the curated set
+        elif not durable.curator.indexes(outcome):  # rejected: not part of the curated set
             durable.put(key, state_codec.rejected(seq))
         else:
             vectors = {"image": it.encoded.image_emb}
-            if it.encoded.text_emb is not None and "text" in ctx.curator.index.modalities:
+            if it.encoded.text_emb is not None and "text" in durable.curator.index.modalities:
                 vectors["text"] = it.encoded.text_emb
             durable.put(key, state_codec.indexed(seq, vectors, it.sample.label, outcome.gain))
         st.finished.add(key)

@@ -13,6 +13,7 @@ from faust.types import TP
 
 from agents.context import Context
 from infogrowth.core.curate import Curator, Scored
+from infogrowth.core.shards import ShardedCurator
 from infogrowth.io.avro import MalformedMessage, decode_any
 from infogrowth.io.messages import (
     outcome_record,
@@ -20,6 +21,7 @@ from infogrowth.io.messages import (
     scored_from_record,
     scored_record,
 )
+from infogrowth.io.vectors import unpack
 from infogrowth.records import REASON_MISALIGNED, Outcome, Sample
 
 STAGE = "inference"
@@ -85,7 +87,18 @@ async def _route(ctx: Context, item: _Item, res: Scored | Outcome, source: TP) -
     else:
         original = item.previous.get("original_caption") if item.previous else None
         record = scored_record(res, attempt=1 if item.previous else 0, original_caption=original)
-        await ctx.send(ctx.settings.topic_scored, "ScoredSample", record, source)
+        shard = _shard(ctx.curator, item, res)
+        await ctx.send(ctx.settings.topic_scored, "ScoredSample", record, source, shard)
+
+
+def _shard(curator: Curator, item: _Item, res: Scored) -> int | None:
+    """Sharded: the `scored` partition of the sample's shard. A recaptioned sample goes by
+    its first embedding, so its whole life stays in one shard (and one curator)."""
+    if not isinstance(curator, ShardedCurator):
+        return None
+    if item.previous is not None:
+        return curator.centroids.route(unpack(item.previous["image_embedding"]))
+    return curator.route(res)
 
 
 def _recaptioned(ctx: Context, previous: dict, res: Scored | Outcome) -> Scored:

@@ -142,7 +142,9 @@ def start(ctx: Context) -> None:
 
 def _index_size(ctx: Context) -> int:
     curator = ctx.__dict__.get("curator")  # only once built: never load models for a gauge
-    return len(curator.index) if curator is not None else 0
+    if curator is None:
+        return 0
+    return sum(len(c.index) for c in getattr(curator, "shards", [curator]))  # sharded: all
 
 
 def _poll_lag(bootstrap: str, group_id: str, topics: list[str]) -> None:

@@ -2,14 +2,17 @@
 of `raw-samples`, one curator process reads the single partition of `scored`. The second
 inference worker joins mid-stream, the first is then killed with SIGKILL and its partitions
 move to the second. Every sample ends with exactly one committed outcome (read_committed),
-and the decisions equal an offline run over the samples in the order of `scored`."""
+and the decisions equal an offline run over the samples in the order of `scored`. The same
+with two curator shards (two `scored` partitions) in two full workers."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from chaos import (
     Supervised,
@@ -27,9 +30,11 @@ from pipeline_helpers import (
 )
 
 from infogrowth.commands.ingest import ingest_file
-from infogrowth.commands.pipeline import ensure_pipeline_topics
+from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count
 from infogrowth.commands.replay import replay
-from infogrowth.io.kafka_io import end_offsets
+from infogrowth.commands.shards import fit_centroids, save
+from infogrowth.io.avro import decode_any
+from infogrowth.io.kafka_io import end_offsets, read_topic
 from infogrowth.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.chaos]
@@ -107,3 +112,62 @@ def test_inference_worker_killed_on_four_partitions_loses_and_duplicates_nothing
     replayed = replay(settings, "p4", progress=False)
     assert sorted(topic_values(settings, replayed.accepted_topic)) == sorted(streamed)
     assert not replayed.pending
+
+
+def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(kafka, s3, tmp_path):
+    """S=2 curator shards (centroids fitted on the input, stored in S3) and two full worker
+    processes of one group: the second joins mid-stream, the first is then killed with
+    SIGKILL; its shard's state moves to the survivor through the changelog partition.
+    Every sample ends with one committed outcome, and each shard's decisions equal the
+    offline sharded curation (`curate --centroids`) of the same centroid file."""
+    rows = embedding_rows(N)
+    source = write_jsonl(tmp_path / "input.jsonl", rows)
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
+        dup_distance=0.02, raw_partitions=2, shards=2,
+    )  # fmt: skip
+    centroids = fit_centroids(str(source), 500, settings)
+    settings = with_settings(settings, centroids=save(centroids, "s3://pipeline/c", settings))
+    assert settings.centroids.startswith("s3://pipeline/c/centroids-")
+    ensure_pipeline_topics(settings)
+    assert len(end_offsets(kafka, settings.topic_scored)) == 2
+    doomed = Supervised(settings, tmp_path / "worker-a.log", len(rows))
+    survivor = Supervised(settings, tmp_path / "worker-b.log", len(rows))
+    feeder = threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True)
+    doomed.start()
+    try:
+        feeder.start()
+        wait_for_scored(settings, N // 10)
+        survivor.start()
+        survivor.wait_for_log("curator state (shard")  # it owns a shard now
+        wait_for_scored(settings, N * 4 // 10)
+        doomed.kill()
+        killed_at = outcome_count(settings)
+        outcomes = drain(survivor, {r["id"] for r in rows}, timeout_s=300)
+    finally:
+        for run in (doomed, survivor):
+            run.stop()
+    assert killed_at < N or pytest.skip("curation had finished before the kill")
+    usable = [r for r in rows if r["id"] != "s0007"]  # s0007: NaN, never scored
+    shard_of = {r["id"]: centroids.route(np.array(r["image_embedding"])) for r in usable}
+    assert set(shard_of.values()) == {0, 1}
+    for partition, ids in scored_ids_by_partition(settings).items():
+        assert {shard_of[i] for i in ids} == {partition}, "a sample left its shard"
+    # Offline in the order of `scored`: only the order within each shard matters.
+    position = {sample_id: i for i, sample_id in enumerate(scored_order(settings))}
+    in_scored_order = sorted(rows, key=lambda r: position.get(r["id"], -1))
+    ordered = write_jsonl(tmp_path / "scored-order.jsonl", in_scored_order)
+    assert_exactly_once_and_offline_equal(survivor, outcomes, ordered, tmp_path)
+    # The survivor restored the killed worker's shard from its changelog partition.
+    restored = re.findall(r"curator state \(shard (\d)\)", survivor.log_path.read_text())
+    assert set(restored) == {"0", "1"}
+    # Centroids can also be fitted on `scored` itself (the stored embeddings).
+    again = fit_centroids("scored", 300, settings)
+    assert (again.shards, again.fitted_on) == (2, 300)
+
+
+def scored_ids_by_partition(settings: Settings) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    for message in read_topic(settings.kafka_bootstrap, settings.topic_scored, timeout_s=30):
+        found.setdefault(message.partition(), set()).add(decode_any(message.value())[1]["id"])
+    return found

@@ -61,6 +61,9 @@ SETTING_HELP = {
     "labels (default: vote of the k nearest earlier samples' labels)",
     "gain_mean": "how the k neighbour distances are averaged: arithmetic, geometric, harmonic",
     "device": "auto (CUDA when present), cpu or cuda",
+    "shards": "curator shards (1: one exact curator); more needs --centroids with as many",
+    "centroids": "centroid file (path or s3://) from `infogrowth shards fit`: each sample is "
+    "curated in the shard of its nearest centroid",
     "schema_registry_url": "Confluent Schema Registry: register the schemas there and write "
     "its ids into records (default: the fixed ids of schemas/registry.json)",
 }
@@ -146,7 +149,7 @@ CURATE_FLAGS = (
     "label_action", "label_model",
     "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket",
     "dup_distance", "min_side", "max_aspect", "min_words", "max_words", "max_caption_repeats",
-    "alignment_top",
+    "alignment_top", "shards", "centroids",
 )  # fmt: skip
 
 
@@ -319,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     add_tail_parser(sub)
     add_status_parser(sub)
+    add_shards_parser(sub)
     return parser
 
 
@@ -337,6 +341,38 @@ def add_status_parser(sub: Any) -> None:
     status.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     add_settings_flags(status, ("kafka_bootstrap", "app_id", "metrics_port", *TOPIC_FLAGS))
     status.set_defaults(func=cmd_status)
+
+
+def add_shards_parser(sub: Any) -> None:
+    shards = sub.add_parser(
+        "shards",
+        help="fit the centroids that split the curator into shards",
+        description="A sharded curator routes each sample to the shard of its nearest "
+        "centroid; each shard curates its samples against its own index.",
+    )
+    action = shards.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = action.add_parser(
+        "fit",
+        help="fit --shards centroids (k-means, --seed) on a bootstrap sample",
+        description="Fit --shards k-means centroids (seed --seed) on the L2-normalised image "
+        "embeddings of the first --n samples of FROM, write centroids-<version>.bin (version: "
+        "a hash of its content) under --dest, and print the reference to pass as --centroids.",
+    )
+    fit.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="a .jsonl/.parquet file (encoded unless it carries embeddings), or the topic "
+        "`scored` (embeddings as stored) or `raw` (encoded)",
+    )
+    fit.add_argument("--n", type=int, default=10000, help="samples to fit on (default: 10000)")
+    fit.add_argument(
+        "--dest", help="directory or s3://bucket/prefix (default: s3://<s3-bucket>/centroids)"
+    )
+    models = ("encoder", "clip_model", "mode", "device", "batch_size")
+    topics = ("topic_raw", "topic_scored")
+    add_settings_flags(fit, ("shards", "seed", *models, *IO_FLAGS, *topics))
+    fit.set_defaults(func=cmd_shards_fit)
 
 
 def add_tail_parser(sub: Any) -> None:
@@ -407,6 +443,16 @@ def cmd_curate(args: argparse.Namespace, settings: Settings) -> int:
     summary = curate_file(Path(args.input), Path(args.out), settings, progress=not args.quiet)
     print_summary(summary, time.monotonic() - started, out=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_shards_fit(args: argparse.Namespace, settings: Settings) -> int:
+    from infogrowth.commands.shards import fit_centroids, save
+
+    centroids = fit_centroids(args.source, args.n, settings)
+    ref = save(centroids, args.dest or f"s3://{settings.s3_bucket}/centroids", settings)
+    print(f"{centroids.shards} centroids fitted on {centroids.fitted_on} samples", file=sys.stderr)
+    print(f"--centroids {ref}")
     return 0
 
 

@@ -10,11 +10,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from infogrowth.commands.shards import settings_centroids
 from infogrowth.core.clean import CAPTION_SOURCE_LABEL, make_captioner
 from infogrowth.core.curate import Curator, ReadBytes, apply_evictions, rejected
 from infogrowth.core.encode import make_encoder
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.sample import make_policy
+from infogrowth.core.shards import ShardedCurator
 from infogrowth.io.files import RowWriter, count_rows, read_rows
 from infogrowth.io.store import ObjectStore, read_reference
 from infogrowth.records import REASON_BAD_INPUT, REASON_MISALIGNED, Outcome, Sample
@@ -52,8 +54,10 @@ def make_index(settings: Settings) -> GainIndex:
 
 
 def make_curator(settings: Settings, base_dir: Path | None = None) -> Curator:
+    """The run's curator: sharded when ``settings.centroids`` names a centroid file."""
+    centroids = settings_centroids(settings)
     encoder = make_encoder(settings)
-    return Curator(
+    curator = Curator(
         settings,
         encoder=encoder,
         captioner=make_captioner(settings, encoder),
@@ -61,6 +65,7 @@ def make_curator(settings: Settings, base_dir: Path | None = None) -> Curator:
         policy=make_policy(settings),
         read_bytes=make_reader(settings, base_dir),
     )
+    return curator if centroids is None else ShardedCurator(curator, centroids)
 
 
 def row_sample(row: dict[str, Any], seen: set[str]) -> Sample | Outcome:

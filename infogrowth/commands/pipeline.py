@@ -10,6 +10,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
+from infogrowth.commands.shards import shard_count
 from infogrowth.io.avro import MalformedMessage, decode_any
 from infogrowth.io.kafka_io import (
     UNLIMITED_RETENTION,
@@ -43,10 +44,13 @@ def ensure_pipeline_topics(settings: Settings) -> None:
     the single writer of the index and its order is the order of `scored` (see
     infogrowth/core/order.py). Both keep their records forever. `accepted` has
     ``accepted_partitions`` partitions keyed by id, so downstream readers can split it;
-    `runs` is compacted (one record per run, infogrowth/io/runs.py); the rest have one."""
+    `runs` is compacted (one record per run, infogrowth/io/runs.py); the rest have one.
+    A sharded curator (``centroids``) has one `scored` partition per shard instead."""
     bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
     ensure_topics(bootstrap, [settings.topic_raw], settings.raw_partitions, UNLIMITED_RETENTION)
-    ensure_topics(bootstrap, [settings.topic_scored], partitions=1, config=UNLIMITED_RETENTION)
+    shards = shard_count(settings)
+    ensure_topics(bootstrap, [settings.topic_scored], shards, config=UNLIMITED_RETENTION)
+    check_partitions(settings.kafka_bootstrap, settings.topic_scored, shards)
     set_topic_config(bootstrap, sources, UNLIMITED_RETENTION)  # also on topics made before
     retention = retention_config(settings)
     ensure_topics(bootstrap, [settings.topic_accepted], settings.accepted_partitions, retention)
@@ -54,6 +58,16 @@ def ensure_pipeline_topics(settings: Settings) -> None:
     done = (*sources, settings.topic_accepted, settings.topic_runs)
     others = [n for n in topic_names(settings) if n not in done]
     ensure_topics(bootstrap, others, partitions=1, config=retention)
+
+
+def check_partitions(bootstrap: str, topic: str, shards: int) -> None:
+    """A sample's shard is its `scored` partition: the counts must agree."""
+    found = len(end_offsets(bootstrap, topic))
+    if found != shards:
+        raise ValueError(
+            f"topic {topic} has {found} partitions but the curator has {shards} shard(s): "
+            "use a new topic (or app id) for another sharding"
+        )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -53,6 +53,8 @@ def run_values(settings: Settings) -> dict[str, Any]:
     """The recorded settings of a run, by name."""
     values = {name: getattr(settings, name) for name in RUN_SETTINGS}
     values["captioner_url"] = _without_userinfo(values["captioner_url"])
+    if settings.centroids:  # sharded: the (versioned) centroid file decides too
+        values["centroids"] = settings.centroids
     return values
 
 
