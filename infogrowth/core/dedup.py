@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from infogrowth.core.gain import Neighbour
 
@@ -29,7 +29,6 @@ GREY_SIDE = 32  # the image is reduced to 32×32 grey before the DCT (as pHash d
 CROP = 0.05  # share of each side cut off by the stored crop variants
 CROPS = 5  # full image + four corner crops
 VARIANTS = 2 * CROPS  # the same five of the mirror image
-HASH_BITS = (16, 36, 64)  # a square number of low DCT frequencies, at most 64 (one uint64)
 EXACT = 1e-6  # an embedding distance this small is the same image whatever the hashes say
 _DTYPE = np.dtype("<u8")
 
@@ -40,14 +39,18 @@ def _dct_matrix(n: int) -> np.ndarray:
     return np.cos(np.pi * (2 * i + 1) * k / (2 * n))
 
 
-def phash(image: Image.Image, bits: int) -> int:
-    """The DCT hash of one image: bit i is set when low frequency i is above their median."""
-    side = math.isqrt(bits)
-    grey = image.convert("L").resize((GREY_SIDE, GREY_SIDE), Image.Resampling.LANCZOS)
-    dct = _dct_matrix(GREY_SIDE)
-    low = (dct @ np.asarray(grey, dtype=np.float64) @ dct.T)[:side, :side].ravel()
+def low_frequencies(image: Image.Image, side: int) -> np.ndarray:
+    """The (side, side) lowest 2-D DCT-II coefficients of a grey image reduced to 32×32."""
+    small = image.resize((GREY_SIDE, GREY_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    dct = _dct_matrix(GREY_SIDE)[:side]
+    return dct @ np.asarray(small, dtype=np.float64) @ dct.T
+
+
+def hash_bits_of(low: np.ndarray) -> int:
+    """Bit i is set when low frequency i is above their median (pHash), as one uint64."""
+    values = low.ravel()
     flags = np.zeros(64, dtype=bool)
-    flags[:bits] = low > np.median(low)
+    flags[: values.size] = values > np.median(values)
     return int(np.packbits(flags, bitorder="little").view(_DTYPE)[0])
 
 
@@ -60,9 +63,13 @@ def _corner_crops(image: Image.Image) -> list[Image.Image]:
 
 def image_hashes(image: Image.Image, bits: int) -> bytes:
     """The ``VARIANTS`` hashes of an image, packed as little-endian uint64 (what
-    ``ScoredSample.image_hash`` carries)."""
-    views = _corner_crops(image) + _corner_crops(ImageOps.mirror(image))
-    return np.array([phash(v, bits) for v in views], dtype=_DTYPE).tobytes()
+    ``ScoredSample.image_hash`` carries): its five views, then their mirror images."""
+    side = math.isqrt(bits)
+    lows = [low_frequencies(view, side) for view in _corner_crops(image.convert("L"))]
+    # Mirroring a row of N pixels multiplies its DCT coefficient k by (-1)^k: no second pass.
+    mirror = (-1.0) ** np.arange(side)
+    views = lows + [low * mirror for low in lows]
+    return np.array([hash_bits_of(low) for low in views], dtype=_DTYPE).tobytes()
 
 
 def unpack_hashes(data: bytes) -> np.ndarray:
