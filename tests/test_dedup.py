@@ -21,6 +21,7 @@ from infogrowth.core.dedup import (
     image_hashes,
 )
 from infogrowth.core.gain import Neighbour
+from infogrowth.io.avro import AvroSerde
 from infogrowth.io.messages import scored_from_record, scored_record
 from infogrowth.records import REASON_DUPLICATE, Sample
 from infogrowth.settings import Settings
@@ -87,11 +88,14 @@ def test_without_hashes_the_embedding_decides_alone() -> None:
 
 
 def test_the_hash_travels_in_the_scored_record() -> None:
+    """A replay from the scored topic sees the hash the live run saw."""
     curator = make_curator(Settings(encoder="precomputed"))
     row = Sample("s", caption="c", image_embedding=[1.0, 0.0], text_embedding=[1.0, 0.0])
     (item,) = curator.score([row])
     item.encoded.image_hash = hashes(7, 8, 9)
-    assert scored_from_record(scored_record(item, 0)).encoded.image_hash == hashes(7, 8, 9)
+    serde = AvroSerde("ScoredSample")
+    record = serde.decode(serde.encode(scored_record(item, 0)))
+    assert scored_from_record(record).encoded.image_hash == hashes(7, 8, 9)
 
 
 # --- textiles: distinct fabrics that embeddings cannot tell apart -------------------------
