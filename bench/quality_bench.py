@@ -303,6 +303,14 @@ def _hashes(images: Sequence[Image.Image]) -> np.ndarray:
     return np.stack([unpack_hashes(image_hashes(im, bits)) for im in images])
 
 
+def _copy_bits(
+    originals: Sequence[Image.Image], stored: np.ndarray, transform: Callable[..., Image.Image]
+) -> np.ndarray:
+    """Hash distance (bits) of each original's copy to that original alone."""
+    copies = _hashes([transform(im).convert("RGB") for im in originals])
+    return np.array([variant_distances(q, stored[i : i + 1])[0] for i, q in enumerate(copies)])
+
+
 def hash_table(sets: dict[str, Sequence[Photo]], encoder: Encoder) -> Table:
     """The perceptual-hash distances (bits) behind table a: each copy to its own original,
     every later original to each earlier one, and those of them the embedding calls near."""
@@ -311,14 +319,7 @@ def hash_table(sets: dict[str, Sequence[Photo]], encoder: Encoder) -> Table:
         originals = [Image.open(it.path).convert("RGB") for it in items]
         base, emb = _hashes(originals), _embed(encoder, originals)
         stored = base[:, :CROPS]
-        copy_bits = np.concatenate(
-            [
-                [variant_distances(q, stored[i : i + 1])[0] for i, q in enumerate(copies)]
-                for copies in (
-                    _hashes([f(im).convert("RGB") for im in originals]) for f in TRANSFORMS.values()
-                )
-            ]
-        )
+        copy_bits = np.concatenate([_copy_bits(originals, stored, f) for f in TRANSFORMS.values()])
         later, earlier = np.tril_indices(len(base), -1)
         pairs = np.stack([variant_distances(q, stored) for q in base])[later, earlier]
         near = (1 - emb @ emb.T)[later, earlier] <= DEFAULTS.dup_distance
