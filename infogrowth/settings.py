@@ -47,7 +47,7 @@ class Settings:
     dup_distance: float = 0.15  # image cosine distance to a kept image at or below: duplicate
     dup_hash_bits: int = 64  # perceptual image hash size (16 | 36 | 64; 0: embeddings alone)
     dup_hash_distance: int = 8  # hash bits from a kept image at or below: duplicate
-    dup_hash_near: int = 12  # within dup_distance, hash bits at or below: duplicate
+    dup_hash_near: int = 8  # within dup_distance, hash bits at or below: duplicate
     # --- DataComp-style filters (infogrowth/core/filters.py); 0 / 1.0 switch one off -------------
     min_side: int = 8  # pixels: smaller images (tracking pixels, icons) are image_shape
     max_aspect: float = 3.0  # long / short side above it: image_shape

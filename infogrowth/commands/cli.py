@@ -39,8 +39,8 @@ SETTING_HELP = {
     "dup_distance": "image cosine distance to a kept image at or below which a sample is a "
     "duplicate, whatever its caption (0: exact copies only); with image hashes, only if the "
     "hashes are also within --dup-hash-near",
-    "dup_hash_bits": "perceptual image hash (DCT, flip- and 5%-crop-tolerant) of 16, 36 or 64 "
-    "bits, computed where the image is decoded (0: embedding distance alone)",
+    "dup_hash_bits": "perceptual image hash (DCT; tolerates flips and small corner crops) of "
+    "16, 36 or 64 bits, computed where the image is decoded (0: embedding distance alone)",
     "dup_hash_distance": "hash bits from a kept image at or below which a sample is a "
     "duplicate, whatever the embeddings say",
     "dup_hash_near": "hash bits at or below which an image within --dup-distance is a duplicate",
