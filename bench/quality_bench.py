@@ -12,7 +12,7 @@ c. label-noise detection (kNN label vote) on sklearn digits and the textiles, 20
 d. data efficiency on digits with injected near-duplicates and 20% label noise: logistic
    regression trained on the curated 50% (budget policy) vs a random 50% vs the full stream.
 
-    .venv/bin/python bench/quality_bench.py                  # ~5 min on two CPU cores
+    .venv/bin/python bench/quality_bench.py                  # ~7 min on two CPU cores
     .venv/bin/python bench/quality_bench.py --textiles-per-class 50 --seeds 2
 """
 
@@ -608,7 +608,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", type=int, default=5, help="seeds of the efficiency table (5)")
     p.add_argument(
-        "--duplicates-only", action="store_true", help="only tables a, a′ and a″ (~1 min)"
+        "--duplicates-only", action="store_true", help="only tables a, a′ and a″ (duplicates)"
     )
     return p.parse_args(argv)
 
