@@ -146,3 +146,22 @@ def test_curate_keeps_distinct_textiles_and_rejects_copies_naming_their_original
     assert copies["jpeg"].reason == REASON_DUPLICATE
     assert copies["jpeg"].neighbour == paths[7].stem
     assert copies["jpeg"].neighbour_distance is not None
+
+
+def test_only_kept_images_are_duplicate_candidates() -> None:
+    """A rejected image's hash is not stored: a copy of it is judged on its own merits."""
+    curator = make_curator(Settings(encoder="precomputed", policy="budget", budget=1))
+    axes = np.eye(4).tolist()
+    rows = [
+        Sample(n, caption="c", image_embedding=v, text_embedding=v)
+        for n, v in zip(("kept", "over", "copy-of-over", "copy-of-kept"), axes, strict=True)
+    ]
+    items = curator.score(rows)
+    for item, value in zip(items, (0, 0xFFFF_FFFF, 0xFFFF_FFFF, 1), strict=True):
+        item.encoded.image_hash = hashes(value)
+    out = {o.id: o for o in curator.select(items)}
+    assert out["kept"].decision == "accepted" and out["over"].reason == "over_budget"
+    assert out["copy-of-over"].reason == "over_budget"
+    assert out["copy-of-kept"].reason == REASON_DUPLICATE
+    assert out["copy-of-kept"].neighbour == "kept"
+    assert curator.hashes.ids == ["kept"]
