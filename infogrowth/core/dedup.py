@@ -93,34 +93,41 @@ class HashStore:
 
     def __init__(self) -> None:
         self._ids: list[str] = []
-        self._known: set[str] = set()
-        self._rows = np.zeros((0, CROPS), dtype=_DTYPE)
+        self._position: dict[str, int] = {}
+        self._buffer = np.zeros((64, CROPS), dtype=_DTYPE)  # rows past len(self) are spare
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, sample_id: object) -> bool:
-        return sample_id in self._known
+        return sample_id in self._position
 
     @property
     def ids(self) -> list[str]:
         return list(self._ids)
 
+    @property
+    def _rows(self) -> np.ndarray:
+        return self._buffer[: len(self._ids)]
+
     def add(self, sample_id: str, hashes: bytes) -> None:
-        if sample_id in self._known:
+        if sample_id in self._position:
             return  # a redelivered sample is kept once
         row = unpack_hashes(hashes)[:CROPS]
+        if len(self._ids) == len(self._buffer):  # amortised growth: no copy per sample
+            self._buffer = np.concatenate([self._buffer, np.zeros_like(self._buffer)])
+        self._buffer[len(self._ids)] = row
+        self._position[sample_id] = len(self._ids)
         self._ids.append(sample_id)
-        self._known.add(sample_id)
-        self._rows = np.concatenate([self._rows, row[None, :]])
 
     def remove(self, ids: Iterable[str]) -> None:
-        gone = set(ids)
+        gone = {sample_id for sample_id in ids if sample_id in self._position}
+        if not gone:
+            return
         keep = [i for i, sample_id in enumerate(self._ids) if sample_id not in gone]
-        if len(keep) < len(self._ids):
-            self._rows = self._rows[keep]
-            self._ids = [self._ids[i] for i in keep]
-            self._known -= gone
+        self._buffer = self._buffer[keep + list(range(len(self._ids), len(self._buffer)))]
+        self._ids = [self._ids[i] for i in keep]
+        self._position = {sample_id: i for i, sample_id in enumerate(self._ids)}
 
     def nearest(self, hashes: bytes) -> HashMatch | None:
         """The kept image whose hashes are closest to ``hashes`` (None when empty)."""
@@ -132,9 +139,10 @@ class HashStore:
 
     def distance(self, sample_id: str, hashes: bytes) -> int | None:
         """Hamming distance to one kept image; None when it has no hash here."""
-        if sample_id not in self._known:
+        position = self._position.get(sample_id)
+        if position is None:
             return None
-        row = self._rows[self._ids.index(sample_id)][None, :]
+        row = self._buffer[position : position + 1]
         return int(variant_distances(unpack_hashes(hashes), row)[0])
 
 
