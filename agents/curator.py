@@ -78,6 +78,7 @@ class CuratorState:
             latest = snapshot.read(self.store, self.snapshots) if self.store else None
             self.restored = state_codec.restore(entries, curator.index, curator.policy, latest)
             curator.index = self.restored.index
+            curator.hashes = self.restored.hashes
             log.info("curator state: %d indexed from a snapshot", self.restored.from_snapshot)
             for key, entry in entries.items():  # the index holds the vectors now
                 self.light[key] = state_codec.light(entry)
@@ -250,7 +251,10 @@ async def _finish(
             vectors = {"image": it.encoded.image_emb}
             if it.encoded.text_emb is not None and "text" in durable.curator.index.modalities:
                 vectors["text"] = it.encoded.text_emb
-            durable.put(key, state_codec.indexed(seq, vectors, it.sample.label, outcome.gain))
+            entry = state_codec.indexed(
+                seq, vectors, it.sample.label, outcome.gain, it.encoded.image_hash
+            )
+            durable.put(key, entry)
         st.finished.add(key)
         await _emit(ctx, outcome, it, source)
         for evicted in outcome.evicted:

@@ -4,10 +4,11 @@ Entries (dicts in memory; on the changelog ``encode``: a JSON header, then the b
 payload, vectors as packed float32):
   queued   — in the ordered gate (``record`` = the ScoredSample bytes, or None while it
              waits for its recaption);
-  indexed  — entered the gain index (its vectors, label and gain: enough to rebuild the index
-             and the policy in the original order). Samples the budget policy evicted later
-             stay ``indexed``: the rebuild inserts them and removes them again at the same
-             point, so the graph is the very one of the uninterrupted run;
+  indexed  — entered the gain index (its vectors, label, gain and image hash: enough to
+             rebuild the index, the hash store and the policy in the original order).
+             Samples the budget policy evicted later stay ``indexed``: the rebuild inserts
+             them and removes them again at the same point, so the graph is the very one of
+             the uninterrupted run;
   rejected — finished without entering the index (misaligned, duplicate, or rejected by the
              policy, except under ``--policy all`` where every selected sample is indexed).
 ``seq`` is the arrival number, so a restart rebuilds everything in the original order.
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from infogrowth.core.dedup import HashStore
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.order import OrderedGate
 from infogrowth.core.sample import Policy
@@ -37,9 +39,16 @@ def queued(seq: int, record: bytes | None) -> Entry:
 
 
 def indexed(
-    seq: int, vectors: dict[str, np.ndarray], label: str | None, gain: float | None
+    seq: int,
+    vectors: dict[str, np.ndarray],
+    label: str | None,
+    gain: float | None,
+    image_hash: bytes | None = None,
 ) -> Entry:
-    return {"state": "indexed", "seq": seq, "label": label, "gain": gain, "vectors": vectors}
+    entry = {"state": "indexed", "seq": seq, "label": label, "gain": gain, "vectors": vectors}
+    if image_hash is not None:  # hex in the JSON header; entries without one stay as before
+        entry["hash"] = image_hash.hex()
+    return entry
 
 
 def rejected(seq: int) -> Entry:
@@ -93,6 +102,7 @@ class Restored:
     next_seq: int = 0
     released: list[tuple[str, bytes]] = field(default_factory=list)  # ready at restore time
     from_snapshot: int = 0  # indexed samples taken from a snapshot instead of re-inserted
+    hashes: HashStore = field(default_factory=HashStore)  # of the indexed samples, evictions done
 
 
 def restore(
@@ -120,6 +130,7 @@ def restore(
         vectors = {m: np.stack([e["vectors"][m] for _, e in tail]) for m in index.modalities}
         labels = [e["label"] for _, e in tail]
         state.index.insert_stored([k for k, _ in tail], vectors, labels, removals=removals)
+    state.hashes = restore_hashes(done, removals)
     for key, entry in parsed:
         if entry["state"] == "queued":
             state.released += state.gate.push(key, entry["record"])
@@ -127,6 +138,17 @@ def restore(
             state.finished.add(key)
     state.next_seq = parsed[-1][1]["seq"] + 1 if parsed else 0
     return state
+
+
+def restore_hashes(done: list[tuple[str, Entry]], removals: dict[str, list[str]]) -> HashStore:
+    """The hash store of the indexed samples, rebuilt in arrival order with the evictions at
+    the same points (snapshots hold the gain index only; the hashes are small)."""
+    hashes = HashStore()
+    for key, entry in done:
+        if entry.get("hash") is not None:
+            hashes.add(key, bytes.fromhex(entry["hash"]))
+        hashes.remove(removals.get(key, ()))
+    return hashes
 
 
 def covers(snapshot: GainIndex, done: list[tuple[str, Entry]], index: GainIndex) -> bool:

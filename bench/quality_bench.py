@@ -12,7 +12,7 @@ c. label-noise detection (kNN label vote) on sklearn digits and the textiles, 20
 d. data efficiency on digits with injected near-duplicates and 20% label noise: logistic
    regression trained on the curated 50% (budget policy) vs a random 50% vs the full stream.
 
-    .venv/bin/python bench/quality_bench.py                  # ~5 min on two CPU cores
+    .venv/bin/python bench/quality_bench.py                  # ~7 min on two CPU cores
     .venv/bin/python bench/quality_bench.py --textiles-per-class 50 --seeds 2
 """
 
@@ -34,6 +34,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from infogrowth.commands.offline import curate_outcomes, make_index, make_reader
 from infogrowth.core.clean import make_captioner
 from infogrowth.core.curate import Curator
+from infogrowth.core.dedup import CROPS, image_hashes, unpack_hashes, variant_distances
 from infogrowth.core.encode import Encoder, ImageFeatures, PackagedEncoder
 from infogrowth.core.sample import make_policy
 from infogrowth.records import REASON_DUPLICATE, Outcome
@@ -249,7 +250,11 @@ def duplicate_table(sets: dict[str, Sequence[Photo]], encoder: Encoder) -> Table
                 counts = duplicate_run(items, transform, encoder, Path(tmp) / set_name)
                 rows.append([set_name, str(len(items)), transform] + counts.row())
     return Table(
-        title=f"a. Duplicate detection (packaged encoder, dup_distance={DEFAULTS.dup_distance})",
+        title=(
+            f"a. Duplicate detection (packaged encoder, dup_distance={DEFAULTS.dup_distance}, "
+            f"dup_hash_bits={DEFAULTS.dup_hash_bits}, dup_hash_distance="
+            f"{DEFAULTS.dup_hash_distance}, dup_hash_near={DEFAULTS.dup_hash_near})"
+        ),
         target=f"precision ≥ {DUP_TARGET} and recall ≥ {DUP_TARGET} per transform",
         columns=["images", "originals", "copy", "copies flagged", "… against their own original"]
         + ["distinct images flagged"]
@@ -289,6 +294,56 @@ def distance_table(sets: dict[str, Sequence[Photo]], encoder: Encoder) -> Table:
         ),
         columns=["images", "copy → original: max", "median", "distinct pairs: min"]
         + ["1st percentile", "median", "met"],
+        rows=rows,
+    )
+
+
+def _hashes(images: Sequence[Image.Image]) -> np.ndarray:
+    bits = DEFAULTS.dup_hash_bits
+    return np.stack([unpack_hashes(image_hashes(im, bits)) for im in images])
+
+
+def _copy_bits(
+    originals: Sequence[Image.Image], stored: np.ndarray, transform: Callable[..., Image.Image]
+) -> np.ndarray:
+    """Hash distance (bits) of each original's copy to that original alone."""
+    copies = _hashes([transform(im).convert("RGB") for im in originals])
+    return np.array([variant_distances(q, stored[i : i + 1])[0] for i, q in enumerate(copies)])
+
+
+def hash_table(sets: dict[str, Sequence[Photo]], encoder: Encoder) -> Table:
+    """The perceptual-hash distances (bits) behind table a: each copy to its own original,
+    every later original to each earlier one, and those of them the embedding calls near."""
+    rows = []
+    for set_name, items in sets.items():
+        originals = [Image.open(it.path).convert("RGB") for it in items]
+        base, emb = _hashes(originals), _embed(encoder, originals)
+        stored = base[:, :CROPS]
+        copy_bits = np.concatenate([_copy_bits(originals, stored, f) for f in TRANSFORMS.values()])
+        later, earlier = np.tril_indices(len(base), -1)
+        pairs = np.stack([variant_distances(q, stored) for q in base])[later, earlier]
+        near = (1 - emb @ emb.T)[later, earlier] <= DEFAULTS.dup_distance
+        near_min = f"{pairs[near].min()} ({int(near.sum())} pairs)" if near.any() else "-"
+        ok = copy_bits.max() <= DEFAULTS.dup_hash_distance < pairs.min()
+        ok = ok and (not near.any() or DEFAULTS.dup_hash_near < pairs[near].min())
+        rows.append(
+            [set_name, str(copy_bits.max()), f"{np.percentile(copy_bits, 99):.0f}"]
+            + [str(pairs.min()), f"{np.percentile(pairs, 1):.0f}", f"{np.median(pairs):.0f}"]
+            + [near_min, met(bool(ok))]
+        )
+    bits, limit, near_limit = (
+        DEFAULTS.dup_hash_bits,
+        DEFAULTS.dup_hash_distance,
+        DEFAULTS.dup_hash_near,
+    )
+    return Table(
+        title=f"a″. Perceptual-hash distances behind table a (bits of {bits}, flip/crop variants)",
+        target=(
+            f"every copy ≤ dup_hash_distance={limit} < every distinct pair, and "
+            f"dup_hash_near={near_limit} < every distinct pair within dup_distance"
+        ),
+        columns=["images", "copy → original: max", "99th percentile", "distinct pairs: min"]
+        + ["1st percentile", "median", "distinct within dup_distance: min", "met"],
         rows=rows,
     )
 
@@ -552,6 +607,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--textiles-per-class", type=int, default=200, help="textiles per class (default 200)"
     )
     p.add_argument("--seeds", type=int, default=5, help="seeds of the efficiency table (5)")
+    p.add_argument(
+        "--duplicates-only", action="store_true", help="only tables a, a′ and a″ (duplicates)"
+    )
     return p.parse_args(argv)
 
 
@@ -561,9 +619,12 @@ def main(argv: list[str] | None = None) -> None:
     encoder = CachedEncoder(PackagedEncoder("cpu", batch_size=DEFAULTS.batch_size))
     photos, textiles = demo_photos(), textile_images(args.textiles_per_class)
     print(f"{len(photos)} photos, {len(textiles)} textiles ({args.textiles_per_class} per class)")
+    sets = {"photos": photos, "textiles": textiles}
+    for make in (duplicate_table, distance_table, hash_table):
+        print("\n" + make(sets, encoder).render(), flush=True)
+    if args.duplicates_only:
+        return
     tables = [
-        duplicate_table({"photos": photos, "textiles": textiles}, encoder),
-        distance_table({"photos": photos, "textiles": textiles}, encoder),
         caption_table(photos, encoder),
         label_table(
             {"digits": digits_label_run(), "textiles": textile_label_run(textiles, encoder)}

@@ -60,7 +60,7 @@ class Outcome:
     label_confidence: float | None = None  # single-modal: P(given label | d) or kNN vote share
     original_label: str | None = None  # single-modal: the given label when relabelled
     neighbour: str | None = None  # duplicate/redundant: the kept sample that made it so
-    neighbour_distance: float | None = None  # its cosine distance (1 − cos)
+    neighbour_distance: float | None = None  # 1 − cos; image-hash duplicate: bits / hash bits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,6 +45,9 @@ class Settings:
     tau: float = 0.05  # gain threshold of the threshold policy
     budget: int = 1000  # samples kept by the budget policy
     dup_distance: float = 0.15  # image cosine distance to a kept image at or below: duplicate
+    dup_hash_bits: int = 64  # perceptual image hash size (16 | 36 | 64; 0: embeddings alone)
+    dup_hash_distance: int = 8  # hash bits from a kept image at or below: duplicate
+    dup_hash_near: int = 8  # within dup_distance, hash bits at or below: duplicate
     # --- DataComp-style filters (infogrowth/core/filters.py); 0 / 1.0 switch one off -------------
     min_side: int = 8  # pixels: smaller images (tracking pixels, icons) are image_shape
     max_aspect: float = 3.0  # long / short side above it: image_shape
@@ -214,6 +217,9 @@ def _roles(value: str) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "delta": _between(0, 1),
     "dup_distance": _between(0, 2),
+    "dup_hash_bits": lambda v: None if v in (0, 16, 36, 64) else "must be 0 (off), 16, 36 or 64",
+    "dup_hash_distance": _between(0, 64),
+    "dup_hash_near": _between(0, 64),
     "min_side": _at_least(0),
     "max_aspect": lambda v: None if v == 0 or v >= 1 else "must be 0 (off) or >= 1",
     "min_words": _at_least(0),

@@ -54,6 +54,7 @@ SCORED: dict[str, Any] = {
     "original_alignment": 0.05,
     "caption_source": "recaptioned",
     "original_label": None,
+    "image_hash": None,
 }
 RECORDS: dict[str, dict[str, Any]] = {
     "RawSample": RAW,

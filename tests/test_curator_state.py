@@ -27,6 +27,7 @@ def items(n: int, seed: int) -> list[Scored]:
         text = image + 0.3 * rng.normal(size=16)
         image, text = (v / np.linalg.norm(v) for v in (image, text))
         encoded = Encoded(image.astype(np.float32), text.astype(np.float32), 0.9, None)
+        encoded.image_hash = rng.integers(0, 2**63, size=10, dtype="<u8").tobytes()
         out.append(Scored(Sample(f"s{seed}-{i}", caption="c"), encoded))
     return out
 
@@ -42,7 +43,9 @@ def test_restore_rebuilds_the_index_of_the_uninterrupted_run(policy: str) -> Non
         for it, outcome in zip(part, live.select(part), strict=True):
             if live.indexes(outcome):
                 vectors = {"image": it.encoded.image_emb, "text": it.encoded.text_emb}
-                table[it.sample.id] = state_codec.indexed(seq, vectors, None, outcome.gain)
+                table[it.sample.id] = state_codec.indexed(
+                    seq, vectors, None, outcome.gain, it.encoded.image_hash
+                )
             else:
                 table[it.sample.id] = state_codec.rejected(seq)
             seq += 1
@@ -51,8 +54,10 @@ def test_restore_rebuilds_the_index_of_the_uninterrupted_run(policy: str) -> Non
     changelog = {key: state_codec.encode(entry) for key, entry in table.items()}
     recovered = {key: state_codec.decode(value) for key, value in changelog.items()}
     restored = state_codec.restore(recovered, restarted.index, restarted.policy)
-    restarted.index = restored.index
+    restarted.index, restarted.hashes = restored.index, restored.hashes
     assert restored.index.ids == live.index.ids and restored.index.live == live.index.live
+    # the image hashes of the kept samples, evictions included, as in the live curator
+    assert restored.hashes.ids == live.hashes.ids and 0 < len(live.hashes) <= live.index.live
     if policy != "all":
         assert len(live.index) < 100  # rejected samples were left out
     if policy == "budget":

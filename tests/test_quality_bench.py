@@ -83,6 +83,14 @@ def test_distance_table_separates_copies_from_distinct_photos(qb) -> None:  # no
     assert row[-1] == ("yes" if copy_max <= 0.15 < distinct_min else "**no**")
 
 
+def test_hash_table_puts_every_copy_below_the_hash_limit(qb) -> None:  # noqa: ANN001
+    photos = qb.demo_photos()[:4]
+    [row] = qb.hash_table({"photos": photos}, qb.CachedEncoder(ThumbnailEncoder())).rows
+    copy_max, copy_p99, distinct_min = int(row[1]), int(row[2]), int(row[3])
+    assert copy_p99 <= copy_max <= qb.DEFAULTS.dup_hash_distance < distinct_min
+    assert distinct_min <= int(row[4]) <= int(row[5])
+
+
 def test_cached_encoder_encodes_each_distinct_image_once(qb) -> None:  # noqa: ANN001
     inner = ThumbnailEncoder()
     cached = qb.CachedEncoder(inner)

@@ -37,7 +37,13 @@ SETTING_HELP = {
     "tau": "gain threshold of the threshold policy",
     "budget": "number of samples kept by the budget policy",
     "dup_distance": "image cosine distance to a kept image at or below which a sample is a "
-    "duplicate, whatever its caption (0: exact copies only)",
+    "duplicate, whatever its caption (0: exact copies only); with image hashes, only if the "
+    "hashes are also within --dup-hash-near",
+    "dup_hash_bits": "perceptual image hash (DCT; tolerates flips and small corner crops) of "
+    "16, 36 or 64 bits, computed where the image is decoded (0: embedding distance alone)",
+    "dup_hash_distance": "hash bits from a kept image at or below which a sample is a "
+    "duplicate, whatever the embeddings say",
+    "dup_hash_near": "hash bits at or below which an image within --dup-distance is a duplicate",
     "min_side": "images with a side below this many pixels are rejected (image_shape; 0: off)",
     "max_aspect": "images with long/short side above this are rejected (image_shape; 0: off)",
     "min_words": "captions with fewer words are rejected (caption_length; 0: off)",
@@ -149,7 +155,8 @@ CURATE_FLAGS = (
     "label_action", "label_model",
     "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket",
     "dup_distance", "min_side", "max_aspect", "min_words", "max_words", "max_caption_repeats",
-    "alignment_top", "shards", "centroids",
+    "alignment_top", "dup_hash_bits", "dup_hash_distance", "dup_hash_near",
+    "shards", "centroids",
 )  # fmt: skip
 
 

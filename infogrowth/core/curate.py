@@ -25,6 +25,7 @@ from infogrowth.core.clean import (
     knn_vote,
     needs_recaption,
 )
+from infogrowth.core.dedup import Duplicate, DuplicateRule, HashStore, find_duplicate
 from infogrowth.core.encode import Encoded, Encoder, WrongEncoder, encode_batch
 from infogrowth.core.filters import (
     REASON_LOW_ALIGNMENT,
@@ -107,6 +108,13 @@ class Curator:
             else None
         )
         self.user_labels: dict[str, str] = {}  # labels seen so far: casefolded → as given
+        self.hashes = HashStore()  # perceptual hashes of the indexed images (dedup.py)
+        self.duplicate_rule = DuplicateRule(
+            settings.dup_distance,
+            settings.dup_hash_bits,
+            settings.dup_hash_distance,
+            settings.dup_hash_near,
+        )
 
     # --- step 0: cheap filters, before the encoder (new samples only) ----------------------
     def score_new(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
@@ -143,7 +151,11 @@ class Curator:
         if single:
             samples = [_single_modal_input(s) for s in samples]
         results = encode_batch(
-            self.encoder, list(samples), self.read_bytes, expected_dims=self.embedding_dims
+            self.encoder,
+            list(samples),
+            self.read_bytes,
+            expected_dims=self.embedding_dims,
+            hash_bits=self.settings.dup_hash_bits,
         )
         results = self._check_run_dims(samples, results)
         out: list[Scored | Outcome] = []
@@ -321,7 +333,12 @@ class Curator:
         ) -> Verdict:
             outcome = self._decide(items[row], gain, nearest, neighbour_labels)
             outcomes.append(outcome)
-            return Verdict(insert=self.indexes(outcome), remove=outcome.evicted)
+            insert = self.indexes(outcome)
+            self.hashes.remove(outcome.evicted)
+            image_hash = items[row].encoded.image_hash
+            if insert and image_hash is not None:
+                self.hashes.add(outcome.id, image_hash)
+            return Verdict(insert=insert, remove=outcome.evicted)
 
         batch = self.index.gain_and_add(
             [it.sample.id for it in items],
@@ -347,8 +364,8 @@ class Curator:
         neighbour_labels: list[str | None],
     ) -> Outcome:
         single = self.settings.mode == "single"
-        image = nearest["image"]
-        if single and item.label_confidence is None and not _is_duplicate(image, self.settings):
+        duplicate = self.duplicate_of(item, nearest["image"])
+        if single and item.label_confidence is None and duplicate is None:
             # No classifier judged the label: the kNN vote does. On a copy: the index (and
             # the curator's durable state) keep the given label.
             verdict = knn_vote(item.sample.label, neighbour_labels)
@@ -371,11 +388,8 @@ class Curator:
         if single:
             outcome.label_confidence = item.label_confidence
             outcome.original_label = item.original_label
-        if _is_duplicate(image, self.settings):
-            assert image is not None
-            limit = self.settings.dup_distance
-            detail = f"image {image.distance:.4f} from {image.id} <= dup_distance={limit}"
-            return _reject(outcome, REASON_DUPLICATE, detail, image)
+        if duplicate is not None:
+            return _reject(outcome, REASON_DUPLICATE, duplicate.detail, duplicate.neighbour)
         decision = self.policy.decide(item.sample.id, gain)
         if decision.accepted:
             outcome.evicted = list(decision.evicted)
@@ -383,6 +397,17 @@ class Curator:
         closest = min((n for n in nearest.values() if n), key=lambda n: n.distance, default=None)
         blame = closest if decision.reason == REASON_REDUNDANT else None
         return _reject(outcome, decision.reason, _gain_detail(gain, self.settings), blame)
+
+    def duplicate_of(self, item: Scored, nearest_image: Neighbour | None) -> Duplicate | None:
+        """The kept image ``item`` copies, by embedding distance and perceptual hash."""
+        image_hash = item.encoded.image_hash
+        if image_hash is None:
+            return find_duplicate(self.duplicate_rule, nearest_image, None, None)
+        pair_bits = None
+        if nearest_image is not None:
+            pair_bits = self.hashes.distance(nearest_image.id, image_hash)
+        match = self.hashes.nearest(image_hash)
+        return find_duplicate(self.duplicate_rule, nearest_image, match, pair_bits)
 
     # --- everything, for offline use ----------------------------------------------------
     def curate_batch(self, samples: Sequence[Sample]) -> list[Outcome]:
@@ -397,10 +422,6 @@ class Curator:
         staged: list[Scored | Outcome] = [fixed.get(id(s), s) for s in scored]
         selected = iter(self.select([s for s in staged if isinstance(s, Scored)]))
         return [(next(selected), s) if isinstance(s, Scored) else (s, None) for s in staged]
-
-
-def _is_duplicate(image: Neighbour | None, settings: Settings) -> bool:
-    return image is not None and image.distance <= settings.dup_distance
 
 
 def still_misaligned(item: Scored, delta: float) -> Outcome:

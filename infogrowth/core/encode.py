@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from infogrowth.core.dedup import image_hashes
 from infogrowth.core.labels import IMAGENET_CLASSES
 from infogrowth.records import BadInput, Sample, StoreUnavailable
 from infogrowth.settings import Settings
@@ -498,6 +499,7 @@ class Encoded:
     top_label: str | None = None  # the classifier's best class, when the encoder has one
     probs: np.ndarray | None = field(default=None, repr=False)  # (C,)
     anchor: np.ndarray | None = field(default=None, repr=False)  # (d_text,)
+    image_hash: bytes | None = field(default=None, repr=False)  # dedup.image_hashes; None: none
 
 
 def encode_batch(
@@ -507,6 +509,7 @@ def encode_batch(
     *,
     require_caption: bool = True,
     expected_dims: tuple[int, int] | None = None,
+    hash_bits: int = 0,
 ) -> list[Encoded | BadInput]:
     """One ``Encoded`` or ``BadInput`` per sample, in order.
 
@@ -516,6 +519,7 @@ def encode_batch(
     ``expected_dims`` = (image, text) sizes that precomputed embeddings must have; by default
     those of an explicitly chosen ``encoder``, else those of the first valid precomputed
     sample. A precomputed row that does not fit an explicit encoder is a ``WrongEncoder``.
+    ``hash_bits``: the size of the perceptual hashes of each decoded image (0: none).
     """
     fixed_by = encoder if encoder is not None and encoder.explicit else None
     if fixed_by is not None and fixed_by.image_dim is not None:
@@ -539,7 +543,9 @@ def encode_batch(
             results[i] = exc
     if todo:
         assert encoder is not None
-        for i, res in zip([t[0] for t in todo], _encode_isolated(encoder, todo), strict=True):
+        for (i, image, _), res in zip(todo, _encode_isolated(encoder, todo), strict=True):
+            if hash_bits and isinstance(res, Encoded):
+                res.image_hash = image_hashes(image, hash_bits)
             results[i] = res
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]

@@ -67,6 +67,7 @@ def scored_record(
         "original_alignment": item.original_alignment,
         "caption_source": item.caption_source,
         "original_label": item.original_label,
+        "image_hash": e.image_hash,
     }
 
 
@@ -83,6 +84,7 @@ def scored_from_record(rec: dict[str, Any]) -> Scored:
         text_emb=unpack(rec.get("text_embedding")),
         alignment=rec.get("alignment"),
         top_label=rec.get("top_label"),
+        image_hash=rec.get("image_hash"),
     )
     recaptioned = rec.get("attempt", 0) > 0 and rec.get("original_caption") is not None
     source = rec.get("caption_source") or ("recaptioned" if recaptioned else "original")

@@ -33,6 +33,7 @@ RUN_SETTINGS = (
     "mode", "encoder", "clip_model", "captioner", "captioner_model", "captioner_url",
     "delta", "k", "gain_mean", "hnsw_m", "hnsw_ef_construction", "hnsw_ef",
     "policy", "tau", "budget", "dup_distance",
+    "dup_hash_bits", "dup_hash_distance", "dup_hash_near",
     "min_side", "max_aspect", "min_words", "max_words", "max_caption_repeats", "alignment_top",
     "label_confidence", "label_action", "label_model", "seed",
 )  # fmt: skip
