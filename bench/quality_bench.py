@@ -176,10 +176,17 @@ def _crop_5(img: Image.Image) -> Image.Image:
     return img.crop((round(w * 0.05), round(h * 0.05), w, h))  # 5% off the top and left
 
 
+def _crop_centre_5(img: Image.Image) -> Image.Image:
+    """The demo's crop: 2.5% off every side, resized back (a 5% zoom)."""
+    w, h = img.size
+    return img.crop((w // 40, h // 40, w - w // 40, h - h // 40)).resize((w, h))
+
+
 TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "JPEG quality 70": _jpeg_q70,
     "resize to 90%": _resize_90,
     "crop 5% (top-left)": _crop_5,
+    "crop 5% (centre, resized)": _crop_centre_5,
     "brightness +10%": lambda img: ImageEnhance.Brightness(img).enhance(1.1),
     "horizontal flip": ImageOps.mirror,
 }

@@ -6,11 +6,12 @@ separates them. A perceptual hash of the pixels does: the DCT hash (pHash) keeps
 the lowest 2-D DCT frequencies of a 32×32 grey image against their median, so re-encoding,
 resizing and brightness barely move it, while two different textures differ in ~half of it.
 
-Each image carries ``VARIANTS`` hashes: itself and the four crops without ``CROP`` of two
-sides (one per corner), then the same five of its mirror image. A kept image stores its first
-five; a newcomer matches a kept one when its own (or mirrored) hash is near any stored
-variant, or one of its (mirrored) crops is near the stored full hash, so a flipped copy or a
-copy cropped by up to ~5% from one corner matches whichever of the two arrives first.
+Each image carries ``VARIANTS`` hashes: itself, the four crops without ``CROP`` of two
+sides (one per corner) and the centre crop without ``CROP``/2 of every side, then the same
+six of its mirror image. A kept image stores its first six; a newcomer matches a kept one
+when its own (or mirrored) hash is near any stored variant, or one of its (mirrored) crops
+is near the stored full hash, so a flipped copy or a copy cropped by up to ~5% from one
+corner or around the centre matches whichever of the two arrives first.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from infogrowth.core.gain import Neighbour
 
 GREY_SIDE = 32  # the image is reduced to 32×32 grey before the DCT (as pHash does)
 CROP = 0.05  # share of each side cut off by the stored crop variants
-CROPS = 5  # full image + four corner crops
-VARIANTS = 2 * CROPS  # the same five of the mirror image
+CROPS = 6  # full image + four corner crops + a centre crop
+VARIANTS = 2 * CROPS  # the same six of the mirror image
 EXACT = 1e-6  # an embedding distance this small is the same image whatever the hashes say
 _DTYPE = np.dtype("<u8")
 
@@ -54,18 +55,19 @@ def hash_bits_of(low: np.ndarray) -> int:
     return int(np.packbits(flags, bitorder="little").view(_DTYPE)[0])
 
 
-def _corner_crops(image: Image.Image) -> list[Image.Image]:
+def _crops(image: Image.Image) -> list[Image.Image]:
     w, h = image.size
     dx, dy = round(w * CROP), round(h * CROP)
     boxes = [(dx, dy, w, h), (0, dy, w - dx, h), (dx, 0, w, h - dy), (0, 0, w - dx, h - dy)]
+    boxes.append((dx // 2, dy // 2, w - dx // 2, h - dy // 2))  # CROP shared by both sides
     return [image, *(image.crop(box) for box in boxes)]
 
 
 def image_hashes(image: Image.Image, bits: int) -> bytes:
     """The ``VARIANTS`` hashes of an image, packed as little-endian uint64 (what
-    ``ScoredSample.image_hash`` carries): its five views, then their mirror images."""
+    ``ScoredSample.image_hash`` carries): its ``CROPS`` views, then their mirror images."""
     side = math.isqrt(bits)
-    lows = [low_frequencies(view, side) for view in _corner_crops(image.convert("L"))]
+    lows = [low_frequencies(view, side) for view in _crops(image.convert("L"))]
     # Mirroring a row of N pixels multiplies its DCT coefficient k by (-1)^k: no second pass.
     mirror = (-1.0) ** np.arange(side)
     views = lows + [low * mirror for low in lows]
