@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from infogrowth.core.dedup import HashStore
+from infogrowth.core.dedup import HashStore, usable_hashes
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.order import OrderedGate
 from infogrowth.core.sample import Policy
@@ -145,8 +145,9 @@ def restore_hashes(done: list[tuple[str, Entry]], removals: dict[str, list[str]]
     the same points (snapshots hold the gain index only; the hashes are small)."""
     hashes = HashStore()
     for key, entry in done:
-        if entry.get("hash") is not None:
-            hashes.add(key, bytes.fromhex(entry["hash"]))
+        stored = usable_hashes(bytes.fromhex(entry["hash"])) if entry.get("hash") else None
+        if stored is not None:
+            hashes.add(key, stored)
         hashes.remove(removals.get(key, ()))
     return hashes
 

@@ -12,6 +12,7 @@ from agents import curator_state as state_codec
 from agents import snapshot
 from infogrowth.commands.offline import make_curator
 from infogrowth.core.curate import Curator, Scored
+from infogrowth.core.dedup import VARIANTS
 from infogrowth.core.encode import Encoded
 from infogrowth.core.gain import GainIndex
 from infogrowth.records import Sample
@@ -27,7 +28,7 @@ def items(n: int, seed: int) -> list[Scored]:
         text = image + 0.3 * rng.normal(size=16)
         image, text = (v / np.linalg.norm(v) for v in (image, text))
         encoded = Encoded(image.astype(np.float32), text.astype(np.float32), 0.9, None)
-        encoded.image_hash = rng.integers(0, 2**63, size=10, dtype="<u8").tobytes()
+        encoded.image_hash = rng.integers(0, 2**63, size=VARIANTS, dtype="<u8").tobytes()
         out.append(Scored(Sample(f"s{seed}-{i}", caption="c"), encoded))
     return out
 
@@ -100,7 +101,9 @@ def _curated_table(settings: Settings, batches: int) -> tuple[Curator, dict, lis
         for it, outcome in zip(part, live.select(part), strict=True):
             vectors = {"image": it.encoded.image_emb, "text": it.encoded.text_emb}
             if live.indexes(outcome):
-                table[it.sample.id] = state_codec.indexed(seq, vectors, None, outcome.gain)
+                table[it.sample.id] = state_codec.indexed(
+                    seq, vectors, None, outcome.gain, it.encoded.image_hash
+                )
             else:
                 table[it.sample.id] = state_codec.rejected(seq)
             seq += 1
@@ -114,7 +117,7 @@ def test_a_snapshot_stands_in_for_the_samples_it_covers(policy: str) -> None:
     live, table, snaps = _curated_table(settings, 4)
     restarted, covered = make_curator(settings), len(snaps[1])
     restored = state_codec.restore(table, restarted.index, restarted.policy, snaps[1])
-    restarted.index = restored.index
+    restarted.index, restarted.hashes = restored.index, restored.hashes  # as the agent does
     assert 0 < restored.from_snapshot == covered < len(live.index)
     assert restored.index.ids == live.index.ids and restored.index.live == live.index.live
     later = items(25, 99)

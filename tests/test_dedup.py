@@ -167,3 +167,16 @@ def test_only_kept_images_are_duplicate_candidates() -> None:
     assert out["copy-of-kept"].reason == REASON_DUPLICATE
     assert out["copy-of-kept"].neighbour == "kept"
     assert curator.hashes.ids == ["kept"]
+
+
+def test_a_hash_of_another_layout_is_ignored_not_fatal() -> None:
+    """A ScoredSample whose image_hash has another length (an older layout, a corrupt
+    producer) deduplicates by embedding alone instead of stopping the curator."""
+    from infogrowth.core.dedup import VARIANTS, usable_hashes
+    from infogrowth.io.messages import scored_from_record
+
+    good = bytes(8 * VARIANTS)
+    assert usable_hashes(good) == good
+    assert usable_hashes(bytes(80)) is None and usable_hashes(None) is None
+    record = {"id": "a", "image_embedding": [1.0, 0.0], "alignment": 0.5, "image_hash": b"x" * 80}
+    assert scored_from_record(record).encoded.image_hash is None

@@ -74,6 +74,12 @@ def image_hashes(image: Image.Image, bits: int) -> bytes:
     return np.array([hash_bits_of(low) for low in views], dtype=_DTYPE).tobytes()
 
 
+def usable_hashes(data: bytes | None) -> bytes | None:
+    """``data`` when it has this version's layout, else None: a record from another hash
+    layout (or a corrupt one) deduplicates by its embedding alone, never stops the curator."""
+    return data if data is not None and len(data) == VARIANTS * _DTYPE.itemsize else None
+
+
 def unpack_hashes(data: bytes) -> np.ndarray:
     hashes = np.frombuffer(data, dtype=_DTYPE)
     if hashes.size != VARIANTS:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from infogrowth.core.curate import Scored
+from infogrowth.core.dedup import usable_hashes
 from infogrowth.core.encode import Encoded
 from infogrowth.io.avro import stringify_extra
 from infogrowth.io.vectors import EMBEDDING_FIELDS, pack, pack_if_exact, unpack
@@ -84,7 +85,7 @@ def scored_from_record(rec: dict[str, Any]) -> Scored:
         text_emb=unpack(rec.get("text_embedding")),
         alignment=rec.get("alignment"),
         top_label=rec.get("top_label"),
-        image_hash=rec.get("image_hash"),
+        image_hash=usable_hashes(rec.get("image_hash")),
     )
     recaptioned = rec.get("attempt", 0) > 0 and rec.get("original_caption") is not None
     source = rec.get("caption_source") or ("recaptioned" if recaptioned else "original")
