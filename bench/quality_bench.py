@@ -31,12 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from infogrowth.commands.offline import curate_outcomes, make_index, make_reader
-from infogrowth.core.clean import make_captioner
-from infogrowth.core.curate import Curator
+from infogrowth.commands.offline import curate_outcomes, make_curator
 from infogrowth.core.dedup import CROPS, image_hashes, unpack_hashes, variant_distances
 from infogrowth.core.encode import Encoder, ImageFeatures, PackagedEncoder
-from infogrowth.core.sample import make_policy
 from infogrowth.records import REASON_DUPLICATE, Outcome
 from infogrowth.settings import Settings
 
@@ -51,14 +48,7 @@ def curate_rows(
 ) -> list[Outcome]:
     """One Outcome per row, from a Curator assembled like ``offline.make_curator`` (the
     encoder is passed in so that one loaded model serves every run)."""
-    curator = Curator(
-        settings,
-        encoder=encoder,
-        captioner=make_captioner(settings, encoder),
-        index=make_index(settings),
-        policy=make_policy(settings),
-        read_bytes=make_reader(settings),
-    )
+    curator = make_curator(settings, encoder=encoder)
     return curate_outcomes(iter(rows), curator, len(rows), progress=False)
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from infogrowth.commands.shards import settings_centroids
 from infogrowth.core.clean import CAPTION_SOURCE_LABEL, make_captioner
 from infogrowth.core.curate import Curator, ReadBytes, apply_evictions, rejected
-from infogrowth.core.encode import make_encoder
+from infogrowth.core.encode import Encoder, make_encoder
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.sample import make_policy
 from infogrowth.core.shards import ShardedCurator
@@ -53,10 +53,13 @@ def make_index(settings: Settings) -> GainIndex:
     )
 
 
-def make_curator(settings: Settings, base_dir: Path | None = None) -> Curator:
-    """The run's curator: sharded when ``settings.centroids`` names a centroid file."""
+def make_curator(
+    settings: Settings, base_dir: Path | None = None, encoder: Encoder | None = None
+) -> Curator:
+    """The run's curator: sharded when ``settings.centroids`` names a centroid file.
+    ``encoder``: an already loaded model to reuse (default: load the settings' one)."""
     centroids = settings_centroids(settings)
-    encoder = make_encoder(settings)
+    encoder = encoder if encoder is not None else make_encoder(settings)
     curator = Curator(
         settings,
         encoder=encoder,
