@@ -339,6 +339,19 @@ def test_duplicates_are_shown_beside_the_kept_image_they_repeat(tmp_path):
     part = sections(out.read_text(encoding="utf-8"))["duplicate"]
     assert "earlier: coffee" in part and "a red sports car" in part
     assert len(thumbnails(part)) == 2  # the duplicate and the kept image, side by side
+    assert "distance <b>0.020</b>" in part
+
+
+def test_a_duplicate_found_by_image_hash_shows_bits_not_a_cosine_distance(tmp_path):
+    rows = [
+        _row("coffee", "images/coffee.jpg"),
+        _row("copy", "images/coffee.jpg", "rejected", reason="duplicate", neighbour="coffee",
+             neighbour_distance=0.047, detail="image hash 3/64 bits from coffee <= 8"),
+    ]  # fmt: skip
+    out = tmp_path / "report.html"
+    report_from_file(write_jsonl(tmp_path / "curated.jsonl", rows), out, Settings.from_env())
+    part = sections(out.read_text(encoding="utf-8"))["duplicate"]
+    assert "3/64 bits" in part and "distance" not in part
 
 
 @pytest.mark.kafka

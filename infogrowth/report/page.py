@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from infogrowth.report.rows import ReportRow
 from infogrowth.report.thumbs import Thumbnails
 
 MAX_PER_SECTION = 48
+_HASH_DETAIL = re.compile(r"image hash (\d+)/(\d+) bits")  # a duplicate found by image hash
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,10 @@ class Cards:
             right = self.image(earlier, "not in this report")
             who = f"earlier: {row.neighbour}"
         facts = {"gain": _num(row.gain)}
-        if row.neighbour_distance is not None:
+        by_hash = _HASH_DETAIL.search(row.detail or "")
+        if by_hash:  # neighbour_distance is then bits / hash size, not 1 - cos
+            facts["image hash"] = f"{by_hash[1]}/{by_hash[2]} bits"
+        elif row.neighbour_distance is not None:
             facts["distance"] = _num(row.neighbour_distance)
         return (
             '<figure class="card pair">'
