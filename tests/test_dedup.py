@@ -100,7 +100,8 @@ def test_the_hash_travels_in_the_scored_record() -> None:
 
 # --- textiles: distinct fabrics that embeddings cannot tell apart -------------------------
 def textiles(n: int) -> list[Path]:
-    ccd = pytest.importorskip("conformal_clip_data")
+    import conformal_clip_data as ccd  # the dev extra installs it: never a silent skip
+
     return sorted(Path(ccd.nominal_dir()).glob("*.jpg"))[:n]
 
 
