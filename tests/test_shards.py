@@ -13,6 +13,7 @@ from infogrowth.commands.cli import main
 from infogrowth.commands.offline import make_curator
 from infogrowth.commands.shards import load, save, settings_centroids
 from infogrowth.core.curate import Curator
+from infogrowth.core.dedup import VARIANTS
 from infogrowth.core.shards import Centroids, ShardedCurator, fit, shard_settings
 from infogrowth.records import Outcome, Sample
 from infogrowth.settings import Settings
@@ -146,3 +147,15 @@ def test_fit_command_then_sharded_curate(tmp_path: Path, capsys: pytest.CaptureF
     assert got == [o.decision for o in curator.curate_batch(samples_of(vectors))]
     assert main(["shards", "fit", "--from", str(src), "--dest", str(tmp_path)]) == 2
     assert "needs --shards 2 or more" in capsys.readouterr().err
+
+
+def test_each_shard_keeps_its_own_image_hashes() -> None:
+    """A shard deduplicates against the images *it* keeps: the same image hash kept by one
+    shard is no duplicate in another (as the streaming curator, which restores each shard's
+    hashes from its own changelog partition, decides)."""
+    centroids = Centroids(np.eye(2, dtype=np.float32))
+    sharded = ShardedCurator(make_curator(Settings(encoder="precomputed")), centroids)
+    first, second = sharded.shards
+    first.hashes.add("kept-in-shard-0", bytes(8 * VARIANTS))
+    assert len(first.hashes) == 1 and len(second.hashes) == 0
+    assert sharded.reset_shard(0).hashes is not first.hashes

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from infogrowth.core.curate import Curator, Scored
+from infogrowth.core.dedup import HashStore
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.sample import make_policy
 from infogrowth.records import Outcome
@@ -119,10 +120,12 @@ def shard_settings(settings: Settings, shard: int, shards: int) -> Settings:
 
 
 def shard_curator(base: Curator, shard: int, shards: int) -> Curator:
-    """A curator for one shard: ``base``'s models and filters, its own index and policy."""
+    """A curator for one shard: ``base``'s models and filters, its own selection state
+    (gain index, image hashes, policy)."""
     curator = copy.copy(base)
     curator.settings = shard_settings(base.settings, shard, shards)
     curator.index = GainIndex(**base.index.params)
+    curator.hashes = HashStore()
     curator.policy = make_policy(curator.settings)
     return curator
 
