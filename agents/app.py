@@ -13,8 +13,13 @@ from pathlib import Path
 
 import faust
 
-from agents import captioner, curator, inference, metrics
-from agents.atomic import name_producers_by_topic, recover_committed_changelogs
+from agents import captioner, curator, diagnose, inference, metrics
+from agents.atomic import (
+    name_producers_by_topic,
+    recover_committed_changelogs,
+    reread_returning_changelogs,
+    stop_producers_of_lost_partitions,
+)
 from agents.context import Context
 from agents.redact import mask_log_records
 from infogrowth.io.schema_registry import use_registry
@@ -32,6 +37,9 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     mask_log_records(settings.secret_values())
     use_registry(settings.schema_registry_url)  # "" = the fixed schema ids
     recover_committed_changelogs()
+    reread_returning_changelogs()
+    stop_producers_of_lost_partitions()
+    diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
     datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,19 @@ still let a crash duplicate or lose output, and this module closes both:
   and the curator restarts with no state: samples waiting in its gate never get an outcome
   and later gains are computed against an empty index. ``recover_committed_changelogs``
   asks the broker instead (ListOffsets under read_committed answers the LSO).
+* A source partition that leaves a worker keeps its transactional producer there: Faust
+  stops the producers of the partitions it computes as revoked, and that set came out
+  empty in our rebalances (no "Stopping ... transactional producers" is ever logged). The
+  new owner fences the old producer; should the partition come back, Faust reuses the
+  fenced producer and the worker crashes with ``ProducerFenced`` at its next commit.
+  ``stop_producers_of_lost_partitions`` stops every producer whose partition the new
+  assignment does not give this worker as active.
+* A changelog partition that turns from active to standby here keeps the offset its
+  active recovery had read to. The memory store drops a standby's keys, and the curator
+  takes its entries out of the table once loaded; should the partition become active here
+  again, recovery would resume from that old offset and the curator would restore only the
+  entries written after it. ``reread_returning_changelogs`` forgets that offset, so a
+  partition that comes back is read from its start.
 * The commit timer can run at any ``await`` of an agent, so a commit could land inside a
   batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
   keeps commits out of a batch by holding ``Consumer._commit_fut``, the future Faust
@@ -36,9 +49,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import faust
 from faust.assignor import PartitionAssignor
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
@@ -71,6 +87,38 @@ def recover_committed_changelogs() -> None:
     """Table recovery reads each changelog up to its last stable offset, as the broker
     reports it (see the module docstring)."""
     AIOKafkaConsumerThread._highwaters = _last_stable_offsets  # type: ignore[method-assign]
+
+
+_faust_on_rebalance = TransactionManager.on_rebalance
+_faust_add_standby = Recovery.add_standby
+
+
+async def _stop_then_rebalance(
+    self: TransactionManager, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP]
+) -> None:
+    kept = self._tps_to_transactional_ids(assigned)
+    lost = sorted(set(self.producer._transaction_producers) - kept)
+    if lost:
+        log.info("stopping the transactional producers of partitions gone: %s", lost)
+    for transactional_id in lost:
+        await self.producer.stop_transaction(transactional_id)
+    await _faust_on_rebalance(self, assigned, revoked, newly_assigned)
+
+
+def stop_producers_of_lost_partitions() -> None:
+    """A partition's producer stops when the partition leaves (see the module docstring)."""
+    TransactionManager.on_rebalance = _stop_then_rebalance  # type: ignore[method-assign]
+
+
+def _add_standby_from_scratch(self: Recovery, table: Any, tp: TP) -> None:
+    self.active_offsets.pop(tp, None)
+    _faust_add_standby(self, table, tp)
+
+
+def reread_returning_changelogs() -> None:
+    """A changelog partition that becomes active again is read from its start (see the
+    module docstring)."""
+    Recovery.add_standby = _add_standby_from_scratch  # type: ignore[method-assign]
 
 
 class BatchCommits:

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
 from pipeline_helpers import topic_values
 
 from agents import curator_state as state_codec
 from infogrowth.commands.offline import curate_file
 from infogrowth.commands.pipeline import outcome_count, start_worker, stop_worker
 from infogrowth.io.avro import decode_any
-from infogrowth.io.kafka_io import read_topic
+from infogrowth.io.kafka_io import end_offsets, read_topic
 from infogrowth.settings import Settings
 
 STATE_LINE = re.compile(r"\[(\d+)\] \[INFO\] curator state: (\d+) indexed, (\d+) queued")
@@ -59,6 +60,12 @@ class Supervised:
     def stop(self) -> None:
         if self.worker is not None:
             stop_worker(self.worker, signal.SIGTERM)
+
+    def dump_stacks(self) -> None:
+        """Has a stalled worker log its threads' and asyncio tasks' stacks (mode's SIGUSR1)."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGUSR1)
+            time.sleep(5.0)
 
     def wait_for_log(self, text: str, timeout_s: float = 120.0, poll_s: float = 0.2) -> None:
         deadline = time.monotonic() + timeout_s
@@ -111,8 +118,38 @@ def drain(run: Supervised, ids: set[str], timeout_s: float) -> dict[str, list[di
             if ids <= outcomes.keys():
                 return outcomes
         missing = len(ids) - min(len(ids), outcome_count(run.settings))
-        assert time.monotonic() < deadline, f"~{missing} samples without outcome after {timeout_s}s"
+        if time.monotonic() >= deadline:
+            run.dump_stacks()
+            raise AssertionError(
+                f"~{missing} samples without outcome after {timeout_s}s; where the worker "
+                f"waits: the stacks at the end of {run.log_path}\n{offsets_table(run.settings)}"
+            )
         time.sleep(1.0)
+
+
+def offsets_table(settings: Settings) -> str:
+    """Per pipeline partition: the worker group's committed offset, the last stable offset
+    and the high watermark (an LSO stuck below it is an open transaction)."""
+    topics = [
+        settings.topic_raw, settings.topic_scored, settings.topic_recaption,
+        settings.topic_recaptioned, f"{settings.app_id}-curator-state-changelog",
+    ]  # fmt: skip
+    lines = ["topic partition committed lso hw"]
+    for topic in topics:
+        lso = end_offsets(settings.kafka_bootstrap, topic)
+        hw = end_offsets(settings.kafka_bootstrap, topic, isolation="read_uncommitted")
+        done = committed_offsets(settings.kafka_bootstrap, settings.app_id, topic, list(lso))
+        lines += [f"{topic} {p} {done.get(p)} {lso[p]} {hw.get(p)}" for p in sorted(lso)]
+    return "\n".join(lines)
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        consumer.close()
 
 
 def scored_order(settings: Settings) -> list[str]:

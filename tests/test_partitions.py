@@ -114,12 +114,17 @@ def test_inference_worker_killed_on_four_partitions_loses_and_duplicates_nothing
     assert not replayed.pending
 
 
-def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(kafka, s3, tmp_path):
+@pytest.mark.parametrize("killed", ["first", "joiner"])
+def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
+    killed, kafka, s3, tmp_path
+):
     """S=2 curator shards (centroids fitted on the input, stored in S3) and two full worker
-    processes of one group: the second joins mid-stream, the first is then killed with
-    SIGKILL; its shard's state moves to the survivor through the changelog partition.
-    Every sample ends with one committed outcome, and each shard's decisions equal the
-    offline sharded curation (`curate --centroids`) of the same centroid file."""
+    processes of one group: the second joins mid-stream and takes a shard from the first,
+    then one of them is killed with SIGKILL and its shard's state moves to the survivor
+    through the changelog partition. Killing the joiner sends its shard back to the first
+    worker, which owned it before (a partition that leaves a worker and returns). Every
+    sample ends with one committed outcome, and each shard's decisions equal the offline
+    sharded curation (`curate --centroids`) of the same centroid file."""
     rows = embedding_rows(N)
     source = write_jsonl(tmp_path / "input.jsonl", rows)
     settings = run_settings(
@@ -131,21 +136,22 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(kafk
     assert settings.centroids.startswith("s3://pipeline/c/centroids-")
     ensure_pipeline_topics(settings)
     assert len(end_offsets(kafka, settings.topic_scored)) == 2
-    doomed = Supervised(settings, tmp_path / "worker-a.log", len(rows))
-    survivor = Supervised(settings, tmp_path / "worker-b.log", len(rows))
+    first = Supervised(settings, tmp_path / "worker-a.log", len(rows))
+    joiner = Supervised(settings, tmp_path / "worker-b.log", len(rows))
+    doomed, survivor = (first, joiner) if killed == "first" else (joiner, first)
     feeder = threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True)
-    doomed.start()
+    first.start()
     try:
         feeder.start()
         wait_for_scored(settings, N // 10)
-        survivor.start()
-        survivor.wait_for_log("curator state (shard")  # it owns a shard now
+        joiner.start()
+        joiner.wait_for_log("curator state (shard")  # it owns a shard now
         wait_for_scored(settings, N * 4 // 10)
         doomed.kill()
         killed_at = outcome_count(settings)
         outcomes = drain(survivor, {r["id"] for r in rows}, timeout_s=300)
     finally:
-        for run in (doomed, survivor):
+        for run in (first, joiner):
             run.stop()
     assert killed_at < N or pytest.skip("curation had finished before the kill")
     usable = [r for r in rows if r["id"] != "s0007"]  # s0007: NaN, never scored
@@ -161,6 +167,8 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(kafk
     # The survivor restored the killed worker's shard from its changelog partition.
     restored = re.findall(r"curator state \(shard (\d)\)", survivor.log_path.read_text())
     assert set(restored) == {"0", "1"}
+    if killed == "joiner":  # the first worker restored the shard it got back a second time
+        assert max(restored.count(shard) for shard in "01") == 2, restored
     # Centroids can also be fitted on `scored` itself (the stored embeddings).
     again = fit_centroids("scored", 300, settings)
     assert (again.shards, again.fitted_on) == (2, 300)
