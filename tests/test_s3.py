@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +14,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from infogrowth.io.store import ObjectStore, parse_s3_uri, read_reference
-from infogrowth.records import BadInput
+from infogrowth.records import BadInput, StoreUnavailable
 from infogrowth.settings import Settings
 
 if TYPE_CHECKING:
@@ -143,3 +145,19 @@ class _Unused(ObjectStore):
 
     def __init__(self) -> None:
         super().__init__("127.0.0.1:1", "unused", "unused-secret", "unused")
+
+
+def test_a_gateway_that_never_answers_is_unavailable_not_a_hang() -> None:
+    """A server that accepts the connection and sends nothing: minio's own client would wait
+    5 minutes a try, 5 tries; ours gives up after its read timeout (and 2 retries)."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nobody ever reads or answers
+    host, port = silent.getsockname()
+    store = ObjectStore(f"{host}:{port}", "key", "secret-key", "bucket", read_timeout_s=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            store.get_bytes("some/key")
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 10

@@ -8,10 +8,13 @@ from __future__ import annotations
 import io
 import mimetypes
 import os
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
@@ -38,15 +41,45 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+# minio's own client waits 5 minutes to connect and 5 to read, 5 times over: a gateway that
+# accepts connections and never answers held a worker's model executor (and so every agent)
+# for half an hour. Ours gives up in about a minute per call with StoreUnavailable, which the
+# agents retry with backoff and offline commands report.
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+
+
+def http_client(read_timeout_s: float = READ_TIMEOUT_S) -> urllib3.PoolManager:
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=read_timeout_s),
+        maxsize=10,
+        cert_reqs=ssl.CERT_REQUIRED,
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
 class ObjectStore:
     """One bucket on an S3-compatible endpoint ('host:port', no scheme)."""
 
     def __init__(
-        self, endpoint: str, access_key: str, secret_key: str, bucket: str, secure: bool = False
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        secure: bool = False,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.endpoint = endpoint
         self.bucket = bucket
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+        self.client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            http_client=http_client(read_timeout_s),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
