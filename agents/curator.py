@@ -79,11 +79,12 @@ class CuratorState:
             self.restored = state_codec.restore(entries, curator.index, curator.policy, latest)
             curator.index = self.restored.index
             curator.hashes = self.restored.hashes
-            log.info("curator state: %d indexed from a snapshot", self.restored.from_snapshot)
+            shard = f" (shard {self.partition})" if self.sharded else ""
+            covered = self.restored.from_snapshot
+            log.info("curator state%s: %d indexed from a snapshot", shard, covered)
             for key, entry in entries.items():  # the index holds the vectors now
                 self.light[key] = state_codec.light(entry)
                 del self.table.data[key]
-            shard = f" (shard {self.partition})" if self.sharded else ""
             log.info(
                 "curator state%s: %d indexed, %d queued",
                 shard,

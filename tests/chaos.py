@@ -25,7 +25,11 @@ from infogrowth.io.avro import decode_any
 from infogrowth.io.kafka_io import end_offsets, read_topic
 from infogrowth.settings import Settings
 
-STATE_LINE = re.compile(r"\[(\d+)\] \[INFO\] curator state: (\d+) indexed, (\d+) queued")
+# "curator state: N indexed, M queued", sharded "curator state (shard P): ..." (one per shard)
+STATE_LINE = re.compile(
+    r"\[(\d+)\] \[INFO\] curator state(?: \(shard (\d+)\))?: (\d+) indexed, (\d+) queued"
+)
+Counts = tuple[int, int]  # (indexed, queued)
 
 
 @dataclass
@@ -36,7 +40,8 @@ class Supervised:
     log_path: Path
     total: int  # samples in the run
     worker: subprocess.Popen | None = None
-    expected_state: dict[int, tuple[int, int]] = field(default_factory=dict)  # pid -> counts
+    # pid -> changelog partition (shard; 0 unsharded) -> counts
+    expected_state: dict[int, dict[int, Counts]] = field(default_factory=dict)
     starts: int = 0
 
     def start(self) -> None:
@@ -80,23 +85,27 @@ class Supervised:
         marker = f"[{self.worker.pid}] [INFO] [^---Recovery]: Highwater"
         self.wait_for_log(marker, timeout_s, poll_s=0.05)
 
-    def restored_states(self) -> dict[int, tuple[int, int]]:
-        """pid -> (indexed, queued) as each worker logged it after recovery."""
-        found = {}
+    def restored_states(self) -> dict[int, dict[int, Counts]]:
+        """pid -> shard -> (indexed, queued) as each worker first logged it after recovery
+        (shard 0 when unsharded)."""
+        found: dict[int, dict[int, Counts]] = {}
         for m in STATE_LINE.finditer(self.log_path.read_text(errors="replace")):
-            found.setdefault(int(m[1]), (int(m[2]), int(m[3])))
+            shard = int(m[2] or 0)
+            found.setdefault(int(m[1]), {}).setdefault(shard, (int(m[3]), int(m[4])))
         return found
 
 
-def committed_state(settings: Settings) -> tuple[int, int]:
-    """(indexed, queued) in the committed curator table: what a restart must restore."""
-    latest: dict[str, str] = {}
+def committed_state(settings: Settings) -> dict[int, Counts]:
+    """Changelog partition (one per shard) -> (indexed, queued) in the committed curator
+    table: what a restart must restore."""
+    latest: dict[int, dict[str, str]] = {}
     topic = f"{settings.app_id}-curator-state-changelog"
     for msg in read_topic(settings.kafka_bootstrap, topic, timeout_s=30):
         value = msg.value()
-        latest[json.loads(msg.key())] = state_codec.decode(value)["state"] if value else "gone"
-    states = Counter(latest.values())
-    return states["indexed"], states["queued"]
+        state = state_codec.decode(value)["state"] if value else "gone"
+        latest.setdefault(msg.partition(), {})[json.loads(msg.key())] = state
+    counts = {p: Counter(states.values()) for p, states in latest.items()}
+    return {p: (states["indexed"], states["queued"]) for p, states in counts.items()}
 
 
 def wait_for_share(settings: Settings, share: float, total: int, timeout_s: float = 240) -> int:
@@ -211,10 +220,13 @@ def assert_restored_committed_state(run: Supervised) -> None:
     restored = run.restored_states()
     checked = {pid: restored[pid] for pid in run.expected_state if pid in restored}
     assert checked, f"no restarted worker logged its restored state ({run.log_path})"
-    for pid, counts in checked.items():
-        assert counts == run.expected_state[pid], (
-            f"worker {pid} restored (indexed, queued)={counts}, committed {run.expected_state[pid]}"
-        )
+    for pid, shards in checked.items():
+        for shard, counts in shards.items():
+            committed = run.expected_state[pid].get(shard, (0, 0))
+            assert counts == committed, (
+                f"worker {pid} restored shard {shard} (indexed, queued)={counts}, "
+                f"committed {committed}"
+            )
 
 
 Fault = Callable[[Supervised], None]

@@ -21,22 +21,42 @@ from chaos import (
 )
 from conftest import S3Server
 from model_fixtures import build_tiny_clip, jpeg_bytes, photos
-from pipeline_helpers import embedding_rows, run_settings, write_jsonl
+from pipeline_helpers import embedding_rows, run_settings, topic_values, with_settings, write_jsonl
 
+from agents import snapshot
 from infogrowth.commands.ingest import ingest_file
 from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count
+from infogrowth.commands.replay import replay
+from infogrowth.commands.shards import fit_centroids, save
 from infra import LocalKafka, LocalS3, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.chaos]
 
 N = 2000
 DRAIN_S = 300  # the bound within which every sample must have its outcome after the faults
+SHARD_SNAPSHOT_LINE = re.compile(
+    r"\[(\d+)\] \[INFO\] curator state \(shard (\d+)\): (\d+) indexed from a snapshot"
+)
 
 
 def kill_at(share: float):  # noqa: ANN201 - a Fault
     def fault(run: Supervised) -> None:
         wait_for_share(run.settings, share, N)
         run.kill()
+        run.start()
+
+    return fault
+
+
+def kill_after_snapshots(*written: str):  # noqa: ANN201 - a Fault
+    """Kills the worker once every text in ``written`` is in its log, then restarts it."""
+
+    def fault(run: Supervised) -> None:
+        for text in written:
+            run.wait_for_log(text)
+        run.kill()
+        if outcome_count(run.settings) >= N:
+            pytest.skip("the worker finished before it was killed")
         run.start()
 
     return fault
@@ -58,7 +78,7 @@ def _curate_under(
     rows: list[dict],
     tolerance: float = 0.0,
     worker_first: bool = True,
-) -> None:  # noqa: ANN001
+) -> Supervised:  # noqa: ANN001
     ensure_pipeline_topics(settings)
     source = write_jsonl(tmp_path / "samples.jsonl", rows)
     run = Supervised(settings, tmp_path / "worker.log", len(rows))
@@ -72,6 +92,7 @@ def _curate_under(
         run.stop()
     assert_exactly_once_and_offline_equal(run, outcomes, source, tmp_path, tolerance)
     assert_restored_committed_state(run)
+    return run
 
 
 @pytest.mark.parametrize(
@@ -85,15 +106,9 @@ def test_worker_killed(fault, kafka, s3, tmp_path):  # noqa: ANN001
 
 
 def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(kafka, s3, tmp_path):  # noqa: ANN001
-    def kill_after_a_snapshot(run: Supervised) -> None:
-        run.wait_for_log("curator snapshot written")
-        run.kill()
-        if outcome_count(run.settings) >= N:
-            pytest.skip("the worker finished before it was killed")
-        run.start()
-
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08, snapshot_every=3)
-    _curate_under(kill_after_a_snapshot, settings, tmp_path, embedding_rows(N, dim=64))
+    fault = kill_after_snapshots("curator snapshot written")
+    _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64))
     log = (tmp_path / "worker.log").read_text(errors="replace")
     covered = [int(n) for n in re.findall(r"curator state: (\d+) indexed from a snapshot", log)]
     assert max(covered, default=0) > 0, "the restarted curator took nothing from a snapshot"
@@ -158,3 +173,39 @@ def test_object_store_killed_and_restarted_while_images_are_fetched(kafka, tmp_p
         _curate_under(fault, settings, tmp_path, rows, tolerance=1e-4, worker_first=False)
     finally:
         gateway.stop()
+
+
+def test_two_shards_recover_each_from_its_snapshot_and_replay_equals_the_stream(
+    kafka, s3, tmp_path
+):  # noqa: ANN001
+    """S=2: each shard snapshots under its own prefix; after a kill -9, the restarted worker
+    restores each shard from its snapshot plus its changelog partition's tail, to the
+    committed state of that partition, and curates on as offline sharded curation does with
+    the same centroid file (`assert_exactly_once_and_offline_equal` curates with them).
+    Replay of `scored` then rebuilds the streamed accepted records, shard by shard."""
+    rows = embedding_rows(N, dim=64)
+    source = write_jsonl(tmp_path / "centroid-sample.jsonl", rows)
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", tau=0.08, snapshot_every=3, shards=2
+    )
+    centroids = fit_centroids(str(source), 500, settings)
+    settings = with_settings(settings, centroids=save(centroids, "s3://pipeline/c", settings))
+    where = snapshot.prefix(settings.app_id)
+    fault = kill_after_snapshots(f"{where}shard-0/index-", f"{where}shard-1/index-")
+    run = _curate_under(fault, settings, tmp_path, rows)
+    restarted = set(run.expected_state)
+    log = run.log_path.read_text(errors="replace")
+    covered: dict[int, int] = {}
+    for pid, shard, n in SHARD_SNAPSHOT_LINE.findall(log):
+        if int(pid) in restarted:
+            covered[int(shard)] = max(covered.get(int(shard), 0), int(n))
+    assert covered.keys() == {0, 1} and min(covered.values()) > 0, (
+        f"indexed from a snapshot after the restart, per shard: {covered}"
+    )
+    restored = run.restored_states()
+    assert any(restored.get(pid, {}).keys() == {0, 1} for pid in restarted)  # both checked
+
+    streamed = topic_values(settings, settings.topic_accepted)
+    replayed = replay(settings, "s2", progress=False)
+    assert sorted(topic_values(settings, replayed.accepted_topic)) == sorted(streamed)
+    assert not replayed.pending

@@ -58,7 +58,6 @@ def make_curator(
 ) -> Curator:
     """The run's curator: sharded when ``settings.centroids`` names a centroid file.
     ``encoder``: an already loaded model to reuse (default: load the settings' one)."""
-    centroids = settings_centroids(settings)
     encoder = encoder if encoder is not None else make_encoder(settings)
     curator = Curator(
         settings,
@@ -68,6 +67,12 @@ def make_curator(
         policy=make_policy(settings),
         read_bytes=make_reader(settings, base_dir),
     )
+    return sharded(curator)
+
+
+def sharded(curator: Curator) -> Curator:
+    """``curator`` split into shards when its settings name a centroid file."""
+    centroids = settings_centroids(curator.settings)
     return curator if centroids is None else ShardedCurator(curator, centroids)
 
 

@@ -3,10 +3,12 @@
 By default replay re-curates `scored`, the log of embeddings in the one order the streaming
 curator admitted them (its single partition): the same gate (a misaligned sample holds its
 place until its recaptioned record, also in `scored`, resolves it), the same gain index and
-policy, no model run. With the same settings it rebuilds the accepted records byte for
-byte, whatever encoder made the embeddings; with other δ/k/policy it yields the dataset
-those settings would have built. Rejections made before `scored` (filters, bad input) are
-not decided again: those samples never reached `scored`.
+policy, no model run. Sharded (``centroids``), `scored` has one partition per shard and each
+is re-curated in its own order by its own shard, as the streaming shards do. With the same
+settings it rebuilds the accepted records byte for byte, whatever encoder made the
+embeddings; with other δ/k/policy it yields the dataset those settings would have built.
+Rejections made before `scored` (filters, bad input) are not decided again: those samples
+never reached `scored`.
 
 ``source="raw"`` re-encodes `raw-samples` with the current encoder (another model, other
 filters) and recaptions inline, as `infogrowth curate` does. Its order is the topic's
@@ -20,16 +22,17 @@ a version whose topics exist unless resumed, and a resumed one sends only what i
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
 
-from infogrowth.commands.offline import Summary, make_curator, make_index, make_reader
+from infogrowth.commands.offline import Summary, make_curator, make_index, make_reader, sharded
 from infogrowth.core.curate import Curator, Scored, apply_evictions, still_misaligned
 from infogrowth.core.order import OrderedGate
 from infogrowth.core.sample import make_policy
+from infogrowth.core.shards import ShardedCurator
 from infogrowth.io.avro import AvroSerde, MalformedMessage, decode_any
 from infogrowth.io.kafka_io import (
     check_broker,
@@ -126,15 +129,17 @@ def replay(
     sent = {r["id"] for r in _outcomes_in(settings, existing)}
     ensure_topics(settings.kafka_bootstrap, [accepted, rejected])
     topic = settings.topic_scored if source == "scored" else settings.topic_raw
-    total = sum(end_offsets(settings.kafka_bootstrap, topic).values())
+    ends = end_offsets(settings.kafka_bootstrap, topic)
+    total = sum(ends.values())
     bar = tqdm(total=total, unit="record", desc=f"replay {version}", disable=not progress)
+    partitions = _by_partition(settings, topic, len(ends))
     if source == "scored":
         curator = _curator_without_models(settings)
-        pairs = _curate_scored(curator, _values(settings, topic, bar), result)
+        pairs = _curate_partitions(curator, partitions, bar, result)
         no_recaption = None  # the stream recaptioned; its records say how it went
     else:
         curator = make_curator(settings)
-        pairs = _curate_raw(curator, _values(settings, topic, bar), result)
+        pairs = _curate_raw(curator, _counted(partitions, bar), result)
         no_recaption = curator.no_recaption_reason()
     bar.close()
     result.run = record_run(
@@ -147,21 +152,44 @@ def replay(
     return result
 
 
-def _values(settings: Settings, topic: str, bar: tqdm) -> Iterator[bytes]:
-    """The topic's records, partition after partition, each in offset order."""
+def _by_partition(settings: Settings, topic: str, count: int) -> list[list[bytes]]:
+    """The topic's records per partition, each in offset order."""
     by_partition: dict[int, list[bytes]] = defaultdict(list)
     for msg in read_topic(settings.kafka_bootstrap, topic):
         by_partition[msg.partition()].append(msg.value())
-    for partition in sorted(by_partition):
-        for value in by_partition.pop(partition):
+    return [by_partition.pop(partition, []) for partition in range(count)]
+
+
+def _counted(partitions: Iterable[list[bytes]], bar: tqdm) -> Iterator[bytes]:
+    """The records, partition after partition."""
+    for values in partitions:
+        for value in values:
             bar.update(1)
             yield value
+
+
+def _curate_partitions(
+    curator: Curator, partitions: list[list[bytes]], bar: tqdm, stats: ReplayResult
+) -> list[Curated]:
+    """Partition p of `scored` is shard p's order (unsharded: the one partition), curated
+    by shard p alone with its own gate (a sample waiting for its recaption holds back its
+    own shard only)."""
+    shards = curator.shards if isinstance(curator, ShardedCurator) else [curator]
+    if len(partitions) != len(shards):
+        raise ValueError(
+            f"`scored` has {len(partitions)} partitions, the curator {len(shards)} shard(s): "
+            "replay with the run's centroid file (--centroids)"
+        )
+    pairs: list[Curated] = []
+    for shard, values in zip(shards, partitions, strict=True):
+        pairs += _curate_scored(shard, _counted([values], bar), stats)
+    return pairs
 
 
 def _curator_without_models(settings: Settings) -> Curator:
     """Gain index and policy only: re-curating `scored` never encodes or captions."""
     no_models = replace(settings, label_model="")
-    return Curator(
+    curator = Curator(
         no_models,
         encoder=None,
         captioner=None,
@@ -169,6 +197,7 @@ def _curator_without_models(settings: Settings) -> Curator:
         policy=make_policy(settings),
         read_bytes=make_reader(settings),
     )
+    return sharded(curator)
 
 
 # --- from `scored`: the streaming curator's gate and stages, without Kafka ----------------
@@ -189,7 +218,7 @@ def _curate_scored(curator: Curator, values: Iterator[bytes], stats: ReplayResul
             pairs += _finish(curator, released)
             released = []
     pairs += _finish(curator, released)
-    stats.pending = [key for key in admitted if gate.waiting(key)]
+    stats.pending += [key for key in admitted if gate.waiting(key)]
     return pairs
 
 

@@ -286,11 +286,27 @@ def _partitions(consumer: Consumer, bootstrap: str, topic: str, timeout: float) 
     return sorted(meta.partitions)
 
 
+# A partition just created can be in the metadata with its leader before that broker serves
+# it: offset requests fail with these for a moment.
+_ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int] | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _ELECTING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _ends(consumer: Consumer, topic: str, partitions: list[int], timeout: float) -> dict[int, int]:
     # With isolation.level=read_committed the "high" offset is the last stable offset.
     ends = {}
     for p in partitions:
-        marks = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        marks = _watermarks(consumer, TopicPartition(topic, p), timeout)
         if marks is None:
             raise ConnectionError(f"no watermark offsets for {topic}[{p}] within {timeout}s")
         ends[p] = marks[1]
