@@ -165,7 +165,8 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
     ordered = write_jsonl(tmp_path / "scored-order.jsonl", in_scored_order)
     assert_exactly_once_and_offline_equal(survivor, outcomes, ordered, tmp_path)
     # The survivor restored the killed worker's shard from its changelog partition.
-    restored = re.findall(r"curator state \(shard (\d)\)", survivor.log_path.read_text())
+    state_lines = r"curator state \(shard (\d)\): \d+ indexed, \d+ queued"
+    restored = re.findall(state_lines, survivor.log_path.read_text())
     assert set(restored) == {"0", "1"}
     if killed == "joiner":  # the first worker restored the shard it got back a second time
         assert max(restored.count(shard) for shard in "01") == 2, restored
