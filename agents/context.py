@@ -39,6 +39,7 @@ class Context:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infogrowth-model")
         self.commits = BatchCommits(app)
         self.unconfirmed: list[asyncio.Future[Any]] = []
+        self.store_down = False  # a batch is waiting out an object-store outage
 
     def topic(self, *names: str) -> faust.TopicT:
         return self.app.topic(
@@ -64,8 +65,11 @@ class Context:
         delay = 0.5
         while True:
             try:
-                return await self.run(fn, *args)
+                result = await self.run(fn, *args)
+                self.store_down = False
+                return result
             except StoreUnavailable as exc:
+                self.store_down = True  # waiting, not stuck (agents/liveness.py)
                 log.warning("%s; retrying the batch in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)

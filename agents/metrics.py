@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from agents.liveness import LIVENESS, restart
 from infogrowth.io.kafka_io import group_lag
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def timed(step: Callable[..., Any]) -> Iterator[None]:
 
 
 def batch_done() -> None:
+    LIVENESS.progressed()
     BATCHES.inc()
     PROGRESS.batches += 1
     if PROGRESS.log_every and PROGRESS.batches % PROGRESS.log_every == 0:
@@ -135,9 +137,22 @@ def start(ctx: Context) -> None:
             log.warning("metrics: cannot serve on port %d (%s)", s.metrics_port, exc)
         else:
             log.info("metrics: http://0.0.0.0:%d/metrics", s.metrics_port)
+    LIVENESS.stall_s = s.stall_restart_s
+    ctx.app.on_partitions_assigned.connect(_owned)
     topics = [s.topic_raw, s.topic_recaptioned, s.topic_scored, s.topic_recaption]
-    args = (s.kafka_bootstrap, s.app_id, topics)
+    args = (s.kafka_bootstrap, s.app_id, topics, ctx)
     threading.Thread(target=_poll_lag, args=args, name="infogrowth-lag", daemon=True).start()
+
+
+async def _owned(app: Any, assigned: set[Any], **_: Any) -> None:
+    LIVENESS.owned = frozenset((tp.topic, tp.partition) for tp in assigned)
+    LIVENESS.progressed()
+
+
+def _busy(ctx: Context) -> bool:
+    """Rebalancing, reading changelogs or waiting out an object-store outage."""
+    app = ctx.app
+    return app.rebalancing or app.tables.recovery.in_recovery or ctx.store_down
 
 
 def _index_size(ctx: Context) -> int:
@@ -147,7 +162,7 @@ def _index_size(ctx: Context) -> int:
     return sum(len(c.index) for c in getattr(curator, "shards", [curator]))  # sharded: all
 
 
-def _poll_lag(bootstrap: str, group_id: str, topics: list[str]) -> None:
+def _poll_lag(bootstrap: str, group_id: str, topics: list[str], ctx: Context) -> None:
     while True:
         try:
             lags = group_lag(bootstrap, group_id, topics)
@@ -159,4 +174,8 @@ def _poll_lag(bootstrap: str, group_id: str, topics: list[str]) -> None:
                 LAG.labels(p.topic, str(p.partition)).set(p.lag)
                 totals[p.topic] = totals.get(p.topic, 0) + p.lag
             PROGRESS.lag = totals
+            waiting = LIVENESS.waiting((p.topic, p.partition, p.lag) for p in lags)
+            if LIVENESS.stuck(waiting, _busy(ctx)):
+                restart(ctx.app.loop, waiting)
+                return
         time.sleep(LAG_INTERVAL_S)

@@ -97,6 +97,7 @@ class Settings:
     metrics_port: int = 9464  # the worker's Prometheus /metrics port; 0 = off
     log_every: int = 50  # batches between the worker's progress lines; 0 = never
     snapshot_every: int = 0  # curator batches between index snapshots in S3; 0 = never
+    stall_restart_s: float = 120.0  # no batch this long with records waiting: restart; 0 = never
     shards: int = 1  # curator shards (1 = one exact curator); >1 needs `centroids`
     centroids: str = ""  # centroid file (path or s3://) routing samples to shards
     extra: dict[str, Any] = field(default_factory=dict)
@@ -238,6 +239,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "metrics_port": _between(0, 65535),
     "log_every": _at_least(0),
     "snapshot_every": _at_least(0),
+    "stall_restart_s": _at_least(0),
     "shards": _at_least(1),
     "gain_mean": _one_of("arithmetic", "geometric", "harmonic"),
     "policy": _one_of("threshold", "budget", "all"),
