@@ -150,9 +150,11 @@ async def _owned(app: Any, assigned: set[Any], **_: Any) -> None:
 
 
 def _busy(ctx: Context) -> bool:
-    """Rebalancing, reading changelogs or waiting out an object-store outage."""
+    """Rebalancing, reading changelogs or waiting out an object-store outage. Plain flags
+    only: this runs on the lag thread, and Faust's lazy services (``app.tables.recovery``)
+    built from here bind to the wrong thread, which hung the worker's start."""
     app = ctx.app
-    return app.rebalancing or app.tables.recovery.in_recovery or ctx.store_down
+    return app.rebalancing or app.in_recovery or ctx.store_down
 
 
 def _index_size(ctx: Context) -> int:
