@@ -66,6 +66,26 @@ def _line(item: FrameType | str) -> str:
     return f"  {item.f_code.co_filename}:{item.f_lineno} {item.f_code.co_name}"
 
 
+def partition_states(app: Any) -> str:
+    """Per assigned partition: aiokafka's fetch state (position, paused, last LSO and high
+    watermark seen) and Faust's read offset and pause: why records are not fetched."""
+    try:
+        faust_consumer = app.consumer
+        states = faust_consumer._thread._ensure_consumer()._subscription.subscription
+        states = states.assignment._tp_state
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not fail
+        return f"partition states unavailable ({exc!r})"
+    paused = faust_consumer._paused_partitions
+    lines = []
+    for tp, st in sorted(states.items()):
+        lines.append(
+            f"{tp.topic}[{tp.partition}] {st!r} paused={st.paused} lso={st.lso} "
+            f"highwater={st.highwater} faust_read_offset={faust_consumer._read_offset.get(tp)} "
+            f"faust_paused={tp in paused}"
+        )
+    return "\n".join(lines)
+
+
 def thread_stacks() -> str:
     return "\n".join(
         f"THREAD {tid}\n{''.join(traceback.format_stack(frame))}"
@@ -74,7 +94,9 @@ def thread_stacks() -> str:
 
 
 async def _dump(self: mode.worker.Worker) -> None:
-    dump = "\n".join((thread_stacks(), task_chains(), generator_chains()))
+    app = getattr(self, "app", None)
+    states = partition_states(app) if app is not None else ""
+    dump = "\n".join((thread_stacks(), task_chains(), generator_chains(), states))
     log.warning("SIGUSR1: threads, asyncio tasks and async generators\n%s", dump)
 
 

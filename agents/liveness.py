@@ -17,13 +17,13 @@ the changelog and batches waiting out an object-store outage count as progress.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from agents import diagnose
 
@@ -56,8 +56,9 @@ class Liveness:
 LIVENESS = Liveness(stall_s=0)
 
 
-def restart(loop: asyncio.AbstractEventLoop, waiting: int) -> None:
+def restart(app: Any, waiting: int) -> None:
     """Logs the stacks, then stops this worker for its supervisor to start again."""
+    loop = app.loop
     log.error(
         "no batch finished for %.0f s while %d records wait in this worker's partitions: "
         "stopping it to be restarted (its state comes back from the committed changelog)",
@@ -66,6 +67,7 @@ def restart(loop: asyncio.AbstractEventLoop, waiting: int) -> None:
     )
     log.error("threads:\n%s", diagnose.thread_stacks())
     loop.call_soon_threadsafe(lambda: log.error("tasks:\n%s", diagnose.task_chains()))
+    loop.call_soon_threadsafe(lambda: log.error("partitions:\n%s", diagnose.partition_states(app)))
     time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
     killer = threading.Timer(KILL_AFTER_S, os.kill, (os.getpid(), signal.SIGKILL))

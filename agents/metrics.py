@@ -178,6 +178,6 @@ def _poll_lag(bootstrap: str, group_id: str, topics: list[str], ctx: Context) ->
             PROGRESS.lag = totals
             waiting = LIVENESS.waiting((p.topic, p.partition, p.lag) for p in lags)
             if LIVENESS.stuck(waiting, _busy(ctx)):
-                restart(ctx.app.loop, waiting)
+                restart(ctx.app, waiting)
                 return
         time.sleep(LAG_INTERVAL_S)
