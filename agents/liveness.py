@@ -12,7 +12,8 @@ So the lag poller asks, every ``LAG_INTERVAL_S``: do this worker's partitions ho
 it has not committed, while it finished no batch for ``stall_restart_s``? Then it logs where
 every task waits (as ``kill -USR1``) and stops the worker with SIGTERM, SIGKILL if that does
 not end it; the supervisor (systemd, Kubernetes, the test's) starts it again. Recovery from
-the changelog and batches waiting out an object-store outage count as progress.
+the changelog, batches waiting out an object-store outage and a model step still running
+(a slow captioner) count as progress.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Liveness:
         self.clock = clock
         self.last_progress = clock()
         self.owned: frozenset[tuple[str, int]] = frozenset()  # (topic, partition) consumed here
+        self.steps = 0  # model/index steps running now: a slow captioner is busy, not stuck
 
     def progressed(self) -> None:
         self.last_progress = self.clock()
@@ -47,7 +49,7 @@ class Liveness:
 
     def stuck(self, waiting: int, busy: bool) -> bool:
         """``busy``: recovering or retrying, which is progress of its own."""
-        if not self.stall_s or waiting == 0 or busy:
+        if not self.stall_s or waiting == 0 or busy or self.steps:
             self.progressed()
             return False
         return self.clock() - self.last_progress > self.stall_s

@@ -109,9 +109,11 @@ def sent(schema: str, record: dict[str, Any]) -> None:
 @contextmanager
 def timed(step: Callable[..., Any]) -> Iterator[None]:
     started = time.perf_counter()
+    LIVENESS.steps += 1
     try:
         yield
     finally:
+        LIVENESS.steps -= 1
         name = getattr(step, "__name__", type(step).__name__)
         BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
 

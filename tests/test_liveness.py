@@ -67,3 +67,14 @@ def test_an_idle_worker_is_not_stuck_and_zero_turns_the_watchdog_off() -> None:
     off, clock = watchdog(stall_s=0)
     clock.now += 10_000
     assert not off.stuck(99, busy=False)
+
+
+def test_a_long_model_step_is_work_not_a_stall() -> None:
+    """A slow captioner (minutes for a batch of remote calls) must not be restarted."""
+    live, clock = watchdog()
+    live.steps = 1
+    clock.now += 1000
+    assert not live.stuck(10, busy=False)
+    live.steps = 0
+    clock.now += 121
+    assert live.stuck(10, busy=False)
