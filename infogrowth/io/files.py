@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -54,7 +56,39 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _parse_line(line: bytes) -> dict[str, Any]:
-    """One JSONL line as a JSON object; ValueError with a one-line reason otherwise."""
+    """One JSONL line as a JSON object; ValueError with a one-line reason otherwise.
+    orjson reads a line ~3x faster than json; a line it rejects, or whose values might differ
+    from json's, is read again by json, so values and error messages are json's."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _parse_line_stdlib(line)
+    if isinstance(row, dict) and _orjson_exact(row):
+        return row
+    return _parse_line_stdlib(line)
+
+
+# orjson reads an integer beyond 64 bits as a float, and writes NaN and +-inf as null. Rows
+# whose floats are all finite and below this magnitude read and write exactly as with json.
+_ORJSON_FLOAT_LIMIT = 2.0**63
+
+
+def _orjson_exact(value: Any) -> bool:
+    """Every float in ``value`` is finite and below 2**63 in magnitude (always true when
+    ``value`` holds none), so orjson reads and writes it as json does."""
+    if isinstance(value, float):
+        return abs(value) < _ORJSON_FLOAT_LIMIT  # False for NaN
+    if isinstance(value, list | tuple):
+        try:  # one C call for a list of numbers (an embedding); NaN or inf makes it non-finite
+            return math.hypot(*value) < _ORJSON_FLOAT_LIMIT
+        except (TypeError, ValueError, OverflowError):  # not all numbers, or a huge integer
+            return all(_orjson_exact(item) for item in value)
+    if isinstance(value, dict):
+        return all(_orjson_exact(item) for item in value.values())
+    return True
+
+
+def _parse_line_stdlib(line: bytes) -> dict[str, Any]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -87,11 +121,11 @@ class RowWriter:
         self.format = file_format(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rows: list[dict[str, Any]] = []
-        self._fh = open(self.path, "w", encoding="utf-8") if self.format == "jsonl" else None  # noqa: SIM115
+        self._fh = open(self.path, "wb") if self.format == "jsonl" else None  # noqa: SIM115
 
     def write(self, row: dict[str, Any]) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+            self._fh.write(jsonl_line(row))
         else:
             self._rows.append(row)
 
@@ -106,6 +140,28 @@ class RowWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# What orjson writes and json cannot (datetimes, dataclasses, subclasses of str, int, dict,
+# list) goes to json, which raises as before.
+_ORJSON_OPTIONS = (
+    orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def jsonl_line(row: dict[str, Any]) -> bytes:
+    """``row`` as one UTF-8 JSONL line, the values json.dumps writes (compact, as orjson writes
+    them, ~10x faster); json.dumps' own text for what orjson cannot write the same way: NaN,
+    infinities, integers beyond 64 bits, types json knows and orjson does not."""
+    if _orjson_exact(row):
+        try:
+            return orjson.dumps(row, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:
+            pass
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:
