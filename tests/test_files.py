@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from infogrowth.io.files import RowWriter, jsonl_line, read_rows
@@ -96,3 +97,38 @@ def test_what_orjson_cannot_write_is_written_by_json() -> None:
         jsonl_line({"t": datetime.datetime(2026, 1, 1)})
     with pytest.raises(UnicodeEncodeError):  # as writing json.dumps' text in UTF-8 does
         jsonl_line({"s": "\ud800"})
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.parquet"])
+def test_update_changes_a_written_row_in_place(tmp_path: Path, name: str) -> None:
+    dst = tmp_path / name
+    rows = [{"id": f"r{i}", "decision": "accepted", "e": [0.5, i]} for i in range(3)]
+
+    with RowWriter(dst) as writer:
+        for row in rows:
+            writer.write(dict(row))
+        writer.update(1, {"decision": "rejected", "detail": "pushed out"})
+
+    written = (
+        pq.read_table(dst).to_pylist()
+        if dst.suffix == ".parquet"
+        else [json.loads(line) for line in dst.read_text().splitlines()]
+    )
+    changed = {"id": "r1", "decision": "rejected", "e": [0.5, 1], "detail": "pushed out"}
+    if dst.suffix == ".parquet":  # one table: every row gets the new column
+        rows = [{**row, "detail": None} for row in rows]
+        changed["e"] = [0.5, 1.0]
+    assert written == [rows[0], changed, rows[2]]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_an_error_leaves_the_previous_output(tmp_path: Path) -> None:
+    dst = tmp_path / "out.jsonl"
+    dst.write_text('{"id": "previous run"}\n')
+
+    with pytest.raises(RuntimeError), RowWriter(dst) as writer:
+        writer.write({"id": "new"})
+        raise RuntimeError("the run failed")
+
+    assert dst.read_text() == '{"id": "previous run"}\n'
+    assert not list(tmp_path.glob("*.partial"))

@@ -29,7 +29,7 @@ def count_rows(path: str | Path) -> int:
     if file_format(path) == "parquet":
         return pq.ParquetFile(path).metadata.num_rows
     with open(path, "rb") as fh:
-        return sum(1 for line in fh if line.strip())
+        return sum(1 for line in fh if not line.isspace())
 
 
 def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -43,7 +43,7 @@ def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     # Binary, so that one invalid UTF-8 byte spoils its own line only.
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+            if line.isspace():  # not line.strip(), which copies the line
                 continue
             try:
                 row = _parse_line(line)
@@ -84,8 +84,11 @@ def _orjson_exact(value: Any) -> bool:
         except (TypeError, ValueError, OverflowError):  # not all numbers, or a huge integer
             return all(_orjson_exact(item) for item in value)
     if isinstance(value, dict):
-        return all(_orjson_exact(item) for item in value.values())
+        return all(isinstance(v, _NO_FLOATS) or _orjson_exact(v) for v in value.values())
     return True
+
+
+_NO_FLOATS = (str, int, type(None))  # the common fields, checked without a call
 
 
 def _parse_line_stdlib(line: bytes) -> dict[str, Any]:
@@ -114,14 +117,18 @@ def _parse_line_stdlib(line: bytes) -> dict[str, Any]:
 
 
 class RowWriter:
-    """Streams rows to JSONL, or buffers them into one Parquet table on close."""
+    """Streams rows to JSONL, or buffers them into one Parquet table on close. JSONL goes to
+    ``<path>.partial`` first and becomes ``path`` on a clean close (an error leaves ``path``
+    as it was); ``update`` changes rows already written."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.format = file_format(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rows: list[dict[str, Any]] = []
-        self._fh = open(self.path, "wb") if self.format == "jsonl" else None  # noqa: SIM115
+        self._updates: dict[int, dict[str, Any]] = {}
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._fh = open(self._partial, "wb") if self.format == "jsonl" else None  # noqa: SIM115
 
     def write(self, row: dict[str, Any]) -> None:
         if self._fh is not None:
@@ -129,17 +136,39 @@ class RowWriter:
         else:
             self._rows.append(row)
 
-    def close(self) -> None:
+    def update(self, position: int, fields: dict[str, Any]) -> None:
+        """Set ``fields`` in the row written at ``position`` (0-based): its other fields and
+        the order of all stay (a JSONL row is rewritten on close)."""
         if self._fh is not None:
-            self._fh.close()
+            self._updates.setdefault(position, {}).update(fields)
         else:
+            self._rows[position].update(fields)
+
+    def close(self) -> None:
+        if self._fh is None:
             pq.write_table(_table(self._rows), self.path)
+            return
+        self._fh.close()
+        if not self._updates:
+            self._partial.replace(self.path)
+            return
+        with open(self._partial, "rb") as src, open(self.path, "wb") as dst:
+            for position, line in enumerate(src):
+                fields = self._updates.get(position)
+                if fields is not None:
+                    line = jsonl_line(_parse_line(line) | fields)
+                dst.write(line)
+        self._partial.unlink()
 
     def __enter__(self) -> RowWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._fh is not None:
+            self._fh.close()
+            self._partial.unlink(missing_ok=True)
 
 
 # What orjson writes and json cannot (datetimes, dataclasses, subclasses of str, int, dict,
