@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from infogrowth.commands.offline import curate_file, make_curator
@@ -131,3 +132,31 @@ def test_output_row_and_topic_record_name_the_neighbour(tmp_path: Path) -> None:
     back = serde.decode(serde.encode(record))
     assert back["reason"] == "duplicate"
     assert (back["neighbour"], back["neighbour_distance"]) == ("a", 0.0)
+
+
+@pytest.mark.parametrize("out_name", ["out.jsonl", "out.parquet"])
+def test_a_row_evicted_after_it_was_written_is_rewritten(tmp_path: Path, out_name: str) -> None:
+    """batch_size=1: q1's row is written accepted before q2 pushes it out of the budget."""
+    angles = np.radians([0, 60, 180, 60])
+    pts = [np.r_[np.cos(a), np.sin(a), np.zeros(DIM - 2)] for a in angles]
+    rows = [
+        {"id": s.id, "decision": "x", "image_embedding": s.image_embedding,
+         "text_embedding": s.text_embedding, "note": i}
+        for i, s in enumerate(sample(f"q{i}", p) for i, p in enumerate(pts))
+    ]  # fmt: skip
+    src, dst = tmp_path / "in.jsonl", tmp_path / out_name
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = Settings(encoder="precomputed", policy="budget", budget=2, k=1, batch_size=1)
+
+    curate_file(src, dst, settings, progress=False)
+
+    out = pq.read_table(dst).to_pylist() if dst.suffix == ".parquet" else [
+        json.loads(line) for line in dst.read_text().splitlines()
+    ]  # fmt: skip
+    assert [(r["id"], r["reason"] or r["decision"]) for r in out] == [
+        ("q0", "accepted"), ("q1", "over_budget"), ("q2", "accepted"), ("q3", "over_budget")
+    ]  # fmt: skip
+    assert out[1]["detail"] == "pushed out of the budget by q2"
+    assert list(out[1])[:3] == ["id", "decision", "image_embedding"]  # fields keep their place
+    assert out[1]["note"] == 1 and out[1]["image_embedding"] == rows[1]["image_embedding"]
+    assert not list(tmp_path.glob("*.partial"))

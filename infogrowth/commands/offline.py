@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,14 +89,30 @@ def row_sample(row: dict[str, Any], seen: set[str]) -> Sample | Outcome:
     return sample
 
 
+RowSink = Callable[[dict[str, Any], Outcome], None]
+
+
 def curate_outcomes(
-    rows: Iterator[dict[str, Any]], curator: Curator, total: int | None, progress: bool
+    rows: Iterator[dict[str, Any]],
+    curator: Curator,
+    total: int | None,
+    progress: bool,
+    write: RowSink | None = None,
 ) -> list[Outcome]:
-    """One Outcome per row, in row order."""
+    """One Outcome per row, in row order. ``write`` gets each row with its outcome, in row
+    order, once its batch is curated, so rows are held a batch at a time; a budget eviction
+    later may still turn an accepted outcome into a rejected one (compare the decisions)."""
     outcomes: list[Outcome] = []
     seen: set[str] = set()
     batch: list[tuple[int, Sample]] = []
+    held: list[tuple[int, dict[str, Any]]] = []  # rows not yet written, in order
     bar = tqdm(total=total, unit="sample", desc="curate", disable=not progress)
+
+    def release() -> None:
+        if write is not None:
+            for pos, row in held:
+                write(row, outcomes[pos])
+        held.clear()
 
     def flush() -> None:
         results = curator.curate_batch([s for _, s in batch])
@@ -104,16 +120,20 @@ def curate_outcomes(
             outcomes[pos] = outcome
         bar.update(len(batch))
         batch.clear()
+        release()
 
     for row in rows:
         item = row_sample(row, seen)
+        held.append((len(outcomes), row))
         outcomes.append(item if isinstance(item, Outcome) else None)  # type: ignore[arg-type]
         if isinstance(item, Outcome):
             bar.update(1)
         else:
             batch.append((len(outcomes) - 1, item))
-            if len(batch) >= curator.settings.batch_size:
-                flush()
+        if len(batch) >= curator.settings.batch_size:
+            flush()
+        elif not batch:
+            release()
     if batch:
         flush()
     bar.close()
@@ -183,10 +203,25 @@ def curate_file(src: Path, dst: Path, settings: Settings, progress: bool = True)
         raise FileNotFoundError(f"{src}: no such file")
     curator = make_curator(settings, base_dir=src.parent)
     curator.fail_on_wrong_encoder = True  # one clear error instead of a bad_input per row
-    outcomes = curate_outcomes(read_rows(src), curator, count_rows(src), progress)
-    # Second pass over the input: rows are not all held in memory (embeddings can be large).
+    total = count_rows(src) if progress else None  # a pass over the file, for the bar only
     single = settings.mode == "single"
+    written: list[dict[str, Any]] = []  # each row's decision as written
+
     with RowWriter(dst) as writer:
-        for row, outcome in zip(read_rows(src), outcomes, strict=True):
+
+        def write(row: dict[str, Any], outcome: Outcome) -> None:
             writer.write(output_row(row, outcome, single))
+            written.append(_decision(outcome))
+
+        outcomes = curate_outcomes(read_rows(src), curator, total, progress, write)
+        for position, (outcome, before) in enumerate(zip(outcomes, written, strict=True)):
+            if _decision(outcome) != before:  # evicted from the budget after it was written
+                writer.update(position, _decision(outcome))
     return Summary.of(outcomes, curator.no_recaption_reason())
+
+
+_DECISION_FIELDS = ("decision", "reason", "detail")  # what apply_evictions changes
+
+
+def _decision(outcome: Outcome) -> dict[str, Any]:
+    return {name: getattr(outcome, name) for name in _DECISION_FIELDS}
