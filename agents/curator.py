@@ -18,7 +18,7 @@ import faust
 from faust.types import TP
 
 from agents import curator_state as state_codec
-from agents import snapshot
+from agents import diagnose, snapshot
 from agents.context import Context
 from infogrowth.core.curate import Scored, still_misaligned
 from infogrowth.core.shards import ShardedCurator
@@ -152,6 +152,23 @@ class Shards:
         self.states: dict[int, CuratorState] = {}
         if isinstance(ctx.curator, ShardedCurator):
             ctx.app.on_partitions_assigned.connect(self.on_assigned)
+        diagnose.REPORTERS.append(self.describe)
+
+    def describe(self) -> str:
+        """Per owned partition: index and gate sizes, and what the gate's head waits for."""
+        lines = []
+        for partition, state in sorted(self.states.items()):
+            st = state.restored
+            if st is None:
+                lines.append(f"curator partition {partition}: not restored yet")
+                continue
+            head = st.gate.head()
+            lines.append(
+                f"curator partition {partition}: {len(state.curator.index)} indexed, "
+                f"{len(st.gate)} in the gate, head {head!r} "
+                f"{'waits for its recaption' if head and st.gate.waiting(head) else ''}"
+            )
+        return "\n".join(lines) or "curator: no partition"
 
     def of(self, partition: int) -> CuratorState:
         if partition not in self.states:

@@ -14,13 +14,15 @@ import gc
 import logging
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import AsyncGeneratorType, FrameType
 from typing import Any
 
 import mode.worker
 
 log = logging.getLogger("infogrowth.agents")
+# Parts of the worker that describe their own state in a dump (the curator's gates).
+REPORTERS: list[Callable[[], str]] = []
 
 
 def _frames(awaitable: Any) -> Iterator[FrameType | str]:
@@ -86,6 +88,17 @@ def partition_states(app: Any) -> str:
     return "\n".join(lines)
 
 
+def reports() -> str:
+    return "\n".join(_report(reporter) for reporter in REPORTERS)
+
+
+def _report(reporter: Callable[[], str]) -> str:
+    try:
+        return reporter()
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not fail
+        return f"{reporter!r} failed ({exc!r})"
+
+
 def thread_stacks() -> str:
     return "\n".join(
         f"THREAD {tid}\n{''.join(traceback.format_stack(frame))}"
@@ -96,7 +109,7 @@ def thread_stacks() -> str:
 async def _dump(self: mode.worker.Worker) -> None:
     app = getattr(self, "app", None)
     states = partition_states(app) if app is not None else ""
-    dump = "\n".join((thread_stacks(), task_chains(), generator_chains(), states))
+    dump = "\n".join((thread_stacks(), task_chains(), generator_chains(), states, reports()))
     log.warning("SIGUSR1: threads, asyncio tasks and async generators\n%s", dump)
 
 

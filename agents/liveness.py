@@ -70,6 +70,7 @@ def restart(app: Any, waiting: int) -> None:
     log.error("threads:\n%s", diagnose.thread_stacks())
     loop.call_soon_threadsafe(lambda: log.error("tasks:\n%s", diagnose.task_chains()))
     loop.call_soon_threadsafe(lambda: log.error("partitions:\n%s", diagnose.partition_states(app)))
+    loop.call_soon_threadsafe(lambda: log.error("state:\n%s", diagnose.reports()))
     time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
     killer = threading.Timer(KILL_AFTER_S, os.kill, (os.getpid(), signal.SIGKILL))

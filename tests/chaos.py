@@ -142,6 +142,7 @@ def offsets_table(settings: Settings) -> str:
     topics = [
         settings.topic_raw, settings.topic_scored, settings.topic_recaption,
         settings.topic_recaptioned, f"{settings.app_id}-curator-state-changelog",
+        settings.topic_accepted, settings.topic_rejected, settings.topic_dead_letter,
     ]  # fmt: skip
     lines = ["topic partition committed lso hw"]
     for topic in topics:

@@ -26,6 +26,10 @@ class OrderedGate(Generic[T]):
     def __contains__(self, key: str) -> bool:
         return key in self._queue
 
+    def head(self) -> str | None:
+        """The id everything behind waits for (None when nothing is held)."""
+        return next(iter(self._queue), None)
+
     def waiting(self, key: str) -> bool:
         return self._queue.get(key) is _WAITING
 
