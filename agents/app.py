@@ -16,8 +16,6 @@ import faust
 from agents import captioner, curator, diagnose, inference, metrics
 from agents.atomic import (
     name_producers_by_topic,
-    recover_committed_changelogs,
-    reread_returning_changelogs,
     stop_producers_of_lost_partitions,
 )
 from agents.context import Context
@@ -36,8 +34,6 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     settings = settings or Settings.from_env()
     mask_log_records(settings.secret_values())
     use_registry(settings.schema_registry_url)  # "" = the fixed schema ids
-    recover_committed_changelogs()
-    reread_returning_changelogs()
     stop_producers_of_lost_partitions()
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
@@ -46,10 +42,10 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        # Kafka transactions: outputs, table changelog and offsets commit together, so a
+        # Kafka transactions: outputs, curator changelog and offsets commit together, so a
         # killed worker neither loses nor duplicates a curated sample.
         processing_guarantee="exactly_once",
-        store="memory://",  # the table is rebuilt from its changelog topic at start
+        store="memory://",  # no Faust tables: the curator reads its own changelog
         topic_partitions=1,  # topics Faust creates; ensure_pipeline_topics makes the others
         topic_replication_factor=1,
         web_enabled=False,

@@ -3,8 +3,8 @@ never straddle a commit.
 
 With ``processing_guarantee="exactly_once"`` Faust keeps one transactional producer per
 source partition and commits, from a timer task, the source offsets together with what
-that producer sent. Two things in faust-streaming 0.15 (pinned in pyproject.toml) would
-still let a crash duplicate or lose output, and this module closes both:
+that producer sent. These things in faust-streaming 0.15 (pinned in pyproject.toml) would
+still let a crash or a rebalance duplicate or lose output, and this module closes them:
 
 * Faust chooses the producer from the *destination* topic and only knows topics the app
   consumes; a message to ``accepted``, ``rejected`` or ``dead-letter`` silently went out
@@ -16,12 +16,6 @@ still let a crash duplicate or lose output, and this module closes both:
   owning `scored`) would then fence each other. ``name_producers_by_topic`` names each
   source partition's producer after its topic instead, so every source partition (one of
   the N of `raw-samples`, or `scored`) has its own transaction, whoever owns it.
-* Table recovery under transactions takes a changelog's high-water from the last stable
-  offset *cached from the last fetch*, which is unknown (None) for a partition this
-  consumer has not fetched yet, as after a restart. Faust then reads the changelog as empty
-  and the curator restarts with no state: samples waiting in its gate never get an outcome
-  and later gains are computed against an empty index. ``recover_committed_changelogs``
-  asks the broker instead (ListOffsets under read_committed answers the LSO).
 * A source partition that leaves a worker keeps its transactional producer there: Faust
   stops the producers of the partitions it computes as revoked, and that set came out
   empty in our rebalances (no "Stopping ... transactional producers" is ever logged). The
@@ -29,12 +23,6 @@ still let a crash duplicate or lose output, and this module closes both:
   fenced producer and the worker crashes with ``ProducerFenced`` at its next commit.
   ``stop_producers_of_lost_partitions`` stops every producer whose partition the new
   assignment does not give this worker as active.
-* A changelog partition that turns from active to standby here keeps the offset its
-  active recovery had read to. The memory store drops a standby's keys, and the curator
-  takes its entries out of the table once loaded; should the partition become active here
-  again, recovery would resume from that old offset and the curator would restore only the
-  entries written after it. ``reread_returning_changelogs`` forgets that offset, so a
-  partition that comes back is read from its start.
 * The commit timer can run at any ``await`` of an agent, so a commit could land inside a
   batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
   keeps commits out of a batch by holding ``Consumer._commit_fut``, the future Faust
@@ -49,13 +37,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import faust
 from faust.assignor import PartitionAssignor
-from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 log = logging.getLogger("infogrowth.agents")
@@ -78,19 +63,7 @@ def name_producers_by_topic() -> None:
     PartitionAssignor.group_for_topic = _topic_as_group  # type: ignore[assignment]
 
 
-async def _last_stable_offsets(self: AIOKafkaConsumerThread, partitions: list[TP]) -> dict:
-    # The worker's consumer reads read_committed, so end_offsets() is the last stable offset.
-    return await self._ensure_consumer().end_offsets(partitions)
-
-
-def recover_committed_changelogs() -> None:
-    """Table recovery reads each changelog up to its last stable offset, as the broker
-    reports it (see the module docstring)."""
-    AIOKafkaConsumerThread._highwaters = _last_stable_offsets  # type: ignore[method-assign]
-
-
 _faust_on_rebalance = TransactionManager.on_rebalance
-_faust_add_standby = Recovery.add_standby
 
 
 async def _stop_then_rebalance(
@@ -108,17 +81,6 @@ async def _stop_then_rebalance(
 def stop_producers_of_lost_partitions() -> None:
     """A partition's producer stops when the partition leaves (see the module docstring)."""
     TransactionManager.on_rebalance = _stop_then_rebalance  # type: ignore[method-assign]
-
-
-def _add_standby_from_scratch(self: Recovery, table: Any, tp: TP) -> None:
-    self.active_offsets.pop(tp, None)
-    _faust_add_standby(self, table, tp)
-
-
-def reread_returning_changelogs() -> None:
-    """A changelog partition that becomes active again is read from its start (see the
-    module docstring)."""
-    Recovery.add_standby = _add_standby_from_scratch  # type: ignore[method-assign]
 
 
 class BatchCommits:

@@ -2,10 +2,15 @@
 
 Reads `scored` in order; aligned samples pass through the ordered gate to the gain stage
 and the policy (→ `accepted` / `rejected`); misaligned ones go to `recaption` and hold
-their place in the gate until their new caption comes back. Its state lives in a
-changelog-backed Faust table (binary values, agents/curator_state.py), and the app runs with
-Kafka transactions (exactly-once), so after a crash the index is rebuilt from the committed
-table and nothing is emitted twice.
+their place in the gate until their new caption comes back. Its state lives in a compacted
+changelog topic (binary values, agents/curator_state.py) written in each batch's Kafka
+transaction (exactly-once), so after a crash, or when a partition moves to another worker,
+the index is rebuilt from the committed changelog partition and nothing is emitted twice.
+
+The changelog is read by the curator itself, not kept as a Faust table: Faust's recovery of
+a changelog partition that came back to a worker restored a fraction of it (16 of ~740
+entries, seen in the fault tests), and the curator needs the committed entries only once,
+when it (re)gains a partition.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from faust.types import TP
 from agents import curator_state as state_codec
 from agents import diagnose, snapshot
 from agents.context import Context
+from infogrowth.commands.pipeline import curator_changelog
 from infogrowth.core.curate import Scored, still_misaligned
 from infogrowth.core.shards import ShardedCurator
 from infogrowth.io.avro import MalformedMessage
@@ -32,23 +38,25 @@ STAGE = "curator"
 
 
 class CuratorState:
-    """Bridges the in-memory index/gate of one `scored` partition (one shard) and the Faust
-    table that makes them durable."""
+    """The in-memory index and gate of one `scored` partition (one shard), restored from
+    its changelog partition when the partition is (re)assigned here, and the changelog
+    entries of the running batch."""
 
-    def __init__(self, ctx: Context, table: faust.Table, partition: int = 0) -> None:
+    def __init__(self, ctx: Context, changelog: str, partition: int = 0) -> None:
         self.ctx = ctx
-        self.table = table
+        self.changelog = changelog
         self.partition = partition
         curator = ctx.curator
-        # Sharded: a fresh curator of this partition's shard, whatever an earlier owner left.
+        # A fresh selection state, whatever an earlier owner of the partition left here.
         sharded = isinstance(curator, ShardedCurator)
-        self.curator = curator.reset_shard(partition) if sharded else curator
+        if sharded:
+            self.curator = curator.reset_shard(partition)
+        else:
+            curator.reset_selection()
+            self.curator = curator
         self.sharded = sharded
         self.restored: state_codec.Restored | None = None
-        # What the gate needs of each entry (seq), kept apart from the table: Faust's
-        # recovery of a changelog partition this worker keeps across a rebalance re-applies
-        # the records we sent (raw values) to the table.
-        self.light: dict[str, state_codec.Entry] = {}
+        self.light: dict[str, state_codec.Entry] = {}  # what the gate needs of each entry
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
         every = ctx.settings.snapshot_every
@@ -58,39 +66,31 @@ class CuratorState:
             self.snapshots += f"shard-{partition}/"
         self.batches = 0
 
-    def _entries(self) -> dict[str, state_codec.Entry]:
-        """This partition's committed table entries (recovered from its changelog partition;
-        the memory store remembers each key's partition)."""
-        data = self.table.data
-        if not self.sharded:
-            return {k: state_codec.decode(v) for k, v in data.items() if v}
-        where = data._key_partition
-        return {
-            k: state_codec.decode(v)
-            for k, v in data.items()
-            if v and where.get(k) == self.partition
-        }
+    async def restore(self) -> None:
+        """Rebuilds the index, policy and gate from the committed changelog partition (and
+        the newest snapshot), off the event loop, before the partition's first batch."""
+        if self.restored is None:
+            self.restored = await self.ctx.run(self.restore_changelog)
+
+    def restore_changelog(self) -> state_codec.Restored:
+        shard = f" (shard {self.partition})" if self.sharded else ""
+        log.info("curator state%s: reading changelog partition %d", shard, self.partition)
+        settings = self.ctx.settings
+        entries = state_codec.read_entries(settings.kafka_bootstrap, self.changelog, self.partition)
+        curator = self.curator
+        latest = snapshot.read(self.store, self.snapshots) if self.store else None
+        restored = state_codec.restore(entries, curator.index, curator.policy, latest)
+        curator.index = restored.index
+        curator.hashes = restored.hashes
+        log.info("curator state%s: %d indexed from a snapshot", shard, restored.from_snapshot)
+        self.light = {key: state_codec.light(entry) for key, entry in entries.items()}
+        log.info(
+            "curator state%s: %d indexed, %d queued", shard, len(curator.index), len(restored.gate)
+        )
+        return restored
 
     def load(self) -> state_codec.Restored:
-        if self.restored is None:
-            curator = self.curator
-            entries = self._entries()
-            latest = snapshot.read(self.store, self.snapshots) if self.store else None
-            self.restored = state_codec.restore(entries, curator.index, curator.policy, latest)
-            curator.index = self.restored.index
-            curator.hashes = self.restored.hashes
-            shard = f" (shard {self.partition})" if self.sharded else ""
-            covered = self.restored.from_snapshot
-            log.info("curator state%s: %d indexed from a snapshot", shard, covered)
-            for key, entry in entries.items():  # the index holds the vectors now
-                self.light[key] = state_codec.light(entry)
-                del self.table.data[key]
-            log.info(
-                "curator state%s: %d indexed, %d queued",
-                shard,
-                len(curator.index),
-                len(self.restored.gate),
-            )
+        assert self.restored is not None, "restore() comes before the partition's first batch"
         return self.restored
 
     def seq_of(self, key: str) -> int:
@@ -98,7 +98,7 @@ class CuratorState:
 
     def put(self, key: str, value: state_codec.Entry) -> None:
         self.light[key] = state_codec.light(value)
-        # JSON key (the table's key serializer), binary value (raw value serializer).
+        # JSON key, binary value (agents/curator_state.py).
         self.unsent.append((json.dumps(key).encode(), state_codec.encode(value)))
 
     def item(self, key: str, raw: bytes) -> Scored:
@@ -112,9 +112,10 @@ class CuratorState:
         (``send_changelog`` goes through a buffer that can miss it), to the changelog
         partition of the source partition (co-partitioned: one shard each)."""
         unsent, self.unsent = self.unsent, []
-        topic = self.table.changelog_topic.get_topic_name()
         for raw_key, raw_value in unsent:
-            await self.ctx.publish(topic, raw_key, raw_value, source, partition=source.partition)
+            await self.ctx.publish(
+                self.changelog, raw_key, raw_value, source, partition=source.partition
+            )
 
     async def maybe_snapshot(self, committed_before: float) -> None:
         """After ``snapshot_every`` batches or more, at the end of a batch that committed
@@ -146,12 +147,11 @@ class Shards:
     another worker is dropped; when it comes back, its state is restored again from its
     changelog partition (the other owner moved it on)."""
 
-    def __init__(self, ctx: Context, table: faust.Table) -> None:
+    def __init__(self, ctx: Context, changelog: str) -> None:
         self.ctx = ctx
-        self.table = table
+        self.changelog = changelog
         self.states: dict[int, CuratorState] = {}
-        if isinstance(ctx.curator, ShardedCurator):
-            ctx.app.on_partitions_assigned.connect(self.on_assigned)
+        ctx.app.on_partitions_assigned.connect(self.on_assigned)
         diagnose.REPORTERS.append(self.describe)
 
     def describe(self) -> str:
@@ -170,9 +170,10 @@ class Shards:
             )
         return "\n".join(lines) or "curator: no partition"
 
-    def of(self, partition: int) -> CuratorState:
+    async def of(self, partition: int) -> CuratorState:
         if partition not in self.states:
-            self.states[partition] = CuratorState(self.ctx, self.table, partition)
+            self.states[partition] = CuratorState(self.ctx, self.changelog, partition)
+        await self.states[partition].restore()
         return self.states[partition]
 
     async def on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
@@ -183,11 +184,7 @@ class Shards:
 
 def register(ctx: Context) -> None:
     s = ctx.settings
-    shards = len(getattr(ctx.curator, "shards", [ctx.curator]))
-    # JSON keys; value_type bytes means raw values: recovery hands load() what flush() wrote.
-    # One table partition per `scored` partition (shard): Faust assigns them together.
-    table = ctx.app.Table("curator-state", partitions=shards, key_type=str, value_type=bytes)
-    states = Shards(ctx, table)
+    states = Shards(ctx, curator_changelog(s))
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
     async def curator(stream: faust.StreamT) -> None:
@@ -195,12 +192,13 @@ def register(ctx: Context) -> None:
             by_partition: dict[TP, list[faust.EventT]] = {}
             for ev in events:  # in order within each partition, one transaction each
                 by_partition.setdefault(ev.message.tp, []).append(ev)
+            durable = {tp: await states.of(tp.partition) for tp in by_partition}
             async with ctx.atomic(events):
                 committed = ctx.commits.last_commit  # the next commit is this batch's own
                 for source, mine in by_partition.items():
-                    await _curate(ctx, states.of(source.partition), mine, source)
+                    await _curate(ctx, durable[source], mine, source)
             for source in by_partition:
-                await states.of(source.partition).maybe_snapshot(committed)
+                await durable[source].maybe_snapshot(committed)
 
 
 async def _curate(

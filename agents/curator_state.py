@@ -1,4 +1,5 @@
-"""The curator's durable state, one changelog-backed table entry per sample id.
+"""The curator's durable state, one entry per sample id in a compacted changelog topic
+(one partition per `scored` partition), written in the transaction of the batch that made it.
 
 Entries (dicts in memory; on the changelog ``encode``: a JSON header, then the binary
 payload, vectors as packed float32):
@@ -12,7 +13,7 @@ payload, vectors as packed float32):
   rejected — finished without entering the index (misaligned, duplicate, or rejected by the
              policy, except under ``--policy all`` where every selected sample is indexed).
 ``seq`` is the arrival number, so a restart rebuilds everything in the original order.
-Once the index holds the vectors, the in-memory table keeps only ``light`` entries.
+Once the index holds the vectors, the curator keeps only ``light`` entries in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from infogrowth.core.dedup import HashStore, usable_hashes
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.order import OrderedGate
 from infogrowth.core.sample import Policy
+from infogrowth.io.kafka_io import read_topic, settled_end
 from infogrowth.io.vectors import WIRE, pack
 
 Entry = dict[str, Any]
@@ -103,6 +105,21 @@ class Restored:
     released: list[tuple[str, bytes]] = field(default_factory=list)  # ready at restore time
     from_snapshot: int = 0  # indexed samples taken from a snapshot instead of re-inserted
     hashes: HashStore = field(default_factory=HashStore)  # of the indexed samples, evictions done
+
+
+def read_entries(bootstrap: str, topic: str, partition: int) -> dict[str, Entry]:
+    """The committed entries of one changelog partition: each key's last value, read up to
+    the partition's end once no transaction is open on it (the previous owner's open
+    transaction is aborted when this worker's producer for the partition starts)."""
+    end = settled_end(bootstrap, topic, partition)
+    entries: dict[str, Entry] = {}
+    for msg in read_topic(bootstrap, topic, partitions=[partition], ends={partition: end}):
+        key, value = json.loads(msg.key()), msg.value()
+        if value:
+            entries[key] = decode(value)
+        else:  # a tombstone
+            entries.pop(key, None)
+    return entries
 
 
 def restore(

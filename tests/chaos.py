@@ -82,7 +82,7 @@ class Supervised:
         """Returns once the current worker has started reading its changelog (polled
         often: the caller kills it during recovery, which lasts seconds)."""
         assert self.worker is not None
-        marker = f"[{self.worker.pid}] [INFO] [^---Recovery]: Highwater"
+        marker = f"[{self.worker.pid}] [INFO] curator state: reading changelog partition"
         self.wait_for_log(marker, timeout_s, poll_s=0.05)
 
     def restored_states(self) -> dict[int, dict[int, Counts]]:

@@ -3,10 +3,13 @@ samples it kept, with the budget policy's evictions replayed at the same points.
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from confluent_kafka import Producer
 
 from agents import curator_state as state_codec
 from agents import snapshot
@@ -15,6 +18,8 @@ from infogrowth.core.curate import Curator, Scored
 from infogrowth.core.dedup import VARIANTS
 from infogrowth.core.encode import Encoded
 from infogrowth.core.gain import GainIndex
+from infogrowth.io.kafka_io import end_offsets, ensure_topics
+from infogrowth.io.runs import COMPACTED
 from infogrowth.records import Sample
 from infogrowth.settings import Settings
 
@@ -182,3 +187,42 @@ def test_a_write_killed_midway_leaves_the_previous_snapshot_usable() -> None:
     with pytest.raises(ConnectionError):
         snapshot.write(store, where, snaps[3], 3)
     assert snapshot.read(store, where).ids == snaps[2].ids
+
+
+def _transactional(kafka: str, transactional_id: str) -> Producer:
+    producer = Producer({"bootstrap.servers": kafka, "transactional.id": transactional_id})
+    producer.init_transactions(30)
+    return producer
+
+
+def _send(producer: Producer, topic: str, partition: int, key: str, entry: dict | None) -> None:
+    value = state_codec.encode(entry) if entry is not None else None
+    producer.produce(topic, value, json.dumps(key).encode(), partition=partition)
+
+
+def test_read_entries_gives_the_committed_state_of_one_partition(kafka: str) -> None:
+    """A worker that (re)gains a partition restores its committed entries: each key's last
+    value, tombstones deleting, nothing of another partition, nothing of the transaction a
+    killed owner left open (aborted when the next owner's producer starts)."""
+    topic = f"changelog-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka, [topic], partitions=2, config=COMPACTED)
+    owner = _transactional(kafka, f"{topic}-p1")
+    owner.begin_transaction()
+    _send(owner, topic, 1, "a", state_codec.queued(0, None))
+    _send(owner, topic, 1, "b", state_codec.queued(1, b"scored-b"))
+    _send(owner, topic, 0, "x", state_codec.rejected(0))  # another shard
+    owner.commit_transaction(30)
+    owner.begin_transaction()
+    _send(owner, topic, 1, "a", None)  # a tombstone
+    _send(owner, topic, 1, "b", state_codec.rejected(1))
+    _send(owner, topic, 1, "c", state_codec.queued(2, None))
+    owner.commit_transaction(30)
+    owner.begin_transaction()  # killed with this transaction open
+    _send(owner, topic, 1, "c", state_codec.rejected(2))
+    _send(owner, topic, 1, "d", state_codec.queued(3, None))
+    owner.flush(30)
+    assert end_offsets(kafka, topic)[1] < end_offsets(kafka, topic, "read_uncommitted")[1]
+
+    _transactional(kafka, f"{topic}-p1")  # the next owner's producer fences the old one
+    entries = state_codec.read_entries(kafka, topic, 1)
+    assert entries == {"b": state_codec.rejected(1), "c": state_codec.queued(2, None)}

@@ -19,7 +19,7 @@ from infogrowth.io.kafka_io import (
     read_topic,
     set_topic_config,
 )
-from infogrowth.io.runs import ensure_runs_topic
+from infogrowth.io.runs import COMPACTED, ensure_runs_topic
 from infogrowth.settings import ENV_PREFIX, Settings
 
 
@@ -38,6 +38,11 @@ def retention_config(settings: Settings) -> dict[str, str]:
     return {} if settings.retention_ms == 0 else {"retention.ms": str(settings.retention_ms)}
 
 
+def curator_changelog(settings: Settings) -> str:
+    """The curator's state: one compacted partition per shard (agents/curator_state.py)."""
+    return f"{settings.app_id}-curator-state-changelog"
+
+
 def ensure_pipeline_topics(settings: Settings) -> None:
     """Creates the missing topics. `raw-samples` has ``raw_partitions`` partitions keyed by
     id: inference is stateless and its workers share them. `scored` has one: the curator is
@@ -45,12 +50,14 @@ def ensure_pipeline_topics(settings: Settings) -> None:
     infogrowth/core/order.py). Both keep their records forever. `accepted` has
     ``accepted_partitions`` partitions keyed by id, so downstream readers can split it;
     `runs` is compacted (one record per run, infogrowth/io/runs.py); the rest have one.
-    A sharded curator (``centroids``) has one `scored` partition per shard instead."""
+    A sharded curator (``centroids``) has one `scored` partition per shard instead, and
+    the curator's changelog one partition per `scored` partition."""
     bootstrap, sources = settings.kafka_bootstrap, source_topics(settings)
     ensure_topics(bootstrap, [settings.topic_raw], settings.raw_partitions, UNLIMITED_RETENTION)
     shards = shard_count(settings)
     ensure_topics(bootstrap, [settings.topic_scored], shards, config=UNLIMITED_RETENTION)
     check_partitions(settings.kafka_bootstrap, settings.topic_scored, shards)
+    ensure_topics(bootstrap, [curator_changelog(settings)], shards, config=COMPACTED)
     set_topic_config(bootstrap, sources, UNLIMITED_RETENTION)  # also on topics made before
     retention = retention_config(settings)
     ensure_topics(bootstrap, [settings.topic_accepted], settings.accepted_partitions, retention)

@@ -35,7 +35,7 @@ from infogrowth.core.filters import (
     make_filters,
 )
 from infogrowth.core.gain import GainIndex, Neighbour, Verdict
-from infogrowth.core.sample import Policy
+from infogrowth.core.sample import Policy, make_policy
 from infogrowth.records import (
     REASON_BAD_INPUT,
     REASON_DUPLICATE,
@@ -117,6 +117,14 @@ class Curator:
         )
 
     # --- step 0: cheap filters, before the encoder (new samples only) ----------------------
+
+    def reset_selection(self) -> None:
+        """Forget what was selected (empty index, image hashes and policy) and keep the
+        models: a streaming worker that (re)gains a partition restores its state into it."""
+        self.index = GainIndex(**self.index.params)
+        self.hashes = HashStore()
+        self.policy = make_policy(self.settings)
+
     def score_new(self, samples: Sequence[Sample]) -> list[Scored | Outcome]:
         """``score`` for samples seen for the first time: the DataComp-style filters run
         before the encoder, the alignment-percentile filter on its alignment."""

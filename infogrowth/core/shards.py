@@ -28,9 +28,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from infogrowth.core.curate import Curator, Scored
-from infogrowth.core.dedup import HashStore
-from infogrowth.core.gain import GainIndex
-from infogrowth.core.sample import make_policy
 from infogrowth.records import Outcome
 from infogrowth.settings import Settings
 
@@ -124,9 +121,7 @@ def shard_curator(base: Curator, shard: int, shards: int) -> Curator:
     (gain index, image hashes, policy)."""
     curator = copy.copy(base)
     curator.settings = shard_settings(base.settings, shard, shards)
-    curator.index = GainIndex(**base.index.params)
-    curator.hashes = HashStore()
-    curator.policy = make_policy(curator.settings)
+    curator.reset_selection()
     return curator
 
 

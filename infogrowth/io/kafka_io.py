@@ -324,6 +324,21 @@ def end_offsets(
         consumer.close()
 
 
+def settled_end(bootstrap: str, topic: str, partition: int, timeout_s: float = 90.0) -> int:
+    """The end of ``partition`` once no transaction is open on it (last stable offset =
+    high watermark), for a reader that must see everything committed so far. A transaction
+    that a killed producer left open is aborted by its coordinator when a producer with the
+    same transactional id starts, or after the transaction timeout (60 s); past
+    ``timeout_s`` the last stable offset is returned as it is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        written = end_offsets(bootstrap, topic, isolation="read_uncommitted")[partition]
+        stable = end_offsets(bootstrap, topic)[partition]
+        if stable >= written or time.monotonic() > deadline:
+            return stable
+        time.sleep(0.2)
+
+
 def read_topic(
     bootstrap: str,
     topic: str,
@@ -335,6 +350,7 @@ def read_topic(
     isolation: str = "read_committed",
     ends: Mapping[int, int] | None = None,
     poll_s: float = 0.25,
+    partitions: Iterable[int] | None = None,
 ) -> Iterator[Message]:
     """Every message of every partition, up to the end offsets taken at call time.
 
@@ -344,10 +360,13 @@ def read_topic(
     but are never delivered, so a partition counts as finished on its EOF event or once its
     position reaches the end, never by counting messages. With ``until_end=False`` reading
     goes on until nothing arrives for ``timeout_s``; with it, such a stall raises ReadTimeout.
+    ``partitions``: only these (without ``group_id``).
     """
     consumer = _consumer(bootstrap, group_id, from_beginning, isolation)
     try:
-        partitions = _partitions(consumer, bootstrap, topic, timeout=min(timeout_s, 10.0))
+        found = _partitions(consumer, bootstrap, topic, timeout=min(timeout_s, 10.0))
+        wanted = set(found if partitions is None else partitions)
+        partitions = [p for p in found if p in wanted]
         stop = dict(ends) if ends is not None else _ends(consumer, topic, partitions, timeout_s)
         if group_id is None:
             start = OFFSET_BEGINNING if from_beginning else OFFSET_END
