@@ -85,6 +85,19 @@ class Supervised:
         marker = f"[{self.worker.pid}] [INFO] curator state: reading changelog partition"
         self.wait_for_log(marker, timeout_s, poll_s=0.05)
 
+    def restores_since(self, start: int) -> list[tuple[int, Counts]]:
+        """(shard, (indexed, queued)) of each restore the current worker logged after byte
+        ``start`` of its log."""
+        assert self.worker is not None
+        with self.log_path.open("rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+        return [
+            (int(m[2] or 0), (int(m[3]), int(m[4])))
+            for m in STATE_LINE.finditer(text)
+            if int(m[1]) == self.worker.pid
+        ]
+
     def restored_states(self) -> dict[int, dict[int, Counts]]:
         """pid -> shard -> (indexed, queued) as each worker first logged it after recovery
         (shard 0 when unsharded)."""

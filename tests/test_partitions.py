@@ -17,6 +17,7 @@ import pytest
 from chaos import (
     Supervised,
     assert_exactly_once_and_offline_equal,
+    committed_state,
     drain,
     scored_copies,
     scored_order,
@@ -147,8 +148,10 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
         joiner.start()
         joiner.wait_for_log("curator state (shard")  # it owns a shard now
         wait_for_scored(settings, N * 4 // 10)
+        mark, survivor_pid = survivor.log_path.stat().st_size, survivor.worker.pid
         doomed.kill()
         killed_at = outcome_count(settings)
+        at_kill = committed_state(settings)  # what the survivor must take over
         outcomes = drain(survivor, {r["id"] for r in rows}, timeout_s=300)
     finally:
         for run in (first, joiner):
@@ -169,7 +172,13 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
     restored = re.findall(state_lines, survivor.log_path.read_text())
     assert set(restored) == {"0", "1"}
     if killed == "joiner":  # the first worker restored the shard it got back a second time
-        assert max(restored.count(shard) for shard in "01") == 2, restored
+        assert max(restored.count(shard) for shard in "01") >= 2, restored
+    # What it restored of the killed worker's shard is exactly the state committed at the kill.
+    if survivor.worker.pid == survivor_pid:  # (not restarted since)
+        taken = survivor.restores_since(mark)
+        assert taken, "the survivor logged no restore of the killed worker's shard"
+        for shard, counts in taken:
+            assert counts == at_kill.get(shard, (0, 0)), (shard, counts, at_kill)
     # Centroids can also be fitted on `scored` itself (the stored embeddings).
     again = fit_centroids("scored", 300, settings)
     assert (again.shards, again.fitted_on) == (2, 300)
