@@ -75,7 +75,9 @@ class Supervised:
     def wait_for_log(self, text: str, timeout_s: float = 120.0, poll_s: float = 0.2) -> None:
         deadline = time.monotonic() + timeout_s
         while text not in self.log_path.read_text(errors="replace"):
-            assert time.monotonic() < deadline, f"{text!r} never appeared in {self.log_path}"
+            if time.monotonic() >= deadline:
+                self.dump_stacks()  # where a stalled worker waits, at the end of its log
+                raise AssertionError(f"{text!r} never appeared in {self.log_path}")
             time.sleep(poll_s)
 
     def wait_until_restoring(self, timeout_s: float = 60.0) -> None:

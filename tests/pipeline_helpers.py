@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from infogrowth.commands.demo import demo_settings
+from infogrowth.commands.ingest import ingest_file
 from infogrowth.io.kafka_io import read_topic
 from infogrowth.settings import Settings
 
@@ -64,3 +66,12 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def topic_values(settings: Settings, topic: str) -> list[bytes]:
     return [m.value() for m in read_topic(settings.kafka_bootstrap, topic, timeout_s=30)]
+
+
+def trickle(settings: Settings, rows: list[dict], tmp_path: Path, chunk: int = 100) -> None:
+    """Ingests ``rows`` a chunk every half second (a crawl, not a bulk load: the worker is
+    still mid-stream when a fault test strikes)."""
+    for start in range(0, len(rows), chunk):
+        path = write_jsonl(tmp_path / f"chunk{start}.jsonl", rows[start : start + chunk])
+        ingest_file(path, settings, progress=False)
+        time.sleep(0.5)

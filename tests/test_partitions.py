@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,11 +25,11 @@ from pipeline_helpers import (
     embedding_rows,
     run_settings,
     topic_values,
+    trickle,
     with_settings,
     write_jsonl,
 )
 
-from infogrowth.commands.ingest import ingest_file
 from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count
 from infogrowth.commands.replay import replay
 from infogrowth.commands.shards import fit_centroids, save
@@ -52,14 +51,6 @@ def wait_for_scored(settings: Settings, n: int, timeout_s: float = 120) -> None:
     while scored_count(settings) < n:
         assert time.monotonic() < deadline, f"fewer than {n} records in `scored`"
         time.sleep(0.05)
-
-
-def trickle(settings: Settings, rows: list[dict], tmp_path: Path, chunk: int = 100) -> None:
-    """Ingests ``rows`` a chunk every half second."""
-    for start in range(0, len(rows), chunk):
-        path = write_jsonl(tmp_path / f"chunk{start}.jsonl", rows[start : start + chunk])
-        ingest_file(path, settings, progress=False)
-        time.sleep(0.5)
 
 
 def test_inference_worker_killed_on_four_partitions_loses_and_duplicates_nothing(

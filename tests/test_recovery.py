@@ -7,6 +7,7 @@ exactly the committed curator state. `-m "not chaos"` skips them (~8 minutes on 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from chaos import (
 )
 from conftest import S3Server
 from model_fixtures import build_tiny_clip, jpeg_bytes, photos
-from pipeline_helpers import embedding_rows, run_settings, topic_values, with_settings, write_jsonl
+from pipeline_helpers import (
+    embedding_rows,
+    run_settings,
+    topic_values,
+    trickle,
+    with_settings,
+    write_jsonl,
+)
 
 from agents import snapshot
 from infogrowth.commands.ingest import ingest_file
@@ -78,14 +86,21 @@ def _curate_under(
     rows: list[dict],
     tolerance: float = 0.0,
     worker_first: bool = True,
+    trickled: bool = False,
 ) -> Supervised:  # noqa: ANN001
+    """``trickled``: the rows arrive a chunk every half second instead of all at once, for
+    faults that wait for something the worker does along the way (snapshots)."""
     ensure_pipeline_topics(settings)
     source = write_jsonl(tmp_path / "samples.jsonl", rows)
     run = Supervised(settings, tmp_path / "worker.log", len(rows))
     if worker_first:
         run.start()
     try:
-        ingest_file(source, settings, progress=False)  # while the worker already runs
+        if trickled:
+            feeder = threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True)
+            feeder.start()
+        else:
+            ingest_file(source, settings, progress=False)  # while the worker already runs
         fault(run)
         outcomes = drain(run, {r["id"] for r in rows}, DRAIN_S)
     finally:
@@ -108,7 +123,7 @@ def test_worker_killed(fault, kafka, s3, tmp_path):  # noqa: ANN001
 def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(kafka, s3, tmp_path):  # noqa: ANN001
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08, snapshot_every=3)
     fault = kill_after_snapshots("curator snapshot written")
-    _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64))
+    _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64), trickled=True)
     log = (tmp_path / "worker.log").read_text(errors="replace")
     covered = [int(n) for n in re.findall(r"curator state: (\d+) indexed from a snapshot", log)]
     assert max(covered, default=0) > 0, "the restarted curator took nothing from a snapshot"
@@ -192,7 +207,7 @@ def test_two_shards_recover_each_from_its_snapshot_and_replay_equals_the_stream(
     settings = with_settings(settings, centroids=save(centroids, "s3://pipeline/c", settings))
     where = snapshot.prefix(settings.app_id)
     fault = kill_after_snapshots(f"{where}shard-0/index-", f"{where}shard-1/index-")
-    run = _curate_under(fault, settings, tmp_path, rows)
+    run = _curate_under(fault, settings, tmp_path, rows, trickled=True)
     restarted = set(run.expected_state)
     log = run.log_path.read_text(errors="replace")
     covered: dict[int, int] = {}
