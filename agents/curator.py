@@ -64,6 +64,7 @@ class CuratorState:
         self.snapshots = snapshot.prefix(ctx.settings.app_id)
         if self.sharded:
             self.snapshots += f"shard-{partition}/"
+        self.uploads = snapshot.Uploader(self.store, self.snapshots) if self.store else None
         self.batches = 0
 
     async def restore(self) -> None:
@@ -119,22 +120,19 @@ class CuratorState:
 
     async def maybe_snapshot(self, committed_before: float) -> None:
         """After ``snapshot_every`` batches or more, at the end of a batch that committed
-        (so the snapshot holds committed state only): the index to S3. A failure only
-        delays it."""
+        (so the snapshot holds committed state only): the index to S3, uploaded in the
+        background (agents/snapshot.py). A failure only delays it."""
         self.batches += 1
         committed = self.ctx.commits.last_commit != committed_before
-        if self.store is None or self.batches < self.ctx.settings.snapshot_every or not committed:
+        every = self.ctx.settings.snapshot_every
+        if self.uploads is None or self.batches < every or not committed:
             return
+        if self.uploads.busy():
+            return  # the previous one is still uploading: try again after the next batch
         self.batches = 0
         seq, index = self.load().next_seq, self.curator.index
-        try:
-            key = await self.ctx.run(snapshot.write, self.store, self.snapshots, index, seq)
-        except Exception as exc:  # an optimisation: S3 trouble must not stop the curator
-            log.warning("curator snapshot not written (%s)", exc)
-        else:
-            log.info(
-                "curator snapshot written: %d indexed, up to seq %d (%s)", len(index), seq, key
-            )
+        data = await self.ctx.run(index.to_bytes)
+        self.uploads.start(data, seq, len(index))
 
     def seq(self) -> int:
         st = self.load()

@@ -7,12 +7,19 @@ replaces it whole or not at all. The snapshot covers the first ``len(index)`` in
 samples in arrival order; gains and the policy's memory are replayed from the table (cheap,
 no vectors), and ``curator_state.covers`` checks the snapshot against the committed table,
 so one taken after a batch whose transaction then aborted is ignored (full replay).
+
+The index is serialised on the curator's model thread (where it changes) and uploaded on a
+thread of its own, one upload per shard at a time, never awaited by a batch: a slow or
+hanging object store delays snapshots, never curation (a hung upload on the model thread
+once held every agent of a CI worker for two minutes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from infogrowth.core.gain import GainIndex
 from infogrowth.io.store import ObjectStore, StoreUnavailable
@@ -26,12 +33,13 @@ def prefix(app_id: str) -> str:
     return f"snapshots/{app_id}/curator/"
 
 
-def write(store: ObjectStore, where: str, index: GainIndex, seq: int) -> str:
-    """Writes the snapshot, then the pointer; returns the snapshot's key."""
+def write(store: ObjectStore, where: str, data: bytes, seq: int, indexed: int) -> str:
+    """Writes the snapshot (``GainIndex.to_bytes()`` of ``indexed`` samples), then the
+    pointer; returns the snapshot's key."""
     key = f"{where}index-{seq:012d}.bin"
     store.ensure_bucket()
-    store.put_bytes(key, index.to_bytes())
-    pointer = {"key": key, "seq": seq, "indexed": len(index)}
+    store.put_bytes(key, data)
+    pointer = {"key": key, "seq": seq, "indexed": indexed}
     store.put_bytes(where + POINTER, json.dumps(pointer).encode(), "application/json")
     for old in [k for k in store.list(where) if k.endswith(".bin")][:-KEEP]:
         store.delete(old)
@@ -48,3 +56,38 @@ def read(store: ObjectStore, where: str) -> GainIndex | None:
     except (StoreUnavailable, ValueError, KeyError) as exc:
         log.warning("curator snapshot unreadable (%s): full replay", exc)
         return None
+
+
+_UPLOADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="infogrowth-snapshot")
+
+
+class Uploader:
+    """The snapshot uploads of one shard: in the background, one at a time."""
+
+    def __init__(self, store: ObjectStore, where: str) -> None:
+        self.store = store
+        self.where = where
+        self.running: asyncio.Future[str] | None = None
+
+    def busy(self) -> bool:
+        return self.running is not None and not self.running.done()
+
+    def start(self, data: bytes, seq: int, indexed: int) -> bool:
+        """Starts uploading; False (nothing started) while the previous upload runs."""
+        if self.busy():
+            return False
+        loop = asyncio.get_running_loop()
+        args = (self.store, self.where, data, seq, indexed)
+        self.running = loop.run_in_executor(_UPLOADS, write, *args)
+        self.running.add_done_callback(lambda done: _report(done, seq, indexed))
+        return True
+
+
+def _report(done: asyncio.Future[str], seq: int, indexed: int) -> None:
+    exc = done.exception()
+    if exc is not None:  # an optimisation: S3 trouble must not stop the curator
+        log.warning("curator snapshot not written (%s)", exc)
+    else:
+        log.info(
+            "curator snapshot written: %d indexed, up to seq %d (%s)", indexed, seq, done.result()
+        )

@@ -3,7 +3,10 @@ samples it kept, with the budget policy's evictions replayed at the same points.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import threading
 import uuid
 from dataclasses import replace
 
@@ -177,16 +180,50 @@ def test_a_write_killed_midway_leaves_the_previous_snapshot_usable() -> None:
     store, where = FakeStore(), snapshot.prefix("app")
     assert snapshot.read(store, where) is None
     for seq, snap in enumerate(snaps[:3]):
-        snapshot.write(store, where, snap, seq)
+        snapshot.write(store, where, snap.to_bytes(), seq, len(snap))
     assert len(store.list(where)) == snapshot.KEEP + 1  # two snapshots and the pointer
     store.fail_on = "index-"  # the kill lands in the snapshot's own write
     with pytest.raises(ConnectionError):
-        snapshot.write(store, where, snaps[3], 3)
+        snapshot.write(store, where, snaps[3].to_bytes(), 3, len(snaps[3]))
     assert snapshot.read(store, where).ids == snaps[2].ids
     store.fail_on = snapshot.POINTER  # ... or in the pointer's
     with pytest.raises(ConnectionError):
-        snapshot.write(store, where, snaps[3], 3)
+        snapshot.write(store, where, snaps[3].to_bytes(), 3, len(snaps[3]))
     assert snapshot.read(store, where).ids == snaps[2].ids
+
+
+class HangingStore(FakeStore):
+    """An object store whose writes wait until ``answer`` is set (a gateway that hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = threading.Event()
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "") -> str:
+        assert self.answer.wait(10)
+        return super().put_bytes(key, data, content_type)
+
+
+def test_a_hanging_object_store_delays_snapshots_not_the_curator(caplog) -> None:  # noqa: ANN001
+    """Uploads run in the background, one per shard at a time: the batch that starts one
+    goes on at once, and a snapshot due while one is uploading is skipped."""
+    settings = Settings(encoder="precomputed", policy="threshold", tau=0.35, k=2)
+    _, _, snaps = _curated_table(settings, 2)
+    store, where = HangingStore(), snapshot.prefix("app")
+    uploads = snapshot.Uploader(store, where)
+
+    async def curate_on() -> None:
+        assert uploads.start(snaps[0].to_bytes(), 0, len(snaps[0]))
+        assert uploads.busy()
+        assert not uploads.start(snaps[1].to_bytes(), 1, len(snaps[1]))  # still uploading
+        store.answer.set()
+        await uploads.running
+
+    with caplog.at_level(logging.INFO, logger="infogrowth.curator"):
+        asyncio.run(curate_on())
+    assert not uploads.busy()
+    assert snapshot.read(store, where).ids == snaps[0].ids
+    assert "curator snapshot written" in caplog.text
 
 
 def _transactional(kafka: str, transactional_id: str) -> Producer:
