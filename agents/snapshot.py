@@ -10,8 +10,8 @@ so one taken after a batch whose transaction then aborted is ignored (full repla
 
 The index is serialised on the curator's model thread (where it changes) and uploaded on a
 thread of its own, one upload per shard at a time, never awaited by a batch: a slow or
-hanging object store delays snapshots, never curation (a hung upload on the model thread
-once held every agent of a CI worker for two minutes).
+hanging object store delays snapshots, never curation (the minio client may wait minutes:
+60 s read timeout, 2 retries).
 """
 
 from __future__ import annotations
