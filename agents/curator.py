@@ -15,6 +15,7 @@ when it (re)gains a partition.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -56,6 +57,7 @@ class CuratorState:
             self.curator = curator
         self.sharded = sharded
         self.restored: state_codec.Restored | None = None
+        self.restoring: asyncio.Future[state_codec.Restored] | None = None
         self.light: dict[str, state_codec.Entry] = {}  # what the gate needs of each entry
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
@@ -67,11 +69,28 @@ class CuratorState:
         self.uploads = snapshot.Uploader(self.store, self.snapshots) if self.store else None
         self.batches = 0
 
+    def start_restore(self) -> asyncio.Future[state_codec.Restored]:
+        """Starts rebuilding the index, policy and gate from the committed changelog
+        partition (and the newest snapshot), off the event loop; once per state."""
+        if self.restoring is None:
+            self.restoring = asyncio.ensure_future(self.ctx.run(self.restore_changelog))
+            self.restoring.add_done_callback(self._report_failure)
+        return self.restoring
+
     async def restore(self) -> None:
-        """Rebuilds the index, policy and gate from the committed changelog partition (and
-        the newest snapshot), off the event loop, before the partition's first batch."""
+        """Waits for the restore (started now if not yet): before the partition's first batch."""
         if self.restored is None:
-            self.restored = await self.ctx.run(self.restore_changelog)
+            self.restored = await self.start_restore()
+
+    def _report_failure(self, done: asyncio.Future[state_codec.Restored]) -> None:
+        """Logged even when the partition leaves before a batch awaits the restore (a batch
+        that awaits it gets the error itself)."""
+        if not done.cancelled() and done.exception() is not None:
+            log.error(
+                "curator state of partition %d: restore failed: %r",
+                self.partition,
+                done.exception(),
+            )
 
     def restore_changelog(self) -> state_codec.Restored:
         shard = f" (shard {self.partition})" if self.sharded else ""
@@ -141,9 +160,11 @@ class CuratorState:
 
 
 class Shards:
-    """The curator state of each `scored` partition this worker owns. A partition given to
-    another worker is dropped; when it comes back, its state is restored again from its
-    changelog partition (the other owner moved it on)."""
+    """The curator state of each `scored` partition this worker owns, restored as soon as
+    the partition is assigned (not at its first batch: a worker that restarts after the
+    input was all consumed is ready and says so). A partition given to another worker is
+    dropped; when it comes back, its state is restored again from its changelog partition
+    (the other owner moved it on)."""
 
     def __init__(self, ctx: Context, changelog: str) -> None:
         self.ctx = ctx
@@ -168,16 +189,24 @@ class Shards:
             )
         return "\n".join(lines) or "curator: no partition"
 
-    async def of(self, partition: int) -> CuratorState:
+    def state(self, partition: int) -> CuratorState:
         if partition not in self.states:
             self.states[partition] = CuratorState(self.ctx, self.changelog, partition)
-        await self.states[partition].restore()
         return self.states[partition]
 
+    async def of(self, partition: int) -> CuratorState:
+        state = self.state(partition)
+        await state.restore()
+        return state
+
     async def on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
+        """Runs after Faust started the assigned partitions' transactional producers, which
+        fenced a previous owner's open transaction, so the changelog read can settle."""
         mine = {tp.partition for tp in assigned if tp.topic == self.ctx.settings.topic_scored}
         for partition in set(self.states) - mine:
             del self.states[partition]
+        for partition in sorted(mine):
+            self.state(partition).start_restore()
 
 
 def register(ctx: Context) -> None:
