@@ -22,7 +22,7 @@ from agents import curator_state as state_codec
 from infogrowth.commands.offline import curate_file
 from infogrowth.commands.pipeline import outcome_count, start_worker, stop_worker
 from infogrowth.io.avro import decode_any
-from infogrowth.io.kafka_io import end_offsets, read_topic
+from infogrowth.io.kafka_io import end_offsets, group_lag, read_topic
 from infogrowth.settings import Settings
 
 # "curator state: N indexed, M queued", sharded "curator state (shard P): ..." (one per shard)
@@ -44,10 +44,13 @@ class Supervised:
     expected_state: dict[int, dict[int, Counts]] = field(default_factory=dict)
     starts: int = 0
 
-    def start(self) -> None:
-        # The old worker is gone, so the committed changelog is what the new one must restore.
-        # (A restart after the last outcome has no batch to restore its state for.)
-        restarted = self.starts > 0 and outcome_count(self.settings) < self.total
+    def start(self, expect_restore: bool = False) -> None:
+        """The old worker is gone, so the committed changelog is what the new one must
+        restore. A restart after the last outcome is checked only with ``expect_restore``
+        (the caller waits for that restore; otherwise the run may stop before it)."""
+        restarted = self.starts > 0 and (
+            expect_restore or outcome_count(self.settings) < self.total
+        )
         committed = committed_state(self.settings) if restarted else None
         self.worker = start_worker(self.settings, log_path=str(self.log_path))
         if committed is not None:
@@ -86,6 +89,15 @@ class Supervised:
         assert self.worker is not None
         marker = f"[{self.worker.pid}] [INFO] curator state: reading changelog partition"
         self.wait_for_log(marker, timeout_s, poll_s=0.05)
+
+    def wait_until_restored(self, timeout_s: float = 60.0) -> None:
+        """Returns once the current worker has logged what it restored."""
+        deadline = time.monotonic() + timeout_s
+        while not self.restores_since(0):
+            if time.monotonic() >= deadline:
+                self.dump_stacks()
+                raise AssertionError(f"worker {self.worker.pid} never restored ({self.log_path})")
+            time.sleep(0.2)
 
     def restores_since(self, start: int) -> list[tuple[int, Counts]]:
         """(shard, (indexed, queued)) of each restore the current worker logged after byte
@@ -166,6 +178,17 @@ def offsets_table(settings: Settings) -> str:
         done = committed_offsets(settings.kafka_bootstrap, settings.app_id, topic, list(lso))
         lines += [f"{topic} {p} {done.get(p)} {lso[p]} {hw.get(p)}" for p in sorted(lso)]
     return "\n".join(lines)
+
+
+def wait_until_committed(settings: Settings, topic: str, timeout_s: float = 60.0) -> None:
+    """Until the worker group has committed every record of ``topic``: nothing of it is
+    left to deliver after a restart."""
+    deadline = time.monotonic() + timeout_s
+    while lags := [
+        p for p in group_lag(settings.kafka_bootstrap, settings.app_id, [topic]) if p.lag
+    ]:
+        assert time.monotonic() < deadline, f"not committed after {timeout_s}s: {lags}"
+        time.sleep(0.5)
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict:

@@ -19,6 +19,7 @@ from chaos import (
     assert_restored_committed_state,
     drain,
     wait_for_share,
+    wait_until_committed,
 )
 from conftest import S3Server
 from model_fixtures import build_tiny_clip, jpeg_bytes, photos
@@ -79,6 +80,16 @@ def kill_during_recovery(run: Supervised) -> None:
     run.start()
 
 
+def restart_when_done(run: Supervised) -> None:
+    """A worker restarted once everything is curated restores its state at once, with no
+    batch to wait for (it used to restore at its first batch, so never)."""
+    wait_for_share(run.settings, 1.0, N)
+    wait_until_committed(run.settings, run.settings.topic_scored)
+    run.kill()
+    run.start(expect_restore=True)
+    run.wait_until_restored()
+
+
 def _curate_under(
     fault,
     settings,
@@ -112,8 +123,8 @@ def _curate_under(
 
 @pytest.mark.parametrize(
     "fault",
-    [kill_at(0.05), kill_at(0.5), kill_at(0.9), kill_during_recovery],
-    ids=["early", "mid-stream", "near-end", "again-during-recovery"],
+    [kill_at(0.05), kill_at(0.5), kill_at(0.9), kill_during_recovery, restart_when_done],
+    ids=["early", "mid-stream", "near-end", "again-during-recovery", "after-the-end"],
 )
 def test_worker_killed(fault, kafka, s3, tmp_path):  # noqa: ANN001
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
