@@ -234,17 +234,21 @@ async def _curate(
     """One partition's events of a batch: gate, gain and policy of its shard."""
     st = durable.load()
     released, st.released = list(st.released), []
+    pending = {key for key, _ in released}  # released in this batch, finished in _finish
     for ev in events:
-        released += await _admit(ctx, durable, ev)
+        admitted = await _admit(ctx, durable, ev, pending)
+        released += admitted
+        pending.update(key for key, _ in admitted)
     if released:
         await _finish(ctx, durable, released, source)
     await durable.flush(source)
 
 
 async def _admit(
-    ctx: Context, durable: CuratorState, event: faust.EventT
+    ctx: Context, durable: CuratorState, event: faust.EventT, pending: set[str]
 ) -> list[tuple[str, bytes]]:
-    """Puts one scored message into the gate; returns what the gate releases."""
+    """Puts one scored message into the gate; returns what the gate releases. ``pending``:
+    the ids the gate released earlier in this batch (no longer in it, not finished yet)."""
     try:
         record = ctx.serde["ScoredSample"].decode(event.value)
     except MalformedMessage as exc:
@@ -258,8 +262,8 @@ async def _admit(
         durable.put(key, state_codec.queued(durable.seq_of(key), raw))
         durable.decoded[key] = scored_from_record(record)
         return st.gate.resolve(key, raw)
-    if key in st.finished or key in st.gate:
-        return []  # redelivered by an upstream retry: same id, same content
+    if key in st.finished or key in st.gate or key in pending:
+        return []  # sent again (a crawler's resend, an upstream retry): the first one counts
     item = scored_from_record(record)
     seq = durable.seq()
     if durable.curator.is_aligned(item):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -203,3 +204,42 @@ def test_a_worker_dies_with_the_process_that_started_it(kafka, s3, tmp_path):
     while pid_alive(worker_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(worker_pid), "the worker outlived its parent"
+
+
+def test_a_sample_sent_twice_in_one_batch_is_curated_once(kafka, s3, tmp_path):
+    """A crawler that sends each sample twice, back to back (so both copies share the
+    curator's batch), gets one outcome per id, as if it had sent it once; the worker used
+    to crash on the batch and, restarted, on it again."""
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", policy="threshold")
+    ensure_pipeline_topics(settings)
+    unique = embedding_rows(40)
+    rows = write_jsonl(tmp_path / "rows.jsonl", unique)
+    twice = write_jsonl(tmp_path / "twice.jsonl", [row for row in unique for _ in (0, 1)])
+    ingest_file(twice, settings, progress=False)
+    worker = start_worker(settings, log_path=str(tmp_path / "worker.log"))
+    try:
+        outcomes = wait_for_outcomes(settings, _ids(rows), timeout_s=240, worker=worker)
+        time.sleep(3)  # a second outcome for an id would be committed by now
+        assert worker.poll() is None, "the worker crashed"
+    finally:
+        stop_worker(worker, signal.SIGTERM)
+
+    records = [
+        decode_any(v)[1]["id"]
+        for topic in (settings.topic_accepted, settings.topic_rejected)
+        for v in topic_values(settings, topic)
+    ]
+    counts = Counter(records)
+    assert set(counts) == _ids(rows)
+    # The curator answers each id once; the stateless inference stage rejects an unusable
+    # row (here a NaN embedding) each time it comes, with the same verdict.
+    repeated = {i for i, n in counts.items() if n > 1}
+    assert repeated == {i for i, r in outcomes.items() if r.get("reason") == "bad_input"}
+    assert all(counts[i] == 2 for i in repeated)
+    curate_file(rows, tmp_path / "offline.jsonl", settings, progress=False)
+    offline = {r["id"]: r for r in map(json.loads, (tmp_path / "offline.jsonl").open())}
+    for sample_id, r in outcomes.items():
+        assert (r["decision"], r.get("gain")) == (
+            offline[sample_id]["decision"],
+            offline[sample_id]["gain"],
+        ), sample_id
