@@ -9,6 +9,9 @@
    (inference → curator agents, exactly-once), outcomes read back from
    `accepted`/`rejected`. Afterwards the worker's /metrics say how many of those seconds
    the model step and the gain step took; the rest is Kafka, Faust, Avro and asyncio.
+   Then the same with the stages in two worker processes (`--worker-roles inference,captioner`
+   and `--worker-roles curator`): does one interpreter (one GIL) for both stages hold the
+   pipeline back?
 4. **inference workers** (``--images``, 0 skips): the packaged encoder on real photos over
    4 partitions of `raw-samples`, with one worker process, then with two (a second process
    running only the inference agent).
@@ -146,30 +149,52 @@ def bare_kafka(run: Settings, rows: Path, n: int, batch: int) -> float:
 
 
 # --- 3. the pipeline, with a profile from the worker's metrics ------------------------
-def pipeline(run: Settings, warm: Path, rows: Path, ids: set[str], timeout: float) -> dict:
-    worker = start_worker(run, log_path=str(Path(run.data_dir) / "worker.log"))
+ONE_PROCESS = ("inference,captioner,curator",)
+TWO_PROCESSES = ("inference,captioner", "curator")  # each stage its own interpreter
+
+
+def pipeline(
+    run: Settings, warm: Path, rows: Path, ids: set[str], timeout: float, roles: tuple[str, ...]
+) -> dict:
+    """One worker process per entry of ``roles`` (the agents it runs), on topics of their own."""
+    run = demo_settings(run, f"bench-{uuid.uuid4().hex[:6]}")
+    ensure_pipeline_topics(run)
+    workers = [replace(run, worker_roles=r, metrics_port=free_port()) for r in roles]
+    logs = [Path(run.data_dir) / f"{run.app_id}-{i}.log" for i in range(len(roles))]
+    procs = [start_worker(w, log_path=str(log)) for w, log in zip(workers, logs, strict=True)]
     try:
         warm_ids = {json.loads(line)["id"] for line in warm.open()}
         ingest_file(warm, run, progress=False)
-        wait(run, warm_ids, timeout_s=timeout, worker=worker)
-        before = step_seconds(run.metrics_port)
+        wait(run, warm_ids, timeout_s=timeout, worker=procs[-1])
+        before = step_seconds(workers)
         started = time.perf_counter()
         ingest_file(rows, run, progress=False)
         produced_s = time.perf_counter() - started
-        wait(run, ids | warm_ids, timeout_s=timeout, worker=worker)
+        wait(run, ids | warm_ids, timeout_s=timeout, worker=procs[-1])
         elapsed = time.perf_counter() - started
-        after = step_seconds(run.metrics_port)
+        after = step_seconds(workers)
+    except RuntimeError:  # a worker exited: why
+        for log in logs:
+            errors = [line for line in log.read_text().splitlines() if "] [ERROR] " in line]
+            print(f"--- {log}\n" + "\n".join(errors[:5]))
+        raise
     finally:
-        stop_worker(worker)
+        for proc in procs:
+            stop_worker(proc)
     steps = {k: v - before.get(k, 0.0) for k, v in after.items()}
     return {"seconds": elapsed, "produced_s": produced_s, "steps": steps}
 
 
-def step_seconds(port: int) -> dict[str, float]:
-    """Seconds spent per executor step so far (infogrowth_batch_seconds_sum)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+def step_seconds(workers: list[Settings]) -> dict[str, float]:
+    """Seconds spent per executor step so far (infogrowth_batch_seconds_sum), all workers."""
     pattern = r'infogrowth_batch_seconds_sum\{step="([^"]+)"\} ([0-9.e+-]+)'
-    return {m[1]: float(m[2]) for m in re.finditer(pattern, text)}
+    steps: dict[str, float] = {}
+    for w in workers:
+        url = f"http://127.0.0.1:{w.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        for m in re.finditer(pattern, text):
+            steps[m[1]] = steps.get(m[1], 0.0) + float(m[2])
+    return steps
 
 
 # --- 4. the packaged encoder on one and on two inference workers ----------------------
@@ -232,11 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         encoder="precomputed", batch_size=args.batch, take_within=0.2, policy="threshold"
     )
     cmd_up(base)
-    run = demo_settings(base, f"bench-{uuid.uuid4().hex[:6]}")
     vectors = clustered(args.n + WARM, args.dim, args.clusters, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run = replace(run, data_dir=str(work / "data"), metrics_port=free_port())
+        run = replace(base, data_dir=str(work / "data"))  # topics: per pipeline run
         Path(run.data_dir).mkdir(parents=True)
         ids = [f"s{i:07d}" for i in range(args.n)]
         warm = write_rows(
@@ -247,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         core_s = timed(lambda: curate_file(rows, work / "offline.jsonl", run, progress=False))
         bare_kafka(run, warm, WARM, args.batch)  # loads the transaction coordinator
         bare_s = bare_kafka(run, rows, args.n, args.batch)
-        ensure_pipeline_topics(run)
-        streamed = pipeline(run, warm, rows, set(ids), args.timeout)
+        streamed = pipeline(run, warm, rows, set(ids), args.timeout, ONE_PROCESS)
+        split = pipeline(run, warm, rows, set(ids), args.timeout, TWO_PROCESSES)
         encoded = {
             w: inference_workers(base, work, args.images, w, args.timeout)
             for w in ((1, 2) if args.images else ())
@@ -265,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  of its {stream_s:.1f} s, in the model/gain executor:")
     for step, seconds in sorted(streamed["steps"].items(), key=lambda kv: -kv[1]):
         print(f"    {step:<24} {seconds:7.1f} s  ({seconds / stream_s:.0%})")
+    split_s = split["seconds"]
+    print(
+        f"pipeline (inference | curator) {n / split_s:6.0f} samples/s"
+        f"  = {bare_s / split_s:.1%} of bare Kafka, {stream_s / split_s:.2f}x one worker"
+    )
     for workers, seconds in encoded.items():
         print(
             f"packaged encoder, {workers} inference worker(s), 4 raw partitions: "
