@@ -15,6 +15,7 @@ import faust
 
 from agents import captioner, curator, diagnose, inference, metrics
 from agents.atomic import (
+    commit_before_revocation,
     name_producers_by_topic,
     stop_producers_of_lost_partitions,
 )
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     mask_log_records(settings.secret_values())
     use_registry(settings.schema_registry_url)  # "" = the fixed schema ids
     stop_producers_of_lost_partitions()
+    commit_before_revocation()
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
     datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         # Kafka transactions: outputs, curator changelog and offsets commit together, so a
         # killed worker neither loses nor duplicates a curated sample.
         processing_guarantee="exactly_once",
+        broker_commit_interval=settings.commit_interval_s,  # outputs become visible then
         store="memory://",  # no Faust tables: the curator reads its own changelog
         topic_partitions=1,  # topics Faust creates; ensure_pipeline_topics makes the others
         topic_replication_factor=1,

@@ -23,6 +23,15 @@ still let a crash or a rebalance duplicate or lose output, and this module close
   fenced producer and the worker crashes with ``ProducerFenced`` at its next commit.
   ``stop_producers_of_lost_partitions`` stops every producer whose partition the new
   assignment does not give this worker as active.
+* At a rebalance Faust drops the acked offsets of the revoked partitions (all of them,
+  with Kafka's eager protocol) *before* its revocation handler commits, so that commit
+  carries nothing and the open transaction stays open; a partition that comes back is
+  sought to its committed offset and its batches since the last commit are processed again
+  into the same transaction, then committed twice (seen: a second worker joining made the
+  inference stage write its first 64 samples to `scored` twice). ``commit_before_revocation``
+  runs Faust's own revocation steps (stop the flow, let batches in flight finish, commit
+  and end the transactions) before the offsets are dropped, as Kafka Streams commits on
+  revocation.
 * The commit timer can run at any ``await`` of an agent, so a commit could land inside a
   batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
   keeps commits out of a batch by holding ``Consumer._commit_fut``, the future Faust
@@ -40,7 +49,7 @@ from contextlib import asynccontextmanager
 
 import faust
 from faust.assignor import PartitionAssignor
-from faust.transport.consumer import TransactionManager
+from faust.transport.consumer import Consumer, TransactionManager
 from faust.types import TP
 
 log = logging.getLogger("infogrowth.agents")
@@ -81,6 +90,29 @@ async def _stop_then_rebalance(
 def stop_producers_of_lost_partitions() -> None:
     """A partition's producer stops when the partition leaves (see the module docstring)."""
     TransactionManager.on_rebalance = _stop_then_rebalance  # type: ignore[method-assign]
+
+
+_faust_on_partitions_revoked = Consumer.on_partitions_revoked
+
+
+async def _commit_then_revoke(self: Consumer, revoked: set[TP]) -> None:
+    app = self.app
+    assignment = self.assignment()
+    if app.in_transaction and assignment and not self.should_stop:
+        # Faust's own revocation steps (App._on_partitions_revoked), run before the acks
+        # are dropped: no new events, the batches in flight finish, then commit.
+        self.stop_flow()
+        app.flow_control.suspend()
+        self.pause_partitions(assignment)
+        app.flow_control.clear()
+        await self.wait_empty()  # commits the acked offsets and ends the transactions
+    await _faust_on_partitions_revoked(self, revoked)
+
+
+def commit_before_revocation() -> None:
+    """A rebalance commits what was processed before the partitions are given up (see the
+    module docstring)."""
+    Consumer.on_partitions_revoked = _commit_then_revoke  # type: ignore[method-assign]
 
 
 class BatchCommits:

@@ -90,6 +90,7 @@ class Settings:
     topic_runs: str = "runs"  # compacted: the settings of each run (infogrowth/io/runs.py)
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
+    commit_interval_s: float = 2.8  # seconds between a worker's transaction commits
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs
     accepted_partitions: int = 4  # `accepted` is keyed by id: consumers split its partitions
     raw_partitions: int = 1  # `raw-samples`: >1 lets several inference workers share it
@@ -240,6 +241,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "log_every": _at_least(0),
     "snapshot_every": _at_least(0),
     "stall_restart_s": _at_least(0),
+    "commit_interval_s": lambda v: None if v > 0 else "must be > 0",
     "shards": _at_least(1),
     "gain_mean": _one_of("arithmetic", "geometric", "harmonic"),
     "policy": _one_of("threshold", "budget", "all"),

@@ -30,6 +30,7 @@ from pipeline_helpers import (
     write_jsonl,
 )
 
+from infogrowth.commands.ingest import ingest_file
 from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count
 from infogrowth.commands.replay import replay
 from infogrowth.commands.shards import fit_centroids, save
@@ -44,6 +45,12 @@ N = 2000
 
 def scored_count(settings: Settings) -> int:
     return sum(end_offsets(settings.kafka_bootstrap, settings.topic_scored).values())
+
+
+def scored_written(settings: Settings) -> int:
+    """Records written to `scored`, committed or not."""
+    ends = end_offsets(settings.kafka_bootstrap, settings.topic_scored, "read_uncommitted")
+    return sum(ends.values())
 
 
 def wait_for_scored(settings: Settings, n: int, timeout_s: float = 120) -> None:
@@ -180,3 +187,42 @@ def scored_ids_by_partition(settings: Settings) -> dict[int, set[str]]:
     for message in read_topic(settings.kafka_bootstrap, settings.topic_scored, timeout_s=30):
         found.setdefault(message.partition(), set()).add(decode_any(message.value())[1]["id"])
     return found
+
+
+def test_a_worker_joining_the_group_does_not_make_the_first_send_its_batches_twice(
+    kafka, s3, tmp_path
+):  # noqa: ANN001
+    """A second worker joins while the first holds processed but uncommitted batches (its
+    next commit is a minute away). The rebalance commits them before the partitions are
+    given up; Faust used to leave that transaction open, seek back to the committed offset,
+    process the batches again into the same transaction and commit both copies to `scored`."""
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", commit_interval_s=60.0)
+    ensure_pipeline_topics(settings)
+    # Aligned captions only: a recaptioned sample would wait for the first worker's commit.
+    rows = [r for i, r in enumerate(embedding_rows(64)) if i % 17 != 5]
+    source = write_jsonl(tmp_path / "rows.jsonl", rows)
+    n = len(rows)
+    first = Supervised(with_settings(settings, worker_roles="inference"), tmp_path / "inf.log", n)
+    second = Supervised(
+        with_settings(settings, worker_roles="captioner,curator", commit_interval_s=1.0),
+        tmp_path / "cur.log",
+        n,
+    )
+    first.start()
+    try:
+        ingest_file(source, settings, progress=False)
+        deadline = time.monotonic() + 120
+        while scored_written(settings) < n - 1:  # all but the NaN row, in the open transaction
+            assert time.monotonic() < deadline, f"{scored_written(settings)} scored records"
+            time.sleep(0.2)
+        assert scored_count(settings) == 0, "nothing committed yet"
+        second.start()  # joins the group: a rebalance
+        outcomes = drain(second, {r["id"] for r in rows}, timeout_s=50)  # before the 60 s commit
+    finally:
+        first.stop()
+        second.stop()
+    copies = scored_copies(settings)
+    twice = sorted(key for key, values in copies.items() if len(values) > 1)
+    assert not twice, f"in `scored` twice: {twice[:5]} ({len(twice)})"
+    assert {key[0] for key in copies} == {r["id"] for r in rows} - {"s0007"}  # s0007: NaN
+    assert all(len(found) == 1 for found in outcomes.values())
