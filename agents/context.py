@@ -80,13 +80,8 @@ class Context:
         all. The events are acked here, not when the stream moves on: the commit right after
         the batch (``BatchCommits``) must carry their offsets with their outputs, or a crash
         or a seek back to the committed offset sends them again (a stateless agent such as
-        inference would write them to `scored` twice).
-
-        Known gap: Faust neither commits nor aborts the open transaction at a rebalance, and
-        seeks a partition that stays here back to its committed offset, so the batches since
-        the last commit are processed again into the same transaction and committed twice.
-        The curator skips ids it has seen; inference writes those samples to `scored` twice
-        and rejects a bad one twice (seen when a second worker joins the group)."""
+        inference would write them to `scored` twice). A rebalance commits them too, before
+        the partitions are given up (``atomic.commit_before_revocation``)."""
         async with self.commits.hold():
             yield
             await self.confirm()

@@ -94,8 +94,8 @@ def test_inference_worker_killed_on_four_partitions_loses_and_duplicates_nothing
             run.stop()
     assert killed_at < N or pytest.skip("inference had finished before the kill")
 
-    # Inference is at-least-once into `scored` across a rebalance (see README): a record
-    # may come twice, but only as an identical copy, which the curator and replay skip.
+    # A record may reach `scored` twice only as an identical copy, which the curator and
+    # replay skip (a rebalance commits first: see the joining test below).
     copies = scored_copies(settings)
     differ = [key for key, values in copies.items() if len(set(values)) > 1]
     assert not differ, f"records in `scored` twice with different content: {differ[:5]}"
