@@ -90,7 +90,7 @@ class Settings:
     topic_runs: str = "runs"  # compacted: the settings of each run (infogrowth/io/runs.py)
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
-    commit_interval_s: float = 2.8  # seconds between a worker's transaction commits
+    commit_interval_s: float = 0.5  # seconds between a worker's transaction commits
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs
     accepted_partitions: int = 4  # `accepted` is keyed by id: consumers split its partitions
     raw_partitions: int = 1  # `raw-samples`: >1 lets several inference workers share it
