@@ -83,9 +83,13 @@ class CuratorState:
             self.restored = await self.start_restore()
 
     def _report_failure(self, done: asyncio.Future[state_codec.Restored]) -> None:
-        """Logged even when the partition leaves before a batch awaits the restore (a batch
-        that awaits it gets the error itself)."""
-        if not done.cancelled() and done.exception() is not None:
+        """A failed restore is logged, even when the partition leaves before a batch awaits
+        it (a batch that awaits it gets the error itself), and the next batch tries again."""
+        if not done.cancelled() and done.exception() is None:
+            return
+        if self.restoring is done:
+            self.restoring = None
+        if not done.cancelled():
             log.error(
                 "curator state of partition %d: restore failed: %r",
                 self.partition,

@@ -263,3 +263,38 @@ def test_read_entries_gives_the_committed_state_of_one_partition(kafka: str) -> 
     _transactional(kafka, f"{topic}-p1")  # the next owner's producer fences the old one
     entries = state_codec.read_entries(kafka, topic, 1)
     assert entries == {"b": state_codec.rejected(1), "c": state_codec.queued(2, None)}
+
+
+def test_a_failed_restore_is_tried_again_by_the_next_batch(caplog) -> None:  # noqa: ANN001
+    """The restore starts at assignment; if it fails (a broker timeout), it is logged and the
+    next batch's restore starts it again instead of getting the old failure forever."""
+    from types import SimpleNamespace
+
+    from agents.curator import CuratorState
+
+    async def run(fn):  # noqa: ANN001, ANN202 - Context.run without its executor
+        return fn()
+
+    ctx = SimpleNamespace(curator=make_curator(Settings()), settings=Settings(), run=run)
+    state = CuratorState(ctx, "changelog")  # type: ignore[arg-type]
+    restored = state_codec.Restored(index=ctx.curator.index)
+    answers = iter([TimeoutError("changelog read timed out"), restored])
+
+    def restore_changelog() -> state_codec.Restored:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    state.restore_changelog = restore_changelog  # type: ignore[method-assign]
+
+    async def two_batches() -> None:
+        state.start_restore()  # at assignment
+        with pytest.raises(TimeoutError):
+            await state.restore()  # the first batch
+        await state.restore()  # the next one
+        assert state.load() is restored
+
+    with caplog.at_level(logging.ERROR, logger="infogrowth.curator"):
+        asyncio.run(two_batches())
+    assert "restore failed: TimeoutError('changelog read timed out')" in caplog.text
