@@ -43,14 +43,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.chaos]
 N = 2000
 
 
-def scored_count(settings: Settings) -> int:
-    return sum(end_offsets(settings.kafka_bootstrap, settings.topic_scored).values())
-
-
-def scored_written(settings: Settings) -> int:
-    """Records written to `scored`, committed or not."""
-    ends = end_offsets(settings.kafka_bootstrap, settings.topic_scored, "read_uncommitted")
-    return sum(ends.values())
+def scored_count(settings: Settings, isolation: str = "read_committed") -> int:
+    """The end offsets of `scored`: committed ones, or with ``read_uncommitted`` every
+    record written."""
+    return sum(end_offsets(settings.kafka_bootstrap, settings.topic_scored, isolation).values())
 
 
 def wait_for_scored(settings: Settings, n: int, timeout_s: float = 120) -> None:
@@ -212,8 +208,9 @@ def test_a_worker_joining_the_group_does_not_make_the_first_send_its_batches_twi
     try:
         ingest_file(source, settings, progress=False)
         deadline = time.monotonic() + 120
-        while scored_written(settings) < n - 1:  # all but the NaN row, in the open transaction
-            assert time.monotonic() < deadline, f"{scored_written(settings)} scored records"
+        while (written := scored_count(settings, "read_uncommitted")) < n - 1:
+            # all but the NaN row, in the open transaction
+            assert time.monotonic() < deadline, f"{written} scored records"
             time.sleep(0.2)
         assert scored_count(settings) == 0, "nothing committed yet"
         second.start()  # joins the group: a rebalance
