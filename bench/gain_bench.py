@@ -12,7 +12,8 @@ interleaved (who goes first alternates), so load changes on the machine hit them
   batch, so its gains differ.
 - numpy brute force: the exact answer (float32 GEMM against everything earlier, top k+4
   re-scored in float64), timed on every ``--check-every``-th batch; it is the reference
-  for recall@k of GainIndex's neighbours.
+  for recall@k of GainIndex's neighbours and for the error of its gains (a missed
+  neighbour whose stand-in lies at almost the same distance barely moves the gain).
 
 Memory: resident-set growth of a fresh process that builds the index, GainIndex against
 bare hnswlib (vectors + graph) holding the same vectors.
@@ -94,8 +95,9 @@ class Bare:
         self.count += len(x)
 
 
-def brute_force(x: np.ndarray, start: int, size: int, k: int) -> np.ndarray:
-    """Exact k nearest earlier rows (indices, nearest first) of rows start..start+size."""
+def brute_force(x: np.ndarray, start: int, size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest earlier rows (indices, nearest first) of rows start..start+size and
+    their mean cosine distance (the exact gain; nan for the very first row)."""
     q = x[start : start + size]
     sim = q @ x[: start + size].T
     sim[:, start:][np.triu_indices(len(q), 0, sim.shape[1] - start)] = -np.inf  # later rows
@@ -104,7 +106,12 @@ def brute_force(x: np.ndarray, start: int, size: int, k: int) -> np.ndarray:
     exact = (q.astype(np.float64)[:, None, :] * x[top].astype(np.float64)).sum(axis=-1)
     exact[~np.isfinite(np.take_along_axis(sim, top, axis=1))] = -np.inf
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(top, order, axis=1)
+    similarity = np.take_along_axis(exact, order, axis=1)
+    found = np.isfinite(similarity)
+    distance = np.where(found, np.clip(1.0 - similarity, 0.0, 2.0), 0.0)
+    count = found.sum(axis=1)
+    gain = np.where(count > 0, distance.sum(axis=1) / np.maximum(count, 1), np.nan)
+    return np.take_along_axis(top, order, axis=1), gain
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     seconds = {"ours": 0.0, "bare": 0.0, "brute": 0.0}
     brute_samples = 0
     hits = {"all": [0, 0], "beyond_prefix": [0, 0]}  # [found, expected]
+    errors: list[np.ndarray] = []  # |gain - exact gain| of the checked rows
     for step, start in enumerate(tqdm(range(0, args.n, args.batch), unit="batch")):
         xb, ib = x[start : start + args.batch], ids[start : start + args.batch]
         check = step % args.check_every == args.check_every - 1
@@ -121,16 +129,17 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         for name in names if step % 2 == 0 else reversed(names):  # alternate who goes first
             t0 = time.perf_counter()
             if name == "ours":
-                found = ours.gain_and_add(ib, {"x": xb}).neighbours
+                batch = ours.gain_and_add(ib, {"x": xb})
                 ours.sync()  # its background inserts count as its time
             elif name == "bare":
                 bare.step(xb)
             else:
-                truth = brute_force(x, start, len(xb), args.k)
+                truth, exact_gain = brute_force(x, start, len(xb), args.k)
             seconds[name] += time.perf_counter() - t0
         if check:
             brute_samples += len(xb)
-            for row, want in zip(found, truth, strict=True):
+            errors.append(np.abs(batch.gain - exact_gain)[~np.isnan(exact_gain)])
+            for row, want in zip(batch.neighbours, truth, strict=True):
                 expected = {ids[j] for j in want}
                 for key in ("all", "beyond_prefix") if start > EXACT_PREFIX else ("all",):
                     hits[key][0] += len(expected.intersection(row))
@@ -140,6 +149,19 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "bare": args.n / seconds["bare"],
         "brute": brute_samples / seconds["brute"],
         **{f"recall_{key}": found / max(total, 1) for key, (found, total) in hits.items()},
+        **gain_error(np.concatenate(errors) if errors else np.zeros(0)),
+    }
+
+
+def gain_error(error: np.ndarray) -> dict[str, float]:
+    """Mean, p99 and max of |gain - exact gain|, and the share of gains within 1e-6."""
+    if len(error) == 0:
+        return {"error_mean": 0.0, "error_p99": 0.0, "error_max": 0.0, "exact_share": 1.0}
+    return {
+        "error_mean": float(error.mean()),
+        "error_p99": float(np.quantile(error, 0.99)),
+        "error_max": float(error.max()),
+        "exact_share": float((error < 1e-6).mean()),
     }
 
 
@@ -196,6 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"recall@{args.k} vs brute force  {r['recall_all']:.5f} all, "
         f"{r['recall_beyond_prefix']:.5f} beyond the exact prefix  (target >= {TARGET_RECALL})"
+    )
+    print(
+        f"gain error vs exact  mean {r['error_mean']:.2e}, p99 {r['error_p99']:.2e}, max "
+        f"{r['error_max']:.2e}; {100 * r['exact_share']:.2f}% of gains within 1e-6 of exact"
     )
     if not args.no_memory:
         ours, bare = (measure_memory(argv, side) for side in ("ours", "bare"))

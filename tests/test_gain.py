@@ -17,7 +17,7 @@ def clustered(
 ) -> np.ndarray:
     """Unit vectors around random centres, each cluster spread on a low-dimensional plane.
 
-    Low intrinsic dimension keeps HNSW (ef=32) exact on this data, so batched and
+    Low intrinsic dimension keeps HNSW exact on this data, so batched and
     sequential gains must agree to float precision (see test_batched_close_on_hard_data).
     """
     rng = np.random.default_rng(seed)
