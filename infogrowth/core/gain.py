@@ -33,11 +33,11 @@ hnswlib's: gains equal one-at-a-time scoring whenever HNSW returns the true k ne
 defaults (M=16, ef_construction=64, ef=128) reach recall@4 0.9993 past 30k on its default
 100k x 512 set of 1,000 clusters (99.9% of gains exact), but 0.995 and 0.968 on sets of 100
 and 10,000 clusters, where a missed neighbour is mostly one at almost the same distance (93%
-of gains exact and a mean error of 7e-4 at worst). Recall@4 of the hnswlib candidates alone
-on the default set, past 30k (2026-11-23): M=16/efC=64 0.9982 at ef=64, 0.9991 at ef=96,
-0.9993 at ef=128; M=16/efC=96 0.9992 at ef=48 but inserts ~1.5x slower; efC=40 (M=16) or
-M=12/efC=48 stay below 0.993 even at ef=128. The prefix copy is
-dropped once the index outgrows it.
+of gains exact and a mean error of 7e-4 at worst); the worst single gains are off by 0.5-0.7
+(a whole neighbourhood missed). Recall@4 of the hnswlib candidates alone on the default set,
+past 30k (2026-11-23): M=16/efC=64 0.9982 at ef=64, 0.9991 at ef=96, 0.9993 at ef=128;
+M=16/efC=96 0.9992 at ef=48 but inserts ~1.5x slower; efC=40 (M=16) or M=12/efC=48 stay
+below 0.993 even at ef=128. The prefix copy is dropped once the index outgrows it.
 
 Determinism: inserts use one thread, because hnswlib's parallel inserts build a different
 graph on every run; they run on a background thread (hnswlib releases the GIL) and every
@@ -624,8 +624,8 @@ class GainIndex:
         The graph is restored as it was, but hnswlib does not persist the state of its
         level generator: samples inserted after a load get other random levels than in the
         original, so later gains are equal whenever the HNSW search returns the exact
-        top-k (almost always at the default ef), not guaranteed byte for byte. ``rebuild`` from the
-        stored embeddings is the exact (slower) restore.
+        top-k (almost always at the default ef), not guaranteed byte for byte. ``rebuild``
+        from the stored embeddings is the exact (slower) restore.
         """
         return cls._read(io.BytesIO(blob))
 
