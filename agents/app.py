@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faust
 
-from agents import captioner, curator, diagnose, inference, metrics
+from agents import captioner, curator, diagnose, flow, inference, metrics
 from agents.atomic import (
     commit_before_revocation,
     name_producers_by_topic,
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     commit_before_revocation()
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
+    flow.use_fetch_wait(settings.fetch_wait_s)
     datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         broker_heartbeat_interval=2.0,
         broker_max_poll_records=max(settings.batch_size, 100),
         stream_buffer_maxsize=max(settings.batch_size * 4, 256),
+        producer_max_batch_size=settings.producer_batch_bytes,  # agents/flow.py
     )
     ctx = Context(app, settings)
     roles = [r.strip() for r in settings.worker_roles.split(",") if r.strip()]

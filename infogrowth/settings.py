@@ -94,6 +94,9 @@ class Settings:
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
     commit_interval_s: float = 0.5  # seconds between a worker's transaction commits
+    # One produce batch per partition at a time: a full batch waits for the broker's answer.
+    producer_batch_bytes: int = 524_288  # below the broker's message.max.bytes (~1 MB)
+    fetch_wait_s: float = 0.1  # longest broker-side wait of a fetch that finds nothing new
     worker_roles: str = "inference,captioner,curator"  # agents this worker runs
     accepted_partitions: int = 4  # `accepted` is keyed by id: consumers split its partitions
     raw_partitions: int = 1  # `raw-samples`: >1 lets several inference workers share it
@@ -245,6 +248,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "snapshot_every": _at_least(0),
     "stall_restart_s": _at_least(0),
     "commit_interval_s": lambda v: None if v > 0 else "must be > 0",
+    "producer_batch_bytes": _between(16_384, 1_000_000),
+    "fetch_wait_s": _between(0.001, 30),
     "shards": _at_least(1),
     "gain_mean": _one_of("arithmetic", "geometric", "harmonic"),
     "policy": _one_of("threshold", "budget", "all"),

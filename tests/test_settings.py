@@ -109,6 +109,12 @@ def test_flag_given_config_wins_over_the_variable(monkeypatch: pytest.MonkeyPatc
         (None, {CONFIG_ENV: "missing.yaml"}, [], "missing.yaml: cannot read (No such file"),
         (None, {}, ["--delta", "2"], "command line: --delta: must be in [0, 1], got 2.0"),
         (None, {}, ["--batch-size", "0"], "command line: --batch-size: must be >= 1, got 0"),
+        (
+            "producer_batch_bytes: 2000000",  # a batch over the broker's message limit
+            {},
+            [],
+            "recipe.yaml: producer_batch_bytes: must be in [16384, 1000000], got 2000000",
+        ),
         (None, {}, ["--tau", "high"], "command line: --tau: must be a number, got 'high'"),
         (
             None,

@@ -1,0 +1,33 @@
+"""Kafka client settings that keep records flowing through one worker.
+
+Both were found by timing each batch of the one-worker pipeline (12,000 × 512-d, README):
+
+* aiokafka sends a partition's records in one produce batch at a time and, when that batch
+  is full, waits for the broker's answer before it starts the next. At Faust's default
+  of 16 KB that is four 4 KB records (a scored sample, a changelog entry): the curator
+  waited for a broker round trip every few records. ``producer_batch_bytes`` sets Faust's
+  ``producer_max_batch_size``.
+* aiokafka keeps one fetch request in flight per broker, and Faust hard-codes its
+  long-poll wait at 1.5 s. When one of a worker's partitions has nothing new (`scored`
+  waits for the inference stage's next commit), the fetch of the others waits behind it:
+  both agents sat idle for ~1 s every few seconds. ``fetch_wait_s`` shortens that wait.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+_faust_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def use_fetch_wait(seconds: float) -> None:
+    """The worker's consumer long-polls the broker for at most ``seconds``."""
+
+    def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = _faust_create_worker_consumer(self, transport)
+        consumer._fetch_max_wait_ms = max(1, round(seconds * 1000))  # read by start()
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
