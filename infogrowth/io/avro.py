@@ -118,8 +118,16 @@ _TYPE_KEYS = ("type", "items", "values", "fields")
 
 
 # --- records -----------------------------------------------------------------------------
+_PLAIN_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 def plain(value: Any) -> Any:
     """numpy arrays/scalars and dataclasses -> plain Python values fastavro accepts."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:  # the common case first: every record goes through here
+        return value
+    if kind is dict:
+        return {k: plain(v) for k, v in value.items()}
     if hasattr(value, "tolist"):
         return value.tolist()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
