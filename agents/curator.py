@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.types import TP
 
 from agents import curator_state as state_codec
-from agents import diagnose, snapshot
+from agents import diagnose, metrics, snapshot
 from agents.context import Context
 from infogrowth.commands.pipeline import curator_changelog
 from infogrowth.core.curate import Scored, still_misaligned
@@ -36,6 +38,7 @@ from infogrowth.records import Outcome
 
 log = logging.getLogger("infogrowth.curator")
 STAGE = "curator"
+GATE_CHECK_S = 2.0  # seconds between looks at the gates (metrics, a long wait logged)
 
 
 class CuratorState:
@@ -68,6 +71,7 @@ class CuratorState:
             self.snapshots += f"shard-{partition}/"
         self.uploads = snapshot.Uploader(self.store, self.snapshots) if self.store else None
         self.batches = 0
+        self.blocked: Blocked | None = None  # the gate's head while it waits for a caption
 
     def start_restore(self) -> asyncio.Future[state_codec.Restored]:
         """Starts rebuilding the index, policy and gate from the committed changelog
@@ -163,6 +167,44 @@ class CuratorState:
         return st.next_seq - 1
 
 
+@dataclass
+class Blocked:
+    head: str  # the sample id everything behind waits for
+    since: float  # monotonic seconds: when it became the waiting head
+    warned: float  # when it was last logged
+
+
+def watch_gate(state: CuratorState, now: float, warn_s: float) -> None:
+    """Exports how many samples the gate holds and how long its head has waited for its new
+    caption; logs a head that has waited ``warn_s`` (again every ``warn_s``): a gate held
+    for good (no captioner running, say) stops the partition's outcomes with no lag to show."""
+    st, label = state.restored, str(state.partition)
+    head = st.gate.head() if st is not None else None
+    if st is None or head is None or not st.gate.waiting(head):
+        state.blocked = None
+        metrics.GATE_HELD.labels(label).set(0)
+        metrics.GATE_WAIT.labels(label).set(0)
+        return
+    if state.blocked is None or state.blocked.head != head:
+        state.blocked = Blocked(head, since=now, warned=now)
+    blocked, held = state.blocked, len(st.gate)
+    metrics.GATE_HELD.labels(label).set(held)
+    metrics.GATE_WAIT.labels(label).set(now - blocked.since)
+    if warn_s and now - blocked.warned >= warn_s:
+        blocked.warned = now
+        log.warning(
+            "curator partition %d: %d samples held in arrival order behind %s, which has "
+            "waited %.0f s for its new caption (`%s` -> captioner -> `%s`); is a worker "
+            "with the captioner role running?",
+            state.partition,
+            held,
+            head,
+            now - blocked.since,
+            state.ctx.settings.topic_recaption,
+            state.ctx.settings.topic_recaptioned,
+        )
+
+
 class Shards:
     """The curator state of each `scored` partition this worker owns, restored as soon as
     the partition is assigned (not at its first batch: a worker that restarts after the
@@ -209,6 +251,8 @@ class Shards:
         mine = {tp.partition for tp in assigned if tp.topic == self.ctx.settings.topic_scored}
         for partition in set(self.states) - mine:
             del self.states[partition]
+            for gauge in (metrics.GATE_HELD, metrics.GATE_WAIT):  # another worker's now
+                gauge.labels(str(partition)).set(0)
         for partition in sorted(mine):
             self.state(partition).start_restore()
 
@@ -216,6 +260,11 @@ class Shards:
 def register(ctx: Context) -> None:
     s = ctx.settings
     states = Shards(ctx, curator_changelog(s))
+
+    @ctx.app.timer(interval=GATE_CHECK_S)
+    async def watch_gates() -> None:
+        for state in list(states.states.values()):
+            watch_gate(state, time.monotonic(), s.gate_warn_s)
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
     async def curator(stream: faust.StreamT) -> None:

@@ -59,6 +59,18 @@ BATCHES = Counter("infogrowth_batches", "Batches committed by all agents", regis
 INDEX_SIZE = Gauge(
     "infogrowth_index_size", "Samples in the curator's gain index", registry=REGISTRY
 )
+GATE_HELD = Gauge(
+    "infogrowth_gate_held",
+    "Samples the curator holds in arrival order behind one waiting for its new caption",
+    ["partition"],
+    registry=REGISTRY,
+)
+GATE_WAIT = Gauge(
+    "infogrowth_gate_wait_seconds",
+    "How long the first held sample has waited for its new caption (0: none held)",
+    ["partition"],
+    registry=REGISTRY,
+)
 LAG = Gauge(
     "infogrowth_consumer_lag",
     "Committed records the app's consumer group has not processed",

@@ -105,6 +105,7 @@ class Settings:
     log_every: int = 50  # batches between the worker's progress lines; 0 = never
     snapshot_every: int = 0  # curator batches between index snapshots in S3; 0 = never
     stall_restart_s: float = 120.0  # no batch this long with records waiting: restart; 0 = never
+    gate_warn_s: float = 60.0  # a sample waiting this long for its new caption is logged; 0 = never
     shards: int = 1  # curator shards (1 = one exact curator); >1 needs `centroids`
     centroids: str = ""  # centroid file (path or s3://) routing samples to shards
     extra: dict[str, Any] = field(default_factory=dict)
@@ -247,6 +248,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "log_every": _at_least(0),
     "snapshot_every": _at_least(0),
     "stall_restart_s": _at_least(0),
+    "gate_warn_s": _at_least(0),
     "commit_interval_s": lambda v: None if v > 0 else "must be > 0",
     "producer_batch_bytes": _between(16_384, 1_000_000),
     "fetch_wait_s": _between(0.001, 30),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from infogrowth.commands.demo import demo_settings
 from infogrowth.commands.ingest import ingest_file
@@ -57,6 +59,16 @@ def embedding_rows(n: int, dim: int = 24, seed: int = 0) -> list[dict[str, Any]]
     if n > 7:
         rows[7]["image_embedding"][0] = float("nan")
     return rows
+
+
+def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
+    """A worker's /metrics: (name, sorted labels) -> value."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import re
 import signal
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import fields
 
 import pytest
-from pipeline_helpers import embedding_rows, run_settings, write_jsonl
-from prometheus_client.parser import text_string_to_metric_families
+from pipeline_helpers import embedding_rows, metric_samples, run_settings, write_jsonl
 
 from infogrowth.commands.cli import TOPIC_FLAGS, flag_name, main
 from infogrowth.commands.ingest import ingest_file
@@ -27,15 +25,6 @@ from infogrowth.settings import Settings
 from infra import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
-
-
-def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def outcome_counters(samples: dict[tuple[str, tuple], float]) -> Counter:

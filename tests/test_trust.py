@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import json
 import signal
+import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from model_fixtures import build_tiny_classifier, jpeg_bytes, photos
-from pipeline_helpers import embedding_rows, run_settings, write_jsonl
+from pipeline_helpers import embedding_rows, metric_samples, run_settings, write_jsonl
 
-from infogrowth.commands.cli import main
+from infogrowth.commands.cli import TOPIC_FLAGS, flag_name, main
 from infogrowth.commands.demo import DEMO_DEFAULTS, SKIMAGE_PHOTOS, WRONG_CAPTIONS
 from infogrowth.commands.offline import curate_file
 from infogrowth.core.encode import PackagedEncoder
 from infogrowth.settings import Settings
+from infra import free_port
 
 
 def _curate(rows: list[dict[str, Any]], tmp_path: Path, **settings: Any) -> dict[str, dict]:
@@ -351,3 +354,64 @@ def test_an_object_store_outage_while_recaptioning_is_no_misaligned_verdict(
     curator.read_bytes = store_down
     with pytest.raises(StoreUnavailable):
         curator.recaption(misaligned)
+
+
+@pytest.mark.kafka
+@pytest.mark.s3
+def test_samples_held_for_a_missing_captioner_are_logged_and_exported(kafka, s3, tmp_path, capsys):
+    """No worker runs the captioner: the misaligned cat never gets its new caption and the
+    astronaut behind it waits too, with no lag anywhere to show it. The worker says so in
+    its log and its /metrics; once a captioner starts, both are decided."""
+    from infogrowth.commands.ingest import ingest_file
+    from infogrowth.commands.pipeline import (
+        ensure_pipeline_topics,
+        read_outcomes,
+        start_worker,
+        stop_worker,
+        wait_for_outcomes,
+    )
+
+    rows = list(reversed(_photo_rows(tmp_path)))  # the cat first: the astronaut waits behind
+    src = write_jsonl(tmp_path / "photos.jsonl", rows)
+    port = free_port()
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="packaged", captioner="label", metrics_port=port,
+        gate_warn_s=1.0, **DEMO_DEFAULTS,
+    )  # fmt: skip
+    ensure_pipeline_topics(settings)
+    log = tmp_path / "curator.log"
+    curating = replace(settings, worker_roles="inference,curator")
+    workers = [start_worker(curating, log_path=str(log))]
+    held = ("infogrowth_gate_held", (("partition", "0"),))
+    waited = ("infogrowth_gate_wait_seconds", (("partition", "0"),))
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        ingest_file(src, settings, prefix="trust/", progress=False)
+        deadline = time.monotonic() + 240
+        while "for its new caption" not in log.read_text():
+            assert workers[0].poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        warning = next(line for line in log.read_text().splitlines() if "new caption" in line)
+        assert "2 samples held in arrival order behind chelsea" in warning, warning
+        assert "captioner role" in warning
+        samples = metric_samples(url)
+        assert samples[held] == 2 and samples[waited] >= 1.0, samples
+        flags = ["--kafka-bootstrap", kafka, "--app-id", settings.app_id, "--metrics-url", url]
+        for f in fields(settings):
+            if f.name in TOPIC_FLAGS:
+                flags += [flag_name(f.name), getattr(settings, f.name)]
+        assert main(["status", "--interval", "0.2", *flags]) == 0
+        assert "curator partition 0: 2 samples held behind one waiting" in capsys.readouterr().out
+        assert read_outcomes(settings) == {}  # nothing decided out of order
+
+        captioning = replace(settings, worker_roles="captioner", metrics_port=0)
+        workers.append(start_worker(captioning, log_path=str(tmp_path / "captioner.log")))
+        outcomes = wait_for_outcomes(settings, {"chelsea", "astronaut"}, 240, workers[0])
+        assert outcomes["chelsea"]["caption_source"] == "label_fallback"
+        while metric_samples(url)[held] != 0:  # the gates are looked at every 2 s
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.5)
+        assert metric_samples(url)[waited] == 0
+    finally:
+        for worker in workers:
+            stop_worker(worker, signal.SIGKILL)

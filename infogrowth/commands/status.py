@@ -21,6 +21,7 @@ class Scrape:
     url: str
     outcomes: dict[tuple[str, str], float] = field(default_factory=dict)  # (decision, reason)
     index_size: float | None = None
+    held: dict[str, tuple[float, float]] = field(default_factory=dict)  # partition -> (n, s)
     error: str | None = None
 
 
@@ -54,6 +55,8 @@ def scrape(url: str, timeout: float = 3.0) -> Scrape:
     except (OSError, ValueError) as exc:
         result.error = str(getattr(exc, "reason", exc))
         return result
+    held: dict[str, float] = {}
+    waits: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "infogrowth_outcomes_total":
@@ -61,6 +64,11 @@ def scrape(url: str, timeout: float = 3.0) -> Scrape:
                 result.outcomes[key] = sample.value
             elif sample.name == "infogrowth_index_size":
                 result.index_size = sample.value
+            elif sample.name == "infogrowth_gate_held" and sample.value:
+                held[sample.labels["partition"]] = sample.value
+            elif sample.name == "infogrowth_gate_wait_seconds":
+                waits[sample.labels["partition"]] = sample.value
+    result.held = {part: (n, waits.get(part, 0.0)) for part, n in held.items()}
     return result
 
 
@@ -124,4 +132,7 @@ def _metrics_lines(status: Status) -> list[str]:
              f"outcomes {total:.0f} ({rate:.1f}/s)"]  # fmt: skip
     for (decision, reason), n in sorted(after.outcomes.items()):
         lines.append(f"    {decision + ('/' + reason if reason else ''):<32}{n:>10.0f}")
+    for partition, (held, waited) in sorted(after.held.items()):
+        lines.append(f"  curator partition {partition}: {held:.0f} samples held behind one "
+                     f"waiting {waited:.0f} s for its new caption")  # fmt: skip
     return lines
