@@ -171,7 +171,7 @@ def pipeline(
         started = time.perf_counter()
         ingest_file(rows, run, progress=False)
         produced_s = time.perf_counter() - started
-        watch.until(ids, timeout, procs)
+        steady = watch.until(ids, timeout, procs)
         elapsed = time.perf_counter() - started
         after = step_seconds(workers)
     except RuntimeError:  # a worker exited: why
@@ -184,7 +184,7 @@ def pipeline(
         for proc in procs:
             stop_worker(proc)
     steps = {k: v - before.get(k, 0.0) for k, v in after.items()}
-    return {"seconds": elapsed, "produced_s": produced_s, "steps": steps}
+    return {"seconds": elapsed, "produced_s": produced_s, "steps": steps, "steady": steady}
 
 
 class OutcomeWatch:
@@ -204,16 +204,25 @@ class OutcomeWatch:
         )
         self.consumer.subscribe([run.topic_accepted, run.topic_rejected])
 
-    def until(self, ids: set[str], timeout: float, workers: list[Popen]) -> None:
+    def until(self, ids: set[str], timeout: float, workers: list[Popen]) -> float:
+        """Waits for an outcome of each of ``ids``; returns the samples/s between the 10th
+        and the 90th percentile of their arrival (the pipeline full, not filling or draining)."""
         deadline = time.monotonic() + timeout
+        arrived: list[float] = []
         while not ids <= self.seen:
             for msg in self.consumer.consume(1000, timeout=0.05):
-                if not msg.error():
-                    self.seen.add(msg.key().decode())
+                key = None if msg.error() else msg.key().decode()
+                if key is not None and key not in self.seen:
+                    self.seen.add(key)
+                    if key in ids:
+                        arrived.append(time.perf_counter())
             if any(w.poll() is not None for w in workers):
                 raise RuntimeError("a worker exited before the outcomes were in")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(ids - self.seen)} samples without an outcome")
+        first, last = len(arrived) // 10, len(arrived) * 9 // 10
+        span = arrived[last - 1] - arrived[first] if last - 1 > first else 0.0
+        return (last - 1 - first) / span if span > 0 else float("nan")
 
 
 def step_seconds(workers: list[Settings]) -> dict[str, float]:
@@ -319,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline (1 worker)          {n / stream_s:8.0f} samples/s"
         f"  = {bare_s / stream_s:.1%} of bare Kafka (producing took {streamed['produced_s']:.1f} s)"
     )
+    print(f"  full (10th to 90th percentile of the outcomes) {streamed['steady']:8.0f} samples/s")
     print(f"  of its {stream_s:.1f} s, in the model/gain executor:")
     for step, seconds in sorted(streamed["steps"].items(), key=lambda kv: -kv[1]):
         print(f"    {step:<24} {seconds:7.1f} s  ({seconds / stream_s:.0%})")
@@ -327,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline (inference | curator) {n / split_s:6.0f} samples/s"
         f"  = {bare_s / split_s:.1%} of bare Kafka, {stream_s / split_s:.2f}x one worker"
     )
+    print(f"  full (10th to 90th percentile of the outcomes) {split['steady']:8.0f} samples/s")
     for workers, seconds in encoded.items():
         print(
             f"packaged encoder, {workers} inference worker(s), 4 raw partitions: "
