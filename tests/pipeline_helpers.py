@@ -6,7 +6,7 @@ import json
 import time
 import urllib.request
 import uuid
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,18 @@ def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def status_flags(settings: Settings, metrics_url: str) -> list[str]:
+    """`infogrowth status` flags for a worker run with ``settings``."""
+    from infogrowth.commands.cli import TOPIC_FLAGS, flag_name
+
+    flags = ["--kafka-bootstrap", settings.kafka_bootstrap, "--app-id", settings.app_id]
+    flags += ["--metrics-url", metrics_url]
+    for f in fields(settings):
+        if f.name in TOPIC_FLAGS:
+            flags += [flag_name(f.name), getattr(settings, f.name)]
+    return flags
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

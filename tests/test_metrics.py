@@ -7,12 +7,17 @@ import re
 import signal
 import time
 from collections import Counter
-from dataclasses import fields
 
 import pytest
-from pipeline_helpers import embedding_rows, metric_samples, run_settings, write_jsonl
+from pipeline_helpers import (
+    embedding_rows,
+    metric_samples,
+    run_settings,
+    status_flags,
+    write_jsonl,
+)
 
-from infogrowth.commands.cli import TOPIC_FLAGS, flag_name, main
+from infogrowth.commands.cli import main
 from infogrowth.commands.ingest import ingest_file
 from infogrowth.commands.pipeline import (
     ensure_pipeline_topics,
@@ -21,7 +26,6 @@ from infogrowth.commands.pipeline import (
     wait_for_outcomes,
 )
 from infogrowth.io.kafka_io import topic_configs
-from infogrowth.settings import Settings
 from infra import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
@@ -35,10 +39,6 @@ def outcome_counters(samples: dict[tuple[str, tuple], float]) -> Counter:
             if name == "infogrowth_outcomes_total"
         }
     )
-
-
-def topics(settings: Settings) -> list[tuple[str, str]]:
-    return [(f.name, getattr(settings, f.name)) for f in fields(settings) if f.name in TOPIC_FLAGS]
 
 
 def status_screen(capsys, flags: list[str]) -> str:
@@ -64,8 +64,7 @@ def test_worker_metrics_count_the_outcomes_and_status_shows_no_lag_when_drained(
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log_path=str(log))
     url = f"http://127.0.0.1:{port}/metrics"
-    flags = ["--kafka-bootstrap", kafka, "--app-id", settings.app_id, "--metrics-url", url]
-    flags += [f for name, topic in topics(settings) for f in (flag_name(name), topic)]
+    flags = status_flags(settings, url)
     try:
         ingest_file(write_jsonl(tmp_path / "rows.jsonl", rows), settings, progress=False)
         outcomes = wait_for_outcomes(settings, {r["id"] for r in rows}, 240, worker)

@@ -7,16 +7,22 @@ from __future__ import annotations
 import json
 import signal
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from model_fixtures import build_tiny_classifier, jpeg_bytes, photos
-from pipeline_helpers import embedding_rows, metric_samples, run_settings, write_jsonl
+from pipeline_helpers import (
+    embedding_rows,
+    metric_samples,
+    run_settings,
+    status_flags,
+    write_jsonl,
+)
 
-from infogrowth.commands.cli import TOPIC_FLAGS, flag_name, main
+from infogrowth.commands.cli import main
 from infogrowth.commands.demo import DEMO_DEFAULTS, SKIMAGE_PHOTOS, WRONG_CAPTIONS
 from infogrowth.commands.offline import curate_file
 from infogrowth.core.encode import PackagedEncoder
@@ -396,11 +402,7 @@ def test_samples_held_for_a_missing_captioner_are_logged_and_exported(kafka, s3,
         assert "captioner role" in warning
         samples = metric_samples(url)
         assert samples[held] == 2 and samples[waited] >= 1.0, samples
-        flags = ["--kafka-bootstrap", kafka, "--app-id", settings.app_id, "--metrics-url", url]
-        for f in fields(settings):
-            if f.name in TOPIC_FLAGS:
-                flags += [flag_name(f.name), getattr(settings, f.name)]
-        assert main(["status", "--interval", "0.2", *flags]) == 0
+        assert main(["status", "--interval", "0.2", *status_flags(settings, url)]) == 0
         assert "curator partition 0: 2 samples held behind one waiting" in capsys.readouterr().out
         assert read_outcomes(settings) == {}  # nothing decided out of order
 
