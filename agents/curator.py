@@ -182,14 +182,12 @@ def watch_gate(state: CuratorState, now: float, warn_s: float) -> None:
     head = st.gate.head() if st is not None else None
     if st is None or head is None or not st.gate.waiting(head):
         state.blocked = None
-        metrics.GATE_HELD.labels(label).set(0)
-        metrics.GATE_WAIT.labels(label).set(0)
+        export_gate(label, 0, 0.0)
         return
     if state.blocked is None or state.blocked.head != head:
         state.blocked = Blocked(head, since=now, warned=now)
     blocked, held = state.blocked, len(st.gate)
-    metrics.GATE_HELD.labels(label).set(held)
-    metrics.GATE_WAIT.labels(label).set(now - blocked.since)
+    export_gate(label, held, now - blocked.since)
     if warn_s and now - blocked.warned >= warn_s:
         blocked.warned = now
         log.warning(
@@ -203,6 +201,11 @@ def watch_gate(state: CuratorState, now: float, warn_s: float) -> None:
             state.ctx.settings.topic_recaption,
             state.ctx.settings.topic_recaptioned,
         )
+
+
+def export_gate(partition: str, held: int, waited_s: float) -> None:
+    metrics.GATE_HELD.labels(partition).set(held)
+    metrics.GATE_WAIT.labels(partition).set(waited_s)
 
 
 class Shards:
@@ -251,8 +254,7 @@ class Shards:
         mine = {tp.partition for tp in assigned if tp.topic == self.ctx.settings.topic_scored}
         for partition in set(self.states) - mine:
             del self.states[partition]
-            for gauge in (metrics.GATE_HELD, metrics.GATE_WAIT):  # another worker's now
-                gauge.labels(str(partition)).set(0)
+            export_gate(str(partition), 0, 0.0)  # another worker's now
         for partition in sorted(mine):
             self.state(partition).start_restore()
 
