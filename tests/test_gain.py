@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -162,6 +164,8 @@ def test_persistence_gives_identical_future_gains(data, tmp_path) -> None:
         assert got.gain.tobytes() == expected.gain.tobytes(), name
         assert got.neighbours == expected.neighbours, name
         assert got.neighbour_labels == expected.neighbour_labels, name
+        # the very same graphs: the later samples got the levels they got in `index`
+        assert copy.to_bytes() == index.to_bytes(), name
 
 
 def test_empty_index_round_trip() -> None:
@@ -378,6 +382,7 @@ def test_beyond_the_exact_prefix_hnsw_with_removals(data, monkeypatch, batch: in
         got = other.gain_and_add(data[0][1200:1300], tail)
         assert got.gain.tobytes() == expected.gain.tobytes()
         assert got.neighbours == expected.neighbours
+        assert other.to_bytes() == index.to_bytes()  # the same graphs, levels included
 
 
 def evict_every_fifth(ids: list[str]):
@@ -463,3 +468,24 @@ def test_largest_matches_a_full_partition() -> None:
         np.testing.assert_array_equal(np.sort(values, axis=1), expected)
         live = np.isfinite(values)  # the columns of -inf picks are never used
         np.testing.assert_array_equal(np.take_along_axis(sim, cols, 1)[live], values[live])
+
+
+def test_a_build_that_draws_levels_otherwise_still_loads(monkeypatch, caplog) -> None:
+    """If the level-generator arithmetic does not hold for this hnswlib build, a loaded index
+    warns once and falls back to hnswlib's own load (graph as saved, levels not continued)."""
+    from infogrowth.core import gain
+
+    gain._levels_continue.cache_clear()
+    monkeypatch.setattr(gain, "_DRAWS_PER_LEVEL", 3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="infogrowth.core.gain"):
+            assert not gain._levels_continue()
+        assert "draws HNSW levels differently" in caplog.text
+        x = {"image": np.eye(6, 8, dtype=np.float32), "text": np.eye(6, 8, 1, dtype=np.float32)}
+        index = GainIndex()
+        index.gain_and_add([f"s{i}" for i in range(6)], x)
+        copy = GainIndex.from_bytes(index.to_bytes())
+        assert copy.ids == index.ids
+        assert copy.get_vectors(["s2"])["text"].tolist() == x["text"][2:3].tolist()
+    finally:
+        gain._levels_continue.cache_clear()

@@ -47,8 +47,10 @@ a search; the same inputs in the same batches give byte-identical gains.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import logging
 import math
 import os
 import struct
@@ -64,6 +66,8 @@ import hnswlib
 import numpy as np
 
 from infogrowth.records import BadInput
+
+log = logging.getLogger(__name__)
 
 MEANS = ("arithmetic", "geometric", "harmonic")
 _MAGIC = b"IGGAIN01"
@@ -619,14 +623,11 @@ class GainIndex:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> GainIndex:
-        """Restore ``to_bytes()``.
-
-        The graph is restored as it was, but hnswlib does not persist the state of its
-        level generator: samples inserted after a load get other random levels than in the
-        original, so later gains are equal whenever the HNSW search returns the exact
-        top-k (almost always at the default ef), not guaranteed byte for byte. ``rebuild``
-        from the stored embeddings is the exact (slower) restore.
-        """
+        """Restore ``to_bytes()``: the graphs as they were, and their level generators where
+        they were (hnswlib does not save them; ``_with_levels_continued``), so samples
+        inserted later get the levels they would have got in the saved index and future
+        gains are byte-identical, as after ``rebuild`` (the slower restore, from the stored
+        embeddings)."""
         return cls._read(io.BytesIO(blob))
 
     def _write(self, fh: BinaryIO) -> None:
@@ -657,7 +658,7 @@ class GainIndex:
         index._capacity = max(int(header["capacity"]), len(header["ids"]))
         for mod in index.modalities:
             index._indices[mod] = _index_from_bytes(
-                _read_part(fh), index.dims[mod], index._capacity, index.ef
+                _read_part(fh), index.dims[mod], index._capacity, index.ef, index.seed
             )
         index._ids = list(header["ids"])
         index._labels = list(header["labels"])
@@ -949,11 +950,66 @@ def _index_bytes(index: hnswlib.Index) -> bytes:
         return Path(path).read_bytes()
 
 
-def _index_from_bytes(data: bytes, dim: int, capacity: int, ef: int) -> hnswlib.Index:
+def _index_from_bytes(data: bytes, dim: int, capacity: int, ef: int, seed: int) -> hnswlib.Index:
     with tempfile.TemporaryDirectory(prefix="gainindex-") as tmp:
         path = os.path.join(tmp, "index.bin")
         Path(path).write_bytes(data)
         index = hnswlib.Index(space=_SPACE, dim=dim)
         index.load_index(path, max_elements=capacity)
+    if _levels_continue():
+        (state,) = index.__getstate__()
+        del index  # one copy of the graph besides the state, not two
+        index = _with_levels_continued(state, seed)
     index.set_ef(ef)  # ef is not part of hnswlib's file format
     return index
+
+
+# hnswlib draws each new sample's level from std::default_random_engine seeded with
+# random_seed, and does not save that generator: a loaded index starts a fresh stream, so
+# samples inserted after a load got other levels (another graph, and gains that differ
+# whenever HNSW misses a neighbour) than in the index that was saved. libstdc++'s engine is
+# minstd_rand0 (x -> 16807 x mod 2^31-1) and one level draw takes two of its numbers
+# (generate_canonical<double, 53> over a 31-bit range), so the generator after n inserts is
+# the one seeded with seed * 16807^(2n) mod 2^31-1. hnswlib's pickle state carries the seed
+# it re-seeds with; ``_levels_continue`` checks the arithmetic once per process.
+_MINSTD_A, _MINSTD_M, _DRAWS_PER_LEVEL = 16807, 2**31 - 1, 2
+
+
+def _level_seed(seed: int, inserted: int) -> int:
+    """The seed of a fresh generator equal to the one of an index after ``inserted`` inserts."""
+    start = seed % _MINSTD_M or 1  # minstd_rand0.seed(0) is seed(1)
+    return start * pow(_MINSTD_A, _DRAWS_PER_LEVEL * inserted, _MINSTD_M) % _MINSTD_M
+
+
+def _with_levels_continued(state: dict[str, Any], seed: int) -> hnswlib.Index:
+    """The index of a pickle state (``Index.__getstate__``), its level generator continuing
+    the stream of the index that was saved."""
+    state = {**state, "seed": _level_seed(seed, int(state["cur_element_count"]))}
+    index = hnswlib.Index.__new__(hnswlib.Index)
+    index.__setstate__((state,))
+    return index
+
+
+@functools.cache
+def _levels_continue() -> bool:
+    """Whether ``_with_levels_continued`` reproduces this hnswlib build's graph: a small
+    index saved halfway and continued must equal the one built in one go, byte for byte
+    (another C++ library or hnswlib version may draw levels differently)."""
+    x = np.random.default_rng(0).standard_normal((96, 8)).astype(np.float32)
+
+    def built(rows: int, seed: int = 7) -> hnswlib.Index:
+        index = hnswlib.Index(space=_SPACE, dim=8)
+        index.init_index(max_elements=len(x), M=4, ef_construction=16, random_seed=seed)
+        index.add_items(x[:rows], np.arange(rows), num_threads=1)
+        return index
+
+    continued = _with_levels_continued(built(48).__getstate__()[0], seed=7)
+    continued.add_items(x[48:], np.arange(48, len(x)), num_threads=1)
+    if _index_bytes(continued) == _index_bytes(built(len(x))):
+        return True
+    log.warning(
+        "this hnswlib build draws HNSW levels differently: samples inserted after loading a "
+        "gain index get other levels than in the saved one (gains equal whenever HNSW finds "
+        "the exact k nearest, not byte for byte)"
+    )
+    return False
