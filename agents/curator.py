@@ -104,10 +104,16 @@ class CuratorState:
         shard = f" (shard {self.partition})" if self.sharded else ""
         log.info("curator state%s: reading changelog partition %d", shard, self.partition)
         settings = self.ctx.settings
-        entries = state_codec.read_entries(settings.kafka_bootstrap, self.changelog, self.partition)
         curator = self.curator
         latest = snapshot.read(self.store, self.snapshots) if self.store else None
-        restored = state_codec.restore(entries, curator.index, curator.policy, latest)
+        entries, restored = state_codec.read_and_restore(
+            settings.kafka_bootstrap,
+            self.changelog,
+            self.partition,
+            curator.index,
+            curator.policy,
+            latest,
+        )
         curator.index = restored.index
         curator.hashes = restored.hashes
         log.info("curator state%s: %d indexed from a snapshot", shard, restored.from_snapshot)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,9 @@ def encode(entry: Entry) -> bytes:
     return _HEAD.pack(len(header)) + header + payload
 
 
-def decode(value: bytes) -> Entry:
+def decode(value: bytes, vectors: bool = True) -> Entry:
+    """An entry from its changelog value; ``vectors=False`` leaves an indexed entry's
+    vectors out (a snapshot holds them)."""
     (size,) = _HEAD.unpack_from(value)
     start = _HEAD.size + size
     entry: Entry = json.loads(value[_HEAD.size : start])
@@ -87,7 +90,7 @@ def decode(value: bytes) -> Entry:
     elif entry["state"] == "queued":
         entry["record"] = None
     dims = entry.pop("dims", None)
-    if dims is not None:
+    if dims is not None and vectors:
         vectors = np.frombuffer(payload, dtype=WIRE).astype(np.float32)
         ends = np.cumsum(list(dims.values()))
         entry["vectors"] = dict(zip(dims, np.split(vectors, ends[:-1]), strict=True))
@@ -107,19 +110,47 @@ class Restored:
     hashes: HashStore = field(default_factory=HashStore)  # of the indexed samples, evictions done
 
 
-def read_entries(bootstrap: str, topic: str, partition: int) -> dict[str, Entry]:
+def read_entries(
+    bootstrap: str, topic: str, partition: int, without_vectors: Container[str] = frozenset()
+) -> dict[str, Entry]:
     """The committed entries of one changelog partition: each key's last value, read up to
     the partition's end once no transaction is open on it (the previous owner's open
-    transaction is aborted when this worker's producer for the partition starts)."""
+    transaction is aborted when this worker's producer for the partition starts). The keys
+    in ``without_vectors`` keep no vectors (a snapshot's samples: 4 KB each at 2 x 512-d)."""
     end = settled_end(bootstrap, topic, partition)
     entries: dict[str, Entry] = {}
     for msg in read_topic(bootstrap, topic, partitions=[partition], ends={partition: end}):
         key, value = json.loads(msg.key()), msg.value()
         if value:
-            entries[key] = decode(value)
+            entries[key] = decode(value, vectors=key not in without_vectors)
         else:  # a tombstone
             entries.pop(key, None)
     return entries
+
+
+def read_and_restore(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    index: GainIndex,
+    policy: Policy,
+    snapshot: GainIndex | None = None,
+) -> tuple[dict[str, Entry], Restored]:
+    """``read_entries`` then ``restore``, holding vectors only for the samples a snapshot
+    does not cover; if it does not cover the committed table after all (its batch aborted),
+    the partition is read again with every vector, for a full replay."""
+    covered = set(snapshot.ids) if snapshot is not None else set()
+    entries = read_entries(bootstrap, topic, partition, without_vectors=covered)
+    if snapshot is not None and not covers(snapshot, _indexed(entries), index):
+        snapshot = None
+        entries = read_entries(bootstrap, topic, partition)
+    return entries, restore(entries, index, policy, snapshot)
+
+
+def _indexed(entries: dict[str, Entry]) -> list[tuple[str, Entry]]:
+    """The indexed entries in arrival order."""
+    done = [(k, e) for k, e in entries.items() if e["state"] == "indexed"]
+    return sorted(done, key=lambda kv: kv[1]["seq"])
 
 
 def restore(
@@ -130,7 +161,7 @@ def restore(
     only the samples indexed after it are inserted (the policy replays every gain)."""
     parsed = sorted(entries.items(), key=lambda kv: kv[1]["seq"])
     state = Restored(index=index)
-    done = [(k, e) for k, e in parsed if e["state"] == "indexed"]
+    done = _indexed(entries)
     removals = {}  # the policy's memory (budget heap) and its evictions, replayed
     for key, entry in done:
         evicted = policy.decide(key, entry["gain"]).evicted

@@ -44,8 +44,9 @@ def changelog(images: np.ndarray, texts: np.ndarray) -> dict[str, bytes]:
 
 def recover(values: dict[str, bytes], snapshot: bytes | None) -> tuple[GainIndex, float]:
     started = time.perf_counter()
-    entries = {k: state_codec.decode(v) for k, v in values.items()}
     snap = None if snapshot is None else GainIndex.from_bytes(snapshot)
+    covered = set(snap.ids) if snap is not None else set()  # as read_and_restore decodes
+    entries = {k: state_codec.decode(v, vectors=k not in covered) for k, v in values.items()}
     restored = state_codec.restore(entries, GainIndex(), AcceptAll(), snap)
     restored.index.sync()  # the re-inserts run in the background: they count here
     return restored.index, time.perf_counter() - started

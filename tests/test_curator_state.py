@@ -124,6 +124,8 @@ def test_a_snapshot_stands_in_for_the_samples_it_covers(policy: str) -> None:
     settings = Settings(encoder="precomputed", policy=policy, tau=0.35, budget=20, k=2)
     live, table, snaps = _curated_table(settings, 4)
     restarted, covered = make_curator(settings), len(snaps[1])
+    for key in snaps[1].ids:  # as read_and_restore reads them: the snapshot has the vectors
+        table[key] = {k: v for k, v in table[key].items() if k != "vectors"}
     restored = state_codec.restore(table, restarted.index, restarted.policy, snaps[1])
     restarted.index, restarted.hashes = restored.index, restored.hashes  # as the agent does
     assert 0 < restored.from_snapshot == covered < len(live.index)
@@ -263,6 +265,44 @@ def test_read_entries_gives_the_committed_state_of_one_partition(kafka: str) -> 
     _transactional(kafka, f"{topic}-p1")  # the next owner's producer fences the old one
     entries = state_codec.read_entries(kafka, topic, 1)
     assert entries == {"b": state_codec.rejected(1), "c": state_codec.queued(2, None)}
+
+
+def test_read_and_restore_reads_vectors_only_for_what_the_snapshot_lacks(kafka: str) -> None:
+    """The changelog entries a snapshot covers are decoded without their vectors; a snapshot
+    the committed table does not cover (its batch aborted) makes it read the partition again
+    with every vector and replay it all."""
+    settings = Settings(encoder="precomputed", policy="threshold", tau=0.35, k=2)
+    live, table, snaps = _curated_table(settings, 3)
+    aborted = next(k for k in snaps[1].ids if k not in snaps[0].ids)
+    covered, blob = snaps[1].ids, snaps[1].to_bytes()  # a restore inserts into its snapshot
+    topic = f"changelog-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka, [topic], partitions=2, config=COMPACTED)
+    owner = _transactional(kafka, f"{topic}-owner")
+    owner.begin_transaction()
+    for key, entry in table.items():
+        _send(owner, topic, 0, key, entry)
+        if key != aborted:
+            _send(owner, topic, 1, key, entry)  # partition 1: the table without `aborted`
+    owner.commit_transaction(30)
+
+    fresh = make_curator(settings)
+    entries, restored = state_codec.read_and_restore(
+        kafka, topic, 0, fresh.index, fresh.policy, GainIndex.from_bytes(blob)
+    )
+    assert restored.from_snapshot == len(covered) > 0
+    assert restored.index.ids == live.index.ids
+    indexed = [k for k, e in entries.items() if e["state"] == "indexed"]
+    assert {k for k in indexed if "vectors" not in entries[k]} == set(covered)
+
+    fresh = make_curator(settings)
+    entries, restored = state_codec.read_and_restore(
+        kafka, topic, 1, fresh.index, fresh.policy, GainIndex.from_bytes(blob)
+    )
+    assert restored.from_snapshot == 0
+    assert restored.index.ids == [k for k in live.index.ids if k != aborted]
+    assert all("vectors" in entries[k] for k, e in entries.items() if e["state"] == "indexed")
+    got = restored.index.get_vectors(restored.index.ids)["image"]
+    assert np.array_equal(got, live.index.get_vectors(restored.index.ids)["image"])
 
 
 def test_a_failed_restore_is_tried_again_by_the_next_batch(caplog) -> None:  # noqa: ANN001

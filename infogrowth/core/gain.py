@@ -39,10 +39,11 @@ past 30k (2026-11-23): M=16/efC=64 0.9982 at ef=64, 0.9991 at ef=96, 0.9993 at e
 M=16/efC=96 0.9992 at ef=48 but inserts ~1.5x slower; efC=40 (M=16) or M=12/efC=48 stay
 below 0.993 even at ef=128. The prefix copy is dropped once the index outgrows it.
 
-Determinism: inserts use one thread, because hnswlib's parallel inserts build a different
-graph on every run; they run on a background thread (hnswlib releases the GIL) and every
-hnswlib read waits for them, so they overlap the caller's work and the exact GEMM but never
-a search; the same inputs in the same batches give byte-identical gains.
+Determinism: each modality's inserts use one thread, because hnswlib's parallel inserts
+build a different graph on every run; they run on background threads (one per modality,
+side by side; hnswlib releases the GIL) and every hnswlib read waits for them, so they
+overlap the caller's work and the exact GEMM but never a search; the same inputs in the same
+batches give byte-identical gains.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ import struct
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -198,7 +199,7 @@ class GainIndex:
         self._pos: dict[str, int] = {}
         self._deleted: set[int] = set()  # positions taken out of the search (remove)
         self._stored = 0  # positions 0.._stored-1 are in hnswlib (or on their way)
-        self._pending: Future[None] | None = None  # inserts running on the inserter thread
+        self._pending: list[Future[None]] = []  # inserts running on the inserter threads
         self._prefix: dict[str, np.ndarray] = {}  # modality -> first EXACT_PREFIX vectors
 
     # --- container protocol ----------------------------------------------------------------
@@ -393,7 +394,8 @@ class GainIndex:
 
     def _append(self, x: Mapping[str, np.ndarray], first: int) -> None:
         """Adds rows of ``x`` (registered at positions first, first+1, …) to hnswlib, in
-        order and on one thread, so the graph is that of one-at-a-time inserts."""
+        order and on one thread per modality, so each graph is that of one-at-a-time inserts
+        (the modalities' graphs are independent, so they are built side by side)."""
         n = len(next(iter(x.values())))
         if n == 0:
             return
@@ -405,11 +407,13 @@ class GainIndex:
             self._keep_prefix(mod, x[mod], first)
         self._stored = first + n
         positions = np.arange(first, first + n)
-        self._pending = _inserter(self).submit(self._add_items, dict(x), positions)
+        pool = _inserter(self)  # one task per modality: their graphs are independent
+        self._pending = [
+            pool.submit(self._add_items, mod, x[mod], positions) for mod in self.modalities
+        ]
 
-    def _add_items(self, x: Mapping[str, np.ndarray], positions: np.ndarray) -> None:
-        for mod in self.modalities:
-            self._indices[mod].add_items(x[mod], positions, num_threads=1)
+    def _add_items(self, mod: str, x: np.ndarray, positions: np.ndarray) -> None:
+        self._indices[mod].add_items(x, positions, num_threads=1)
 
     def _hnsw(self, mod: str) -> hnswlib.Index:
         """The modality's hnswlib index, once the background inserts have finished."""
@@ -418,9 +422,10 @@ class GainIndex:
 
     def _drain(self) -> None:
         """Waits for the inserts running in the background (and raises their error)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        pending, self._pending = self._pending, []
+        wait(pending)  # all of them, even when one failed: none may still be writing
+        for insert in pending:
+            insert.result()
 
     def _keep_prefix(self, mod: str, x: np.ndarray, n0: int) -> None:
         """Copies rows n0… of ``x`` into the exact-search prefix (grown by doubling)."""
@@ -905,12 +910,14 @@ _INSERTING: weakref.WeakSet[GainIndex] = weakref.WeakSet()
 
 
 def _inserter(index: GainIndex) -> ThreadPoolExecutor:
-    """One thread for every index's hnswlib inserts: serial, so graphs are deterministic;
-    hnswlib releases the GIL, so inserts overlap the caller's work."""
+    """The threads of every index's hnswlib inserts. An index submits one task per modality
+    and waits for them before the next (``_drain``), so each graph is built serially and is
+    deterministic; hnswlib releases the GIL, so inserts overlap the caller's work and the two
+    modalities of image-text samples use both cores."""
     _INSERTING.add(index)
     pid = os.getpid()
     if pid not in _INSERTERS:
-        _INSERTERS[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gain-insert")
+        _INSERTERS[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gain-insert")
     return _INSERTERS[pid]
 
 
