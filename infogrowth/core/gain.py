@@ -13,22 +13,27 @@ curator indexes only the samples it keeps, so gains are measured against the cur
 
 Batching does not change the result: a batch is scored as if its samples arrived one at a
 time. For the whole batch at once: the candidates among the samples stored before it (an
-exact float32 GEMM against the first EXACT_PREFIX samples while the index holds no more
-than that, else one parallel hnswlib query), each row's most similar earlier rows of the
-batch, the float64 distances of all those candidates (the exact re-score: ties and float32
-rounding that varies with the batch shape cannot change the k nearest), and each row's k
-nearest assuming every earlier row of the batch is kept. The rows are then walked in order
-for ``decide``: while every verdict so far kept its row and removed nothing, a row takes that
-answer as it is (with no ``decide`` hook the whole batch is kept and no row is walked at
-all); after that, a row whose answer a decision touched (an earlier row of the batch was not
-kept or was removed, a stored candidate was removed) is recomputed alone. Both give the same
-bits (tests/test_gain.py compares them with the fast walk switched off). Kept rows enter
-hnswlib in one serial add_items call per batch, split at removals, so the graph is that of
-one-at-a-time inserts whatever the batching (``rebuild`` replays the same order).
+exact float32 GEMM against the first EXACT_PREFIX samples while the index holds no more than
+that, else one parallel hnswlib query), each row's most similar earlier rows of the batch,
+the distances of all those candidates, and each row's k nearest assuming every earlier row
+of the batch is kept. Distances are float64 re-scores of the vectors (GEMM rounding varies
+with the batch's shape; a re-score does not, so ties and rounding cannot change the k
+nearest), except those of hnswlib's candidates past EXACT_PREFIX: hnswlib's own float32
+distance, which depends on the two vectors alone and is the same in any batch (fetching the
+vector back from hnswlib 0.8.0 costs ~15 us, more than the search's share). The rows are
+then walked in order for ``decide``: while every verdict so far kept its row and removed
+nothing, a row takes that answer as it is (with no ``decide`` hook the whole batch is kept
+and no row is walked at all); after that, a row whose answer a decision touched (an earlier
+row of the batch was not kept or was removed, a stored candidate was removed) is recomputed
+alone. Both give the same bits (tests/test_gain.py compares them with the fast walk switched
+off). Kept rows enter hnswlib in one serial add_items call per batch, split at removals, so
+the graph is that of one-at-a-time inserts whatever the batching (``rebuild`` replays the
+same order).
 
 Exactness: while the index holds at most EXACT_PREFIX samples, gains are exact (equal to a
 brute-force scan) and byte-identical in any batching. Past that, the stored candidates are
-hnswlib's: gains equal one-at-a-time scoring whenever HNSW returns the true k nearest.
+hnswlib's: gains equal one-at-a-time scoring whenever HNSW returns the true k nearest, and
+differ from a float64 brute-force scan by float32 rounding (~1e-7).
 ``bench/gain_bench.py`` measures recall@4 and the gain error against numpy brute force; the
 defaults (M=16, ef_construction=64, ef=128) reach recall@4 0.9993 past 30k on its default
 100k x 512 set of 1,000 clusters (99.9% of gains exact), but 0.995 and 0.968 on sets of 100
@@ -96,10 +101,9 @@ EXACT_PREFIX = 30_000
 # float64 re-score rather than by GEMM rounding, which varies with batch shape.
 _EXACT_MARGIN = 4
 # Similarities per block of the exact scan (16 MiB of float32; each block streams the prefix
-# from memory once: at 30k, 139-row blocks scan ~25% faster than 69-row ones) and ids per
-# get_items call: small temporaries keep the resident memory near that of the index itself.
+# from memory once: at 30k, 139-row blocks scan ~25% faster than 69-row ones): small
+# temporaries keep the resident memory near that of the index itself.
 _SCAN_FLOATS = 1 << 22
-_GET_ITEMS = 128
 # Rows walk with the batch's optimistic answers until a decision touches them (tests switch
 # this off to compare with the row-by-row walk, which must give the same bits).
 _FAST_WALK = True
@@ -459,32 +463,21 @@ class GainIndex:
             out[s : s + rows] = np.where(np.isfinite(best), top, -1)
         return out
 
-    def _query(self, mod: str, x: np.ndarray) -> np.ndarray | None:
-        """hnswlib's k nearest live stored samples of each row of ``x`` (None if none)."""
+    def _query(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """hnswlib's k nearest live stored samples of each row of ``x`` and their distances
+        (None if none)."""
         live = self._stored - len(self._deleted)
         if live <= 0:
             return None
-        pos, _ = self._hnsw(mod).knn_query(x, k=min(self.k, live), num_threads=self.query_threads)
-        return pos.astype(np.int64)
+        index = self._hnsw(mod)
+        pos, dist = index.knn_query(x, k=min(self.k, live), num_threads=self.query_threads)
+        return pos.astype(np.int64), dist.astype(np.float64)
 
-    def _stored_vectors(self, mod: str, positions: np.ndarray) -> np.ndarray:
-        """float64 vectors of live stored positions: the prefix copy, else one hnswlib call."""
-        if len(positions) == 0:
-            return np.zeros((0, 0), np.float64)
-        out = np.empty((len(positions), self.dims[mod]), np.float64)  # type: ignore[index]
-        prefix = self._prefix.get(mod)
-        head = positions < (0 if prefix is None else len(prefix))
-        if head.any():
-            out[head] = prefix[positions[head]]  # type: ignore[index]
-        if not head.all():  # ~25 us per vector in hnswlib 0.8.0 (list or numpy): fetch once
-            rest = np.flatnonzero(~head)
-            unique, inverse = np.unique(positions[rest], return_inverse=True)
-            fetched = np.empty((len(unique), out.shape[1]), np.float64)
-            index = self._hnsw(mod)
-            for s in range(0, len(unique), _GET_ITEMS):
-                fetched[s : s + _GET_ITEMS] = index.get_items(unique[s : s + _GET_ITEMS].tolist())
-            out[rest] = fetched[inverse]
-        return out
+    def _prefix_distances(self, mod: str, x64: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """float64 cosine distances of rows ``x64`` to the stored ``positions`` (one each),
+        from the exact-search prefix."""
+        vectors = self._prefix[mod][positions].astype(np.float64)
+        return 1.0 - (x64 * vectors).sum(axis=1)
 
     def _create(self, dims: dict[str, int]) -> None:
         self.dims = dict(dims)
@@ -682,12 +675,13 @@ class _BatchWalk:
 
     Up front, for the whole batch: the candidates among the samples stored before it (an
     exact GEMM while they are at most EXACT_PREFIX, else one parallel hnswlib query), each
-    row's k most similar earlier rows of the batch, the float64 distances of all of them,
-    and each row's answer assuming every earlier row of the batch is kept. The walk takes
-    that answer unless a decision made meanwhile touched it (one of its rows of the batch
-    was not inserted or was removed, or one of its stored candidates was removed); then it
-    recomputes that row alone. Kept rows enter hnswlib in one add_items call per batch,
-    split at removals, in arrival order: the graph is that of one-at-a-time inserts.
+    row's k most similar earlier rows of the batch, the distances of all of them (see the
+    module docstring), and each row's answer assuming every earlier row of the batch is
+    kept. The walk takes that answer unless a decision made meanwhile touched it (one of its
+    rows of the batch was not inserted or was removed, or one of its stored candidates was
+    removed); then it recomputes that row alone. Kept rows enter hnswlib in one add_items
+    call per batch, split at removals, in arrival order: the graph is that of one-at-a-time
+    inserts.
     """
 
     def __init__(self, index: GainIndex, x: dict[str, np.ndarray]) -> None:
@@ -705,7 +699,11 @@ class _BatchWalk:
         self.flushed = 0  # how many of them are in hnswlib
         self.touched: set[int] = set()  # stored positions removed during the batch
         self.x64 = {mod: v.astype(np.float64) for mod, v in x.items()}
-        self.stored = {mod: self._stored_candidates(mod) for mod in x}
+        searched = {
+            mod: self._stored_candidates(mod, v) if self.n0 else _none(v) for mod, v in x.items()
+        }
+        self.stored = {mod: pos for mod, (pos, _) in searched.items()}
+        self.stored_dist = {mod: dist for mod, (_, dist) in searched.items()}
         # After the search (which waits for the inserter past the prefix): a small BLAS call
         # racing the inserter thread for the two cores is several times slower.
         self.sim = {mod: v @ v.T for mod, v in x.items()}
@@ -758,37 +756,46 @@ class _BatchWalk:
         return d, p, float(mean_distance(d[None, :], self.index.mean)[0])
 
     def _recompute(self, mod: str, i: int) -> tuple[np.ndarray, np.ndarray]:
-        raw = self.stored[mod][i]
-        raw = raw[raw >= 0]
+        raw, raw_dist = self.stored[mod][i], self.stored_dist[mod][i]
         if self.touched.intersection(raw.tolist()):
             self.flush()
-            again = self._search(mod, self.x[mod][i : i + 1])
-            raw = again[0][again[0] >= 0] if again is not None else raw[:0]
+            again = self._stored_candidates(mod, self.x[mod][i : i + 1])
+            raw, raw_dist = again[0][0], again[1][0]
+        found = raw >= 0
+        raw, raw_dist = raw[found], raw_dist[found]
         kept = np.flatnonzero(self.alive[:i])
         top = kept[np.argsort(-self.sim[mod][i, kept], kind="stable")[: self.index.k]]
         fresh = self.position[top]
         pos = np.unique(np.concatenate([raw, fresh]))
-        vectors = np.empty((len(pos), self.x64[mod].shape[1]), np.float64)
-        old = pos < self.n0
-        if old.any():
-            vectors[old] = self.index._stored_vectors(mod, pos[old])
-        vectors[~old] = self.x64[mod][[self.rows[p - self.n0] for p in pos[~old]]]
-        dist = 1.0 - (self.x64[mod][i][None, :] * vectors).sum(axis=1)
+        dist = np.empty(len(pos), np.float64)
+        old = pos < self.n0  # stored before the batch: the search's distances
+        dist[old] = raw_dist[np.searchsorted(raw, pos[old])]
+        new = self.x64[mod][[self.rows[p - self.n0] for p in pos[~old]]]
+        dist[~old] = 1.0 - (self.x64[mod][i][None, :] * new).sum(axis=1)
         return self.index._merge(dist, pos)
 
     # --- whole batch -----------------------------------------------------------------------
-    def _search(self, mod: str, x: np.ndarray) -> np.ndarray | None:
-        if self.exact:
-            return self.index._exact_prefix(mod, x)
-        return self.index._query(mod, x)
-
-    def _stored_candidates(self, mod: str) -> np.ndarray:
-        """Per row, candidate positions among the stored samples, ascending, -1 at the end."""
-        found = self._search(mod, self.x[mod]) if self.n0 else None
+    def _stored_candidates(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of ``x``, candidate positions among the stored samples, ascending, -1 at
+        the end, and their float64 distances (inf for -1): while the stored samples are at
+        most EXACT_PREFIX, an exact GEMM then a float64 re-score from the prefix copy (GEMM
+        rounding varies with the batch's shape, the re-score does not); beyond, hnswlib's own
+        distances, which depend on the two vectors alone (hnswlib 0.8.0 returns a stored
+        vector through ~500 Python floats, ~15 us: a re-score would cost more than the
+        search's share of the gain)."""
+        found = (self.index._exact_prefix if self.exact else self.index._query)(mod, x)
         if found is None:
-            return np.zeros((len(self.x[mod]), 0), np.int64)
-        found = np.sort(np.where(found < 0, np.iinfo(np.int64).max, found), axis=1)
-        return np.where(found == np.iinfo(np.int64).max, -1, found)
+            return _none(x)
+        pos, dist = found if isinstance(found, tuple) else (found, None)
+        order = np.argsort(np.where(pos < 0, np.iinfo(np.int64).max, pos), axis=1, kind="stable")
+        pos = np.take_along_axis(pos, order, axis=1)
+        if dist is None:  # the exact phase
+            rows, cols = np.nonzero(pos >= 0)
+            dist = np.full(pos.shape, np.inf)
+            x64 = x[rows].astype(np.float64)
+            dist[rows, cols] = self.index._prefix_distances(mod, x64, pos[rows, cols])
+            return pos, dist
+        return pos, np.take_along_axis(dist, order, axis=1)
 
     def _answers(self, mod: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each row's k nearest (distance, position) if every earlier row of the batch is
@@ -796,13 +803,7 @@ class _BatchWalk:
         answer relies on (index len(x) pads), and the mean distance per row."""
         x64, k, n0 = self.x64[mod], self.index.k, self.n0
         size = len(x64)
-        stored = self.stored[mod]
-        has = stored >= 0
-        dist_stored = np.full(stored.shape, np.inf)
-        if has.any():
-            rows, cols = np.nonzero(has)
-            vectors = self.index._stored_vectors(mod, stored[rows, cols])
-            dist_stored[rows, cols] = 1.0 - (x64[rows] * vectors).sum(axis=1)
+        stored, dist_stored = self.stored[mod], self.stored_dist[mod]
         earlier = np.tril(np.ones((size, size), bool), -1)
         sim = np.where(earlier, self.sim[mod], -np.inf)
         top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
@@ -814,6 +815,11 @@ class _BatchWalk:
         dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
         dist, pos = _finish(dist, pos, k)
         return dist, pos, top, mean_distance(dist, self.index.mean)
+
+
+def _none(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """No stored candidates for the rows of ``x``."""
+    return np.zeros((len(x), 0), np.int64), np.zeros((len(x), 0), np.float64)
 
 
 def _largest(sim: np.ndarray, kb: int) -> tuple[np.ndarray, np.ndarray]:
