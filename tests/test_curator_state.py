@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import uuid
 from dataclasses import replace
+from math import nan
 
 import numpy as np
 import pytest
@@ -97,6 +99,11 @@ def test_changelog_values_are_binary_and_round_trip() -> None:
     indexed = state_codec.encode(entries[0])
     assert len(indexed) < 2 * 512 * 4 + 120  # float32 bytes, not base64 text (4/3 larger)
     assert state_codec.light(entries[0]) == {"state": "indexed", "seq": 7}
+    # headers orjson refuses (NaN, a lone surrogate) are read by json, values unchanged
+    odd = state_codec.decode(state_codec.encode(state_codec.indexed(3, vectors, "\ud800", nan)))
+    assert odd["label"] == "\ud800" and math.isnan(odd["gain"]) and odd["seq"] == 3
+    plain = state_codec.decode(state_codec.encode(state_codec.indexed(4, vectors, "é", 0.1 + 0.2)))
+    assert plain["label"] == "é" and plain["gain"] == 0.1 + 0.2
 
 
 def _curated_table(settings: Settings, batches: int) -> tuple[Curator, dict, list[GainIndex]]:
