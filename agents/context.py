@@ -56,8 +56,9 @@ class Context:
         return make_curator(self.settings)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        with metrics.timed(fn):
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        with metrics.step_pending():
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, metrics.timed(fn), *args)
 
     async def run_while_store_down(self, fn: Callable[..., T], *args: Any) -> T:
         """``run``, retried with backoff while the object store is unavailable: an outage

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from agents.context import Context
 
 log = logging.getLogger("infogrowth.metrics")
+T = TypeVar("T")
 LAG_INTERVAL_S = 10.0
 
 REGISTRY = CollectorRegistry()
@@ -119,15 +120,28 @@ def sent(schema: str, record: dict[str, Any]) -> None:
 
 
 @contextmanager
-def timed(step: Callable[..., Any]) -> Iterator[None]:
-    started = time.perf_counter()
+def step_pending() -> Iterator[None]:
+    """A model step is queued or running (the watchdog does not count it as a stall)."""
     LIVENESS.steps += 1
     try:
         yield
     finally:
         LIVENESS.steps -= 1
-        name = getattr(step, "__name__", type(step).__name__)
-        BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+
+def timed(step: Callable[..., T]) -> Callable[..., T]:
+    """``step`` observing its own run time in ``infogrowth_batch_seconds``: from when the
+    executor starts it, not from when a batch queued it behind another stage's step."""
+    name = getattr(step, "__name__", type(step).__name__)
+
+    def run(*args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return step(*args)
+        finally:
+            BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    return run
 
 
 def batch_done() -> None:

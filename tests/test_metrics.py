@@ -94,3 +94,35 @@ def test_worker_metrics_count_the_outcomes_and_status_shows_no_lag_when_drained(
     )
     changelog = f"{settings.app_id}-curator-state-changelog"
     assert topic_configs(kafka, [changelog])[changelog]["cleanup.policy"] == "compact"
+
+
+def test_a_step_is_timed_from_when_it_runs_not_from_when_it_was_queued() -> None:
+    """Inference and curator share one executor thread: a step queued behind another one's
+    long step must not count that wait as its own time (infogrowth_batch_seconds)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from agents import metrics
+    from agents.context import Context
+
+    def long_step() -> None:
+        time.sleep(0.4)
+
+    def short_step() -> None:
+        time.sleep(0.01)
+
+    def observed(name: str) -> tuple[float, float]:
+        hist = metrics.BATCH_SECONDS.labels(name)
+        return hist._sum.get(), sum(b.get() for b in hist._buckets)
+
+    async def both(ctx: SimpleNamespace) -> None:
+        await asyncio.gather(Context.run(ctx, long_step), Context.run(ctx, short_step))
+
+    before = observed("short_step")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        asyncio.run(both(SimpleNamespace(executor=pool)))
+    after = observed("short_step")
+    assert after[1] == before[1] + 1  # one observation
+    assert after[0] - before[0] < 0.2  # its 10 ms, not the 400 ms it queued behind
+    assert observed("long_step")[0] >= 0.4
