@@ -24,7 +24,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 from gain_bench import clustered
-from pipeline_bench import write_rows
+from pipeline_bench import drop_topics, write_rows
 
 from infogrowth.commands.demo import demo_settings
 from infogrowth.commands.ingest import ingest_file
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = Settings.from_env(encoder="precomputed", batch_size=256, take_within=0.2)
     cmd_up(base)
-    run = demo_settings(base, f"soak-{uuid.uuid4().hex[:6]}")
+    tag = f"soak-{uuid.uuid4().hex[:6]}"
+    run = demo_settings(base, tag)
     vectors = clustered(args.n + 64, args.dim, max(args.n // 100, 10), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler.sample()
         finally:
             stop_worker(worker)
+            drop_topics(run.kafka_bootstrap, tag)
 
     report(sampler.rows, args)
     return 0 if sampler.rows[-1][3] == 0 else 1
