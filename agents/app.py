@@ -16,6 +16,7 @@ import faust
 from agents import captioner, curator, diagnose, flow, inference, metrics
 from agents.atomic import (
     commit_before_revocation,
+    keep_open_transactions,
     name_producers_by_topic,
     stop_producers_of_lost_partitions,
 )
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     use_registry(settings.schema_registry_url)  # "" = the fixed schema ids
     stop_producers_of_lost_partitions()
     commit_before_revocation()
+    keep_open_transactions()
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
     flow.use_fetch_wait(settings.fetch_wait_s)

@@ -32,6 +32,11 @@ still let a crash or a rebalance duplicate or lose output, and this module close
   runs Faust's own revocation steps (stop the flow, let batches in flight finish, commit
   and end the transactions) before the offsets are dropped, as Kafka Streams commits on
   revocation.
+* After that revocation commit, a partition that stays with this worker but had nothing to
+  commit keeps its transaction open, and Faust's rebalance begins it again: aiokafka
+  refuses (``Invalid state transition IN_TRANSACTION -> IN_TRANSACTION``) and Faust logs a
+  WARNING per such partition at every rebalance, while the transaction simply goes on.
+  ``keep_open_transactions`` lets it go on without the warning.
 * The commit timer can run at any ``await`` of an agent, so a commit could land inside a
   batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
   keeps commits out of a batch by holding ``Consumer._commit_fut``, the future Faust
@@ -50,6 +55,7 @@ from contextlib import asynccontextmanager
 import faust
 from faust.assignor import PartitionAssignor
 from faust.transport.consumer import Consumer, TransactionManager
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 from faust.types import TP
 
 log = logging.getLogger("infogrowth.agents")
@@ -113,6 +119,22 @@ def commit_before_revocation() -> None:
     """A rebalance commits what was processed before the partitions are given up (see the
     module docstring)."""
     Consumer.on_partitions_revoked = _commit_then_revoke  # type: ignore[method-assign]
+
+
+_faust_begin_transaction = AIOKafkaProducer.begin_transaction
+
+
+async def _begin_unless_open(self: AIOKafkaProducer, transactional_id: str) -> None:
+    producer = self._transaction_producers.get(transactional_id)
+    manager = getattr(producer, "_txn_manager", None)
+    if manager is not None and manager.is_in_transaction():
+        return  # kept across a rebalance with nothing to commit: its transaction goes on
+    await _faust_begin_transaction(self, transactional_id)
+
+
+def keep_open_transactions() -> None:
+    """A transaction still open at a rebalance goes on (see the module docstring)."""
+    AIOKafkaProducer.begin_transaction = _begin_unless_open  # type: ignore[method-assign]
 
 
 class BatchCommits:
