@@ -445,9 +445,11 @@ class GainIndex:
             self._prefix[mod] = buf = grown
         buf[n0 : n0 + len(take)] = take
 
-    def _exact_prefix(self, mod: str, x: np.ndarray) -> np.ndarray | None:
+    def _exact_prefix(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Per row of ``x``, the positions of its nearest live samples among the first
-        EXACT_PREFIX stored, by GEMM (-1 padded); None for an empty prefix."""
+        EXACT_PREFIX stored, by GEMM (-1 padded), and their float64 distances (inf for -1):
+        GEMM rounding varies with the batch's shape, a re-score of the two vectors does not.
+        None for an empty prefix."""
         prefix = self._prefix.get(mod)
         n = min(self._stored, EXACT_PREFIX)
         if prefix is None or n == 0:
@@ -461,7 +463,11 @@ class GainIndex:
             sim[:, gone] = -np.inf
             top, best = _largest(sim, kb)
             out[s : s + rows] = np.where(np.isfinite(best), top, -1)
-        return out
+        found, cols = np.nonzero(out >= 0)
+        dist = np.full(out.shape, np.inf)
+        stored = prefix[out[found, cols]].astype(np.float64)
+        dist[found, cols] = 1.0 - (x[found].astype(np.float64) * stored).sum(axis=1)
+        return out, dist
 
     def _query(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """hnswlib's k nearest live stored samples of each row of ``x`` and their distances
@@ -472,12 +478,6 @@ class GainIndex:
         index = self._hnsw(mod)
         pos, dist = index.knn_query(x, k=min(self.k, live), num_threads=self.query_threads)
         return pos.astype(np.int64), dist.astype(np.float64)
-
-    def _prefix_distances(self, mod: str, x64: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """float64 cosine distances of rows ``x64`` to the stored ``positions`` (one each),
-        from the exact-search prefix."""
-        vectors = self._prefix[mod][positions].astype(np.float64)
-        return 1.0 - (x64 * vectors).sum(axis=1)
 
     def _create(self, dims: dict[str, int]) -> None:
         self.dims = dict(dims)
@@ -777,25 +777,17 @@ class _BatchWalk:
     # --- whole batch -----------------------------------------------------------------------
     def _stored_candidates(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row of ``x``, candidate positions among the stored samples, ascending, -1 at
-        the end, and their float64 distances (inf for -1): while the stored samples are at
-        most EXACT_PREFIX, an exact GEMM then a float64 re-score from the prefix copy (GEMM
-        rounding varies with the batch's shape, the re-score does not); beyond, hnswlib's own
-        distances, which depend on the two vectors alone (hnswlib 0.8.0 returns a stored
-        vector through ~500 Python floats, ~15 us: a re-score would cost more than the
-        search's share of the gain)."""
+        the end, and their distances (inf for -1): while the stored samples are at most
+        EXACT_PREFIX, an exact GEMM and a float64 re-score from the prefix copy; beyond,
+        hnswlib's own distances, which depend on the two vectors alone (hnswlib 0.8.0 returns
+        a stored vector through ~500 Python floats, ~15 us: a re-score would cost more than
+        the search's share of the gain)."""
         found = (self.index._exact_prefix if self.exact else self.index._query)(mod, x)
         if found is None:
             return _none(x)
-        pos, dist = found if isinstance(found, tuple) else (found, None)
+        pos, dist = found
         order = np.argsort(np.where(pos < 0, np.iinfo(np.int64).max, pos), axis=1, kind="stable")
-        pos = np.take_along_axis(pos, order, axis=1)
-        if dist is None:  # the exact phase
-            rows, cols = np.nonzero(pos >= 0)
-            dist = np.full(pos.shape, np.inf)
-            x64 = x[rows].astype(np.float64)
-            dist[rows, cols] = self.index._prefix_distances(mod, x64, pos[rows, cols])
-            return pos, dist
-        return pos, np.take_along_axis(dist, order, axis=1)
+        return np.take_along_axis(pos, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
     def _answers(self, mod: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each row's k nearest (distance, position) if every earlier row of the batch is
