@@ -92,9 +92,9 @@ def decode(value: bytes, vectors: bool = True) -> Entry:
         entry["record"] = None
     dims = entry.pop("dims", None)
     if dims is not None and vectors:
-        vectors = np.frombuffer(payload, dtype=WIRE).astype(np.float32)
+        flat = np.frombuffer(payload, dtype=WIRE).astype(np.float32)
         ends = np.cumsum(list(dims.values()))
-        entry["vectors"] = dict(zip(dims, np.split(vectors, ends[:-1]), strict=True))
+        entry["vectors"] = dict(zip(dims, np.split(flat, ends[:-1]), strict=True))
     return entry
 
 
@@ -172,7 +172,7 @@ def restore(
     only the samples indexed after it are inserted (the policy replays every gain)."""
     parsed = sorted(entries.items(), key=lambda kv: kv[1]["seq"])
     state = Restored(index=index)
-    done = _indexed(entries)
+    done = [(k, e) for k, e in parsed if e["state"] == "indexed"]  # as _indexed, sorted once
     removals = {}  # the policy's memory (budget heap) and its evictions, replayed
     for key, entry in done:
         evicted = policy.decide(key, entry["gain"]).evicted
