@@ -16,8 +16,10 @@ import faust
 from agents import captioner, curator, diagnose, flow, inference, metrics
 from agents.atomic import (
     commit_before_revocation,
+    commit_in_a_transaction,
     keep_open_transactions,
     name_producers_by_topic,
+    no_commits_after_a_failed_batch,
     stop_producers_of_lost_partitions,
 )
 from agents.context import Context
@@ -39,6 +41,8 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     stop_producers_of_lost_partitions()
     commit_before_revocation()
     keep_open_transactions()
+    no_commits_after_a_failed_batch()
+    commit_in_a_transaction()
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
     flow.use_fetch_wait(settings.fetch_wait_s)

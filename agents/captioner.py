@@ -19,23 +19,27 @@ STAGE = "captioner"
 
 def register(ctx: Context) -> None:
     s = ctx.settings
-    serde = ctx.serde["RecaptionRequest"]
 
     @ctx.app.agent(ctx.topic(s.topic_recaption), name="captioner")
     async def captioner(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
-            requests, bad = [], []
-            for ev in events:
-                try:
-                    requests.append((ev.message.tp, serde.decode(ev.value)))
-                except MalformedMessage as exc:
-                    bad.append((ev, str(exc)))
-            captions, error = await _caption(ctx, [r for _, r in requests])
-            async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
-                for ev, reason in bad:
-                    await ctx.dead_letter(ev, STAGE, reason)
-                for (source, request), caption in zip(requests, captions, strict=True):
-                    await _send_back(ctx, request, caption, error, source)
+            async with ctx.batch():
+                await _recaption(ctx, events)
+
+
+async def _recaption(ctx: Context, events: list[faust.EventT]) -> None:
+    requests, bad = [], []
+    for ev in events:
+        try:
+            requests.append((ev.message.tp, ctx.serde["RecaptionRequest"].decode(ev.value)))
+        except MalformedMessage as exc:
+            bad.append((ev, str(exc)))
+    captions, error = await _caption(ctx, [r for _, r in requests])
+    async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
+        for ev, reason in bad:
+            await ctx.dead_letter(ev, STAGE, reason)
+        for (source, request), caption in zip(requests, captions, strict=True):
+            await _send_back(ctx, request, caption, error, source)
 
 
 async def _caption(

@@ -14,7 +14,7 @@ import faust
 from faust.types import TP
 
 from agents import metrics
-from agents.atomic import BatchCommits, transactional_id
+from agents.atomic import BatchCommits, refuse_commits, transactional_id
 from infogrowth.commands.offline import make_curator
 from infogrowth.core.curate import Curator
 from infogrowth.io.avro import AvroSerde
@@ -74,6 +74,27 @@ class Context:
                 log.warning("%s; retrying the batch in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """One batch of an agent, from the events it was handed to their acks. Should it
+        fail or be cut short, Faust would ack its events anyway and the next commit would
+        lose them; instead this process commits nothing more and, after an error, stops
+        (the agent waits for the stop): part of the batch may be in memory (index, gate)
+        but not in Kafka, and the next worker rebuilds the committed state and reads the
+        batch again."""
+        try:
+            yield
+        except Exception as exc:
+            refuse_commits(self.app)
+            log.exception("a batch failed; committing nothing more, stopping the worker")
+            await self.app.crash(exc)
+            # Parked until the stop cancels it: Faust restarts an agent that raises, and a
+            # restarted agent could hold up the worker's stop (seen: a hang of 120 s).
+            await asyncio.get_running_loop().create_future()
+        except BaseException:  # cancelled mid-batch: the worker is stopping
+            refuse_commits(self.app)
+            raise
 
     @asynccontextmanager
     async def atomic(self, events: Sequence[faust.EventT]) -> AsyncIterator[None]:

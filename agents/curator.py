@@ -277,14 +277,15 @@ def register(ctx: Context) -> None:
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
     async def curator(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
-            by_partition: dict[TP, list[faust.EventT]] = {}
-            for ev in events:  # in order within each partition, one transaction each
-                by_partition.setdefault(ev.message.tp, []).append(ev)
-            durable = {tp: await states.of(tp.partition) for tp in by_partition}
-            async with ctx.atomic(events):
-                committed = ctx.commits.last_commit  # the next commit is this batch's own
-                for source, mine in by_partition.items():
-                    await _curate(ctx, durable[source], mine, source)
+            async with ctx.batch():
+                by_partition: dict[TP, list[faust.EventT]] = {}
+                for ev in events:  # in order within each partition, one transaction each
+                    by_partition.setdefault(ev.message.tp, []).append(ev)
+                durable = {tp: await states.of(tp.partition) for tp in by_partition}
+                async with ctx.atomic(events):
+                    committed = ctx.commits.last_commit  # the next commit is this batch's own
+                    for source, mine in by_partition.items():
+                        await _curate(ctx, durable[source], mine, source)
             for source in by_partition:
                 await durable[source].maybe_snapshot(committed)
 

@@ -34,16 +34,21 @@ def register(ctx: Context) -> None:
     @ctx.app.agent(source, name="inference")
     async def inference(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_size, within=s.take_within):
-            parsed = [(ev, _parse(ev)) for ev in events]
-            batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
-            items = [it for _, it in batch]
-            results = await ctx.run_while_store_down(score, ctx.curator, items) if items else []
-            async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
-                for ev, it in parsed:
-                    if isinstance(it, str):
-                        await ctx.dead_letter(ev, STAGE, it)
-                for (ev, item), res in zip(batch, results, strict=True):
-                    await _route(ctx, item, res, ev.message.tp)
+            async with ctx.batch():
+                await _infer(ctx, events)
+
+
+async def _infer(ctx: Context, events: list[faust.EventT]) -> None:
+    parsed = [(ev, _parse(ev)) for ev in events]
+    batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
+    items = [it for _, it in batch]
+    results = await ctx.run_while_store_down(score, ctx.curator, items) if items else []
+    async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
+        for ev, it in parsed:
+            if isinstance(it, str):
+                await ctx.dead_letter(ev, STAGE, it)
+        for (ev, item), res in zip(batch, results, strict=True):
+            await _route(ctx, item, res, ev.message.tp)
 
 
 class _Item:

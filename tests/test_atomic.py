@@ -1,11 +1,16 @@
-"""Faust transaction patches of agents/atomic.py that need no broker."""
+"""Faust transaction patches of agents/atomic.py (and the batch guard of agents/context.py)
+that need no broker."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+from aiokafka.producer.transaction_manager import TransactionState
+
 from agents import atomic
+from agents.context import Context
 
 
 class _Manager:
@@ -39,3 +44,97 @@ def test_a_transaction_still_open_at_a_rebalance_is_not_begun_again(monkeypatch)
 
     asyncio.run(rebalance())
     assert begun == ["ended-1", "new-2"]
+
+
+class _App:
+    """Stands in for the Faust app: weak-referenceable, records crashes."""
+
+    def __init__(self) -> None:
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, exc: BaseException) -> None:
+        self.crashed.append(exc)
+
+
+def test_a_process_that_refused_commits_commits_nothing_more(monkeypatch) -> None:  # noqa: ANN001
+    committed: list[object] = []
+
+    async def faust_commit(self: object, topics: object, start_new_transaction: bool) -> bool:
+        committed.append(topics)
+        return True
+
+    monkeypatch.setattr(atomic, "_faust_commit", faust_commit)
+    app, other = _App(), _App()
+    consumer, elsewhere = SimpleNamespace(app=app), SimpleNamespace(app=other)
+
+    async def commits() -> list[bool]:
+        before = await atomic._commit_unless_refused(consumer, "t1")  # type: ignore[arg-type]
+        atomic.refuse_commits(app)  # type: ignore[arg-type]
+        after = await atomic._commit_unless_refused(consumer, "t2")  # type: ignore[arg-type]
+        other_app = await atomic._commit_unless_refused(elsewhere, "t3")  # type: ignore[arg-type]
+        return [before, after, other_app]
+
+    assert asyncio.run(commits()) == [True, False, True]
+    assert committed == ["t1", "t3"]
+
+
+async def _batch(ctx: object, error: BaseException | None) -> None:
+    async with Context.batch(ctx):  # type: ignore[arg-type]
+        if error is not None:
+            raise error
+
+
+def test_a_failed_batch_refuses_commits_crashes_the_worker_and_waits_for_its_stop() -> None:
+    """Its agent does not raise (Faust would restart it, and a restarted agent held up the
+    worker's stop): it waits until the stop cancels it."""
+    app = _App()
+    ctx = SimpleNamespace(app=app)
+    error = RuntimeError("model out of memory")
+
+    async def run() -> None:
+        await _batch(ctx, None)
+        assert app not in atomic._refusing and not app.crashed
+        task = asyncio.create_task(_batch(ctx, error))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        assert app in atomic._refusing and app.crashed == [error]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+
+
+def test_a_batch_cut_short_by_the_stop_refuses_commits() -> None:
+    app = _App()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(_batch(SimpleNamespace(app=app), asyncio.CancelledError()))
+    assert app in atomic._refusing and not app.crashed
+
+
+def test_offsets_committed_after_the_transactions_ended_get_a_transaction(monkeypatch) -> None:  # noqa: ANN001
+    """A graceful stop's second commit: the producer whose transaction the first one ended
+    begins a new one for the offsets (aiokafka refused them: 'Not in the middle of a
+    transaction'); one still in its transaction is left as it is."""
+    calls: list[str] = []
+
+    class _Producer:
+        def __init__(self, name: str, state: TransactionState) -> None:
+            self.name = name
+            self._txn_manager = SimpleNamespace(state=state)
+
+        async def begin_transaction(self) -> None:
+            calls.append(f"begin {self.name}")
+
+    async def faust_commit(self: object, offsets: dict, group: str, start_new: bool) -> None:
+        calls.append(f"commit {sorted(offsets)} start_new={start_new}")
+
+    monkeypatch.setattr(atomic, "_faust_commit_transactions", faust_commit)
+    producers = {
+        "ended": _Producer("ended", TransactionState.READY),
+        "open": _Producer("open", TransactionState.IN_TRANSACTION),
+    }
+    faust_producer = SimpleNamespace(_transaction_producers=producers)
+    offsets = {"ended": {}, "open": {}, "unknown": {}}
+    asyncio.run(atomic._commit_in_a_transaction(faust_producer, offsets, "group", False))  # type: ignore[arg-type]
+    assert calls == ["begin ended", "commit ['ended', 'open', 'unknown'] start_new=False"]

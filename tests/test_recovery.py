@@ -1,15 +1,19 @@
 """Crashes at any moment lose and duplicate nothing (issue 8): the worker killed with SIGKILL
 early, mid-stream, near the end and again during recovery; the broker and the S3 gateway
-killed and restarted mid-stream. Each run ends with exactly one committed outcome per
-sample, the decisions and gains of the offline run, and restarted workers that restored
-exactly the committed curator state. `-m "not chaos"` skips them (~8 minutes on 2 cores)."""
+killed and restarted mid-stream; a batch failing with an error; graceful stops mid-stream.
+Each run ends with exactly one committed outcome per sample, the decisions and gains of the
+offline run, and restarted workers that restored exactly the committed curator state.
+`-m "not chaos"` skips them (~9 minutes on 2 cores)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -138,6 +142,63 @@ def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(kafka, s3
     log = (tmp_path / "worker.log").read_text(errors="replace")
     covered = [int(n) for n in re.findall(r"curator state: (\d+) indexed from a snapshot", log)]
     assert max(covered, default=0) > 0, "the restarted curator took nothing from a snapshot"
+
+
+FAULTS = Path(__file__).parent / "faults"  # sitecustomize.py: INFOGROWTH_TEST_FAULT
+
+
+def fail_once(step: str, call: int):  # noqa: ANN201 - a Fault
+    """The first worker's ``call``-th run of ``step`` raises: it must stop without
+    committing that batch, and the next worker must read the batch again."""
+
+    def fault(run: Supervised) -> None:
+        path = os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))
+        with mock.patch.dict(os.environ, PYTHONPATH=path, INFOGROWTH_TEST_FAULT=f"{step}:{call}"):
+            run.start()
+        assert run.worker is not None
+        try:
+            code = run.worker.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker went on after its {step} step failed")
+        assert code != 0
+        run.wait_for_log(f"injected failure of {step}")
+        run.start()
+
+    return fault
+
+
+@pytest.mark.parametrize("step", ["score", "select"])
+def test_a_failed_batch_is_read_again_not_lost(step, kafka, s3, tmp_path):  # noqa: ANN001
+    """Faust acks every event of a batch its agent leaves, even by an error, and the next
+    commit used to carry them: one failure of the model step lost its batch while the worker
+    went on, one of the curator's gain step lost samples too."""
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
+    rows = embedding_rows(N, dim=64)
+    _curate_under(fail_once(step, 3), settings, tmp_path, rows, worker_first=False)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "a batch failed; committing nothing more, stopping the worker" in log
+
+
+def stop_gracefully_at(*shares: float):  # noqa: ANN201 - a Fault
+    def fault(run: Supervised) -> None:
+        for share in shares:
+            wait_for_share(run.settings, share, N)
+            run.stop()
+            assert run.worker is not None and run.worker.returncode == 0
+            run.start()
+
+    return fault
+
+
+def test_graceful_stops_mid_stream_commit_what_was_done(kafka, s3, tmp_path):  # noqa: ANN001
+    """SIGTERM mid-stream, twice: each stop commits its last offsets without an error (its
+    consumer's second commit came after the app had ended the transactions: aiokafka
+    refused it with an ERROR at about one stop in three) and exits at once."""
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
+    _curate_under(stop_gracefully_at(0.3, 0.6), settings, tmp_path, embedding_rows(N, dim=64))
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "Not in the middle of a transaction" not in log
+    assert "] [ERROR] " not in log
 
 
 @pytest.fixture
