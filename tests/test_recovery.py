@@ -186,6 +186,9 @@ def stop_gracefully_at(*shares: float):  # noqa: ANN201 - a Fault
             run.stop()
             assert run.worker is not None and run.worker.returncode == 0
             run.start()
+            # A SIGTERM before Faust handles signals ends the process at once (-15): the
+            # next stop must find a running worker.
+            run.wait_for_log(f"[{run.worker.pid}] [INFO] [^Worker]: Ready")
 
     return fault
 
