@@ -6,13 +6,14 @@ record with its reason; bytes that are not a valid record go to `dead-letter`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import faust
 from faust.types import TP
 
 from agents.context import Context
-from infogrowth.core.curate import Curator, Scored
+from infogrowth.core.curate import Curator, Scored, rejected
 from infogrowth.core.shards import ShardedCurator
 from infogrowth.io.avro import MalformedMessage, decode_any
 from infogrowth.io.messages import (
@@ -22,9 +23,10 @@ from infogrowth.io.messages import (
     scored_record,
 )
 from infogrowth.io.vectors import unpack
-from infogrowth.records import REASON_MISALIGNED, Outcome, Sample
+from infogrowth.records import REASON_BAD_INPUT, REASON_MISALIGNED, Outcome, Sample
 
 STAGE = "inference"
+log = logging.getLogger("infogrowth.agents")
 
 
 def register(ctx: Context) -> None:
@@ -42,13 +44,39 @@ async def _infer(ctx: Context, events: list[faust.EventT]) -> None:
     parsed = [(ev, _parse(ev)) for ev in events]
     batch = [(ev, it) for ev, it in parsed if isinstance(it, _Item)]
     items = [it for _, it in batch]
-    results = await ctx.run_while_store_down(score, ctx.curator, items) if items else []
+    results = await _score(ctx, items) if items else []
     async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
         for ev, it in parsed:
             if isinstance(it, str):
                 await ctx.dead_letter(ev, STAGE, it)
         for (ev, item), res in zip(batch, results, strict=True):
             await _route(ctx, item, res, ev.message.tp)
+
+
+async def _score(ctx: Context, items: list[_Item]) -> list[Scored | Outcome]:
+    """The model step. Should it fail on a batch, its rows are scored one at a time, and a
+    row the model fails on alone is rejected as bad input, instead of a worker that stops
+    and meets the same row again after every restart. When every row fails alone, the
+    fault is not in the rows (a model or device gone): raise, and the batch waits for a
+    restarted worker."""
+    try:
+        return await ctx.run_while_store_down(score, ctx.curator, items)
+    except Exception as exc:
+        if len(items) == 1:
+            raise
+        log.warning("the model step failed on %d samples (%r): one at a time", len(items), exc)
+    results: list[Scored | Outcome] = []
+    errors: list[Exception] = []
+    for item in items:
+        try:
+            results += await ctx.run_while_store_down(score, ctx.curator, [item])
+        except Exception as exc:
+            log.warning("the model step fails on sample %r alone: %r", item.sample.id, exc)
+            errors.append(exc)
+            results.append(rejected(item.sample, REASON_BAD_INPUT, f"model step failed: {exc!r}"))
+    if len(errors) == len(items):
+        raise errors[-1]
+    return results
 
 
 class _Item:

@@ -1,9 +1,9 @@
 """Crashes at any moment lose and duplicate nothing (issue 8): the worker killed with SIGKILL
 early, mid-stream, near the end and again during recovery; the broker and the S3 gateway
-killed and restarted mid-stream; a batch failing with an error; graceful stops mid-stream.
+killed and restarted mid-stream; batches failing with an error; graceful stops mid-stream.
 Each run ends with exactly one committed outcome per sample, the decisions and gains of the
 offline run, and restarted workers that restored exactly the committed curator state.
-`-m "not chaos"` skips them (~9 minutes on 2 cores)."""
+`-m "not chaos"` skips them (~10 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -147,14 +147,19 @@ def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(kafka, s3
 FAULTS = Path(__file__).parent / "faults"  # sitecustomize.py: INFOGROWTH_TEST_FAULT
 
 
-def fail_once(step: str, call: int):  # noqa: ANN201 - a Fault
-    """The first worker's ``call``-th run of ``step`` raises: it must stop without
+def start_with_fault(run: Supervised, spec: str) -> None:
+    """Starts the worker with ``INFOGROWTH_TEST_FAULT=spec``; its restarts run clean."""
+    path = os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))
+    with mock.patch.dict(os.environ, PYTHONPATH=path, INFOGROWTH_TEST_FAULT=spec):
+        run.start()
+
+
+def fail_from(step: str, call: int):  # noqa: ANN201 - a Fault
+    """The first worker's ``step`` raises from its ``call``-th run on: it must stop without
     committing that batch, and the next worker must read the batch again."""
 
     def fault(run: Supervised) -> None:
-        path = os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))
-        with mock.patch.dict(os.environ, PYTHONPATH=path, INFOGROWTH_TEST_FAULT=f"{step}:{call}"):
-            run.start()
+        start_with_fault(run, f"{step}:{call}")
         assert run.worker is not None
         try:
             code = run.worker.wait(timeout=120)
@@ -170,13 +175,51 @@ def fail_once(step: str, call: int):  # noqa: ANN201 - a Fault
 @pytest.mark.parametrize("step", ["score", "select"])
 def test_a_failed_batch_is_read_again_not_lost(step, kafka, s3, tmp_path):  # noqa: ANN001
     """Faust acks every event of a batch its agent leaves, even by an error, and the next
-    commit used to carry them: one failure of the model step lost its batch while the worker
+    commit used to carry them: a failure of the model step lost its batch while the worker
     went on, one of the curator's gain step lost samples too."""
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
     rows = embedding_rows(N, dim=64)
-    _curate_under(fail_once(step, 3), settings, tmp_path, rows, worker_first=False)
+    _curate_under(fail_from(step, 3), settings, tmp_path, rows, worker_first=False)
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "a batch failed; committing nothing more, stopping the worker" in log
+
+
+def _one_worker_with_fault(spec: str, settings, tmp_path: Path, n: int = 400):  # noqa: ANN001, ANN202
+    """All outcomes of a run by one worker started with ``spec``, and its log."""
+    ensure_pipeline_topics(settings)
+    rows = embedding_rows(n, dim=64)
+    run = Supervised(settings, tmp_path / "worker.log", len(rows))
+    start_with_fault(run, spec)
+    try:
+        ingest_file(write_jsonl(tmp_path / "rows.jsonl", rows), settings, progress=False)
+        outcomes = drain(run, {r["id"] for r in rows}, DRAIN_S)
+    finally:
+        run.stop()
+    assert run.starts == 1, "the worker stopped"
+    assert {i: len(rs) for i, rs in outcomes.items() if len(rs) != 1} == {}
+    return outcomes, (tmp_path / "worker.log").read_text(errors="replace")
+
+
+def test_a_row_the_model_fails_on_alone_is_rejected_and_the_run_goes_on(kafka, s3, tmp_path):  # noqa: ANN001
+    """Not a failed batch: the batch is scored again one row at a time, the row that fails
+    alone is rejected as bad input, every other sample gets its outcome, no restart."""
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
+    poison = "s0100"
+    outcomes, log = _one_worker_with_fault(f"score-row:{poison}", settings, tmp_path)
+    (record,) = outcomes[poison]
+    assert (record["decision"], record["reason"]) == ("rejected", "bad_input")
+    assert f"injected failure of the model on {poison}" in record["detail"]
+    assert f"the model step fails on sample '{poison}' alone" in log
+    others = [rs[0] for i, rs in outcomes.items() if i != poison]
+    assert not [r for r in others if "injected" in (r.get("detail") or "")]
+
+
+def test_a_model_step_that_fails_once_is_retried_row_by_row(kafka, s3, tmp_path):  # noqa: ANN001
+    """A passing fault (a device out of memory for one batch): no sample is rejected for it."""
+    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
+    outcomes, log = _one_worker_with_fault("score-once:3", settings, tmp_path)
+    assert "the model step failed on 16 samples" in log
+    assert not [i for i, rs in outcomes.items() if "injected" in (rs[0].get("detail") or "")]
 
 
 def stop_gracefully_at(*shares: float):  # noqa: ANN201 - a Fault
