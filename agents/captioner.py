@@ -11,6 +11,7 @@ import faust
 from faust.types import TP
 
 from agents.context import Context
+from infogrowth.core.curate import Scored
 from infogrowth.io.avro import MalformedMessage
 from infogrowth.io.messages import scored_from_record
 
@@ -28,13 +29,15 @@ def register(ctx: Context) -> None:
 
 
 async def _recaption(ctx: Context, events: list[faust.EventT]) -> None:
-    requests, bad = [], []
+    requests, samples, bad = [], [], []
     for ev in events:
         try:
-            requests.append((ev.message.tp, ctx.serde["RecaptionRequest"].decode(ev.value)))
-        except MalformedMessage as exc:
+            request = ctx.serde["RecaptionRequest"].decode(ev.value)
+            samples.append(scored_from_record(request["sample"]))
+            requests.append((ev.message.tp, request))
+        except (MalformedMessage, ValueError, TypeError, KeyError) as exc:
             bad.append((ev, str(exc)))
-    captions, error = await _caption(ctx, [r for _, r in requests])
+    captions, error = await _caption(ctx, samples)
     async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
         for ev, reason in bad:
             await ctx.dead_letter(ev, STAGE, reason)
@@ -42,18 +45,15 @@ async def _recaption(ctx: Context, events: list[faust.EventT]) -> None:
             await _send_back(ctx, request, caption, error, source)
 
 
-async def _caption(
-    ctx: Context, requests: list[dict[str, Any]]
-) -> tuple[list[str | None], str | None]:
-    if not requests:
+async def _caption(ctx: Context, items: list[Scored]) -> tuple[list[str | None], str | None]:
+    if not items:
         return [], None
     if ctx.curator.captioner is None:
-        return [None] * len(requests), ctx.curator.no_captioner_detail()
-    items = [scored_from_record(r["sample"]) for r in requests]
+        return [None] * len(items), ctx.curator.no_captioner_detail()
     try:
         return list(await ctx.run_while_store_down(ctx.curator.new_captions, items)), None
     except Exception as exc:  # remote endpoints time out, local models run out of memory...
-        return [None] * len(requests), f"recaption failed: {exc}"
+        return [None] * len(items), f"recaption failed: {exc}"
 
 
 async def _send_back(

@@ -102,12 +102,15 @@ def _parse(event: faust.EventT) -> _Item | str:
         name, record = decode_any(event.value)
     except MalformedMessage as exc:
         return str(exc)
-    if name == "RawSample":
-        if not record["id"]:
-            return "RawSample without an id"
-        return _Item(sample_from_raw(record), None)
-    if name == "ScoredSample" and record.get("attempt", 0) > 0:
-        return _Item(scored_from_record(record).sample, record)
+    try:
+        if name == "RawSample":
+            if not record["id"]:
+                return "RawSample without an id"
+            return _Item(sample_from_raw(record), None)
+        if name == "ScoredSample" and record.get("attempt", 0) > 0:
+            return _Item(scored_from_record(record).sample, record)
+    except (ValueError, TypeError, KeyError) as exc:  # valid Avro, not a sample
+        return f"{name}: {exc}"
     return f"unexpected {name} record on {event.message.topic}"
 
 

@@ -160,6 +160,10 @@ def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_pa
     good = embedding_rows(3, seed=5)
     write_jsonl(tmp_path / "good.jsonl", good)
     garbage = [b"not avro at all", b"\x00\x00\x00\x00\x01\x02", b"\x00\x00\x00\x03\xe7\x01"]
+    # Valid Avro, but its packed embedding is 7 bytes (no float32 vector): it used to fail
+    # the whole inference batch it came in.
+    odd = {"id": "odd", "caption": "odd", "image_embedding": b"\x00" * 7, "text_embedding": None}
+    garbage.append(AvroSerde("RawSample").encode(odd))
     producer = Producer({"bootstrap.servers": kafka})
     for i, value in enumerate(garbage):
         producer.produce(settings.topic_raw, key=f"bad{i}".encode(), value=value)
@@ -183,6 +187,7 @@ def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_pa
         d["topic"] == settings.topic_raw and d["reason"] and d["stage"] == "inference"
         for d in letters
     )
+    assert "packed embedding of 7 bytes is not float32" in letters[-1]["reason"]
 
 
 def test_a_worker_dies_with_the_process_that_started_it(kafka, s3, tmp_path):
