@@ -313,7 +313,8 @@ async def _admit(
     the ids the gate released earlier in this batch (no longer in it, not finished yet)."""
     try:
         record = ctx.serde["ScoredSample"].decode(event.value)
-    except MalformedMessage as exc:
+        item = scored_from_record(record)
+    except (MalformedMessage, ValueError, TypeError, KeyError) as exc:  # or valid Avro, no sample
         await ctx.dead_letter(event, STAGE, str(exc))
         return []
     st = durable.load()
@@ -322,11 +323,10 @@ async def _admit(
         if not st.gate.waiting(key):
             return []  # a redelivered recaption: already handled
         durable.put(key, state_codec.queued(durable.seq_of(key), raw))
-        durable.decoded[key] = scored_from_record(record)
+        durable.decoded[key] = item
         return st.gate.resolve(key, raw)
     if key in st.finished or key in st.gate or key in pending:
         return []  # sent again (a crawler's resend, an upstream retry): the first one counts
-    item = scored_from_record(record)
     seq = durable.seq()
     if durable.curator.is_aligned(item):
         durable.put(key, state_codec.queued(seq, raw))

@@ -167,6 +167,9 @@ def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_pa
     producer = Producer({"bootstrap.servers": kafka})
     for i, value in enumerate(garbage):
         producer.produce(settings.topic_raw, key=f"bad{i}".encode(), value=value)
+    # The same straight into `scored` (whoever writes there): the curator's dead letter.
+    scored_odd = AvroSerde("ScoredSample").encode({"id": "odd2", "image_embedding": b"\x00" * 7})
+    producer.produce(settings.topic_scored, key=b"odd2", value=scored_odd)
     producer.flush(10)
     worker = start_worker(settings, log_path=str(tmp_path / "worker.log"))
     try:
@@ -174,7 +177,7 @@ def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_pa
         wait_for_outcomes(settings, {r["id"] for r in good}, timeout_s=240, worker=worker)
         deadline = time.monotonic() + 30
         letters = []
-        while len(letters) < len(garbage) and time.monotonic() < deadline:
+        while len(letters) < len(garbage) + 1 and time.monotonic() < deadline:
             letters = [
                 AvroSerde("DeadLetter").decode(v)
                 for v in topic_values(settings, settings.topic_dead_letter)
@@ -182,12 +185,13 @@ def test_malformed_messages_go_to_dead_letter_with_their_bytes(kafka, s3, tmp_pa
             time.sleep(0.5)
     finally:
         stop_worker(worker, signal.SIGTERM)
-    assert [d["original"] for d in letters] == garbage
-    assert all(
-        d["topic"] == settings.topic_raw and d["reason"] and d["stage"] == "inference"
-        for d in letters
-    )
-    assert "packed embedding of 7 bytes is not float32" in letters[-1]["reason"]
+    raw = [d for d in letters if d["topic"] == settings.topic_raw]
+    assert [d["original"] for d in raw] == garbage
+    assert all(d["reason"] and d["stage"] == "inference" for d in raw)
+    assert "packed embedding of 7 bytes is not float32" in raw[-1]["reason"]
+    (scored,) = [d for d in letters if d["topic"] == settings.topic_scored]
+    assert (scored["original"], scored["stage"]) == (scored_odd, "curator")
+    assert "packed embedding of 7 bytes is not float32" in scored["reason"]
 
 
 def test_a_worker_dies_with_the_process_that_started_it(kafka, s3, tmp_path):
