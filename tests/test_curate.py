@@ -160,3 +160,26 @@ def test_a_row_evicted_after_it_was_written_is_rewritten(tmp_path: Path, out_nam
     assert list(out[1])[:3] == ["id", "decision", "image_embedding"]  # fields keep their place
     assert out[1]["note"] == 1 and out[1]["image_embedding"] == rows[1]["image_embedding"]
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_select_rejects_a_sample_of_other_sizes_as_bad_input_in_its_place() -> None:
+    """`scored` may hold embeddings of another size (anyone may write there; inference
+    processes each fix the size from their own first row): rejected, not a failed batch."""
+    arc = [sample(f"p{i}", image_on_arc(i, 0.2)) for i in range(4)]
+    small = Sample(id="small", caption="s", image_embedding=[1.0, 0.0], text_embedding=[1.0, 0.0])
+    curator = make_curator(Settings(encoder="precomputed", k=1, dup_distance=0))
+    elsewhere = make_curator(Settings(encoder="precomputed"))  # another inference process
+    scored = curator.score(arc[:2]) + elsewhere.score([small]) + curator.score(arc[2:])
+    out = curator.select(scored)
+    assert [o.id for o in out] == ["p0", "p1", "small", "p2", "p3"]
+    assert (out[2].decision, out[2].reason) == ("rejected", "bad_input")
+    assert (
+        out[2].detail
+        == "image embedding of 2 dims, this run's are 8, text embedding of 2 dims, this run's are 8"
+    )
+    assert decisions(out[:2] + out[3:]) == decisions(curate(arc, k=1, dup_distance=0))
+    # the first sample of a run sets the sizes, as in inference
+    first = make_curator(Settings(encoder="precomputed")).select(
+        elsewhere.score([small]) + scored[:1]
+    )
+    assert [o.reason or o.decision for o in first] == ["accepted", "bad_input"]

@@ -324,7 +324,41 @@ class Curator:
     def select(self, items: Sequence[Scored]) -> list[Outcome]:
         """Gain against the kept samples (the index holds only those, except under
         ``--policy all``), duplicate check on the image, then the policy, one sample at a
-        time in arrival order."""
+        time in arrival order. A sample whose embeddings are not of the run's sizes is
+        rejected as bad input: `scored` takes records from anyone, and inference processes
+        each fix the size from their own first row (two of them, or one restarted, can
+        differ); the index cannot take it, and the batch used to fail with it."""
+        if not items:
+            return []
+        run_dims = self.index.dims or self._vector_dims(items[0])
+        misfits = {
+            row: detail for row, it in enumerate(items) if (detail := self._misfit(it, run_dims))
+        }
+        if not misfits:
+            return self._select(items)
+        chosen = iter(self._select([it for row, it in enumerate(items) if row not in misfits]))
+        return [
+            rejected(it.sample, REASON_BAD_INPUT, misfits[row]) if row in misfits else next(chosen)
+            for row, it in enumerate(items)
+        ]
+
+    def _vector_dims(self, item: Scored) -> dict[str, int]:
+        dims = {"image": len(item.encoded.image_emb)}
+        if self.settings.mode != "single":
+            dims["text"] = len(item.encoded.text_emb)
+        return dims
+
+    def _misfit(self, item: Scored, run_dims: dict[str, int]) -> str | None:
+        dims = self._vector_dims(item)
+        if dims == run_dims:
+            return None
+        return ", ".join(
+            f"{mod} embedding of {dims[mod]} dims, this run's are {run_dims[mod]}"
+            for mod in run_dims
+            if dims[mod] != run_dims[mod]
+        )
+
+    def _select(self, items: Sequence[Scored]) -> list[Outcome]:
         if not items:
             return []
         single = self.settings.mode == "single"
