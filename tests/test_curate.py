@@ -178,6 +178,13 @@ def test_select_rejects_a_sample_of_other_sizes_as_bad_input_in_its_place() -> N
         == "image embedding of 2 dims, this run's are 8, text embedding of 2 dims, this run's are 8"
     )
     assert decisions(out[:2] + out[3:]) == decisions(curate(arc, k=1, dup_distance=0))
+    nan = curator.score([sample("nan", image_on_arc(9, 0.2))])[0]
+    nan.encoded.text_emb = nan.encoded.text_emb * np.nan  # as a record written to `scored` may
+    (rejected,) = curator.select([nan])
+    assert (rejected.reason, rejected.detail) == (
+        "bad_input",
+        "text embedding is zero or not finite",
+    )
     # the first sample of a run sets the sizes, as in inference
     first = make_curator(Settings(encoder="precomputed")).select(
         elsewhere.score([small]) + scored[:1]

@@ -324,10 +324,10 @@ class Curator:
     def select(self, items: Sequence[Scored]) -> list[Outcome]:
         """Gain against the kept samples (the index holds only those, except under
         ``--policy all``), duplicate check on the image, then the policy, one sample at a
-        time in arrival order. A sample whose embeddings are not of the run's sizes is
-        rejected as bad input: `scored` takes records from anyone, and inference processes
-        each fix the size from their own first row (two of them, or one restarted, can
-        differ); the index cannot take it, and the batch used to fail with it."""
+        time in arrival order. A sample whose embeddings are not of the run's sizes, or zero
+        or not finite, is rejected as bad input: `scored` takes records from anyone, and
+        inference processes each fix the size from their own first row (two of them, or one
+        restarted, can differ); the index cannot take it, and the batch used to fail."""
         if not items:
             return []
         run_dims = self.index.dims or self._vector_dims(items[0])
@@ -350,13 +350,17 @@ class Curator:
 
     def _misfit(self, item: Scored, run_dims: dict[str, int]) -> str | None:
         dims = self._vector_dims(item)
-        if dims == run_dims:
-            return None
-        return ", ".join(
-            f"{mod} embedding of {dims[mod]} dims, this run's are {run_dims[mod]}"
-            for mod in run_dims
-            if dims[mod] != run_dims[mod]
-        )
+        if dims != run_dims:
+            return ", ".join(
+                f"{mod} embedding of {dims[mod]} dims, this run's are {run_dims[mod]}"
+                for mod in run_dims
+                if dims[mod] != run_dims[mod]
+            )
+        for mod in dims:  # inference rejects these; a record written to `scored` may not
+            norm = float(np.linalg.norm(getattr(item.encoded, f"{mod}_emb")))
+            if not (np.isfinite(norm) and norm > 0):
+                return f"{mod} embedding is zero or not finite"
+        return None
 
     def _select(self, items: Sequence[Scored]) -> list[Outcome]:
         if not items:
