@@ -12,8 +12,7 @@ from faust.types import TP
 
 from agents.context import Context
 from infogrowth.core.curate import Scored
-from infogrowth.io.avro import MalformedMessage
-from infogrowth.io.messages import scored_from_record
+from infogrowth.io.messages import NOT_A_SAMPLE, scored_from_record
 
 STAGE = "captioner"
 
@@ -35,7 +34,7 @@ async def _recaption(ctx: Context, events: list[faust.EventT]) -> None:
             request = ctx.serde["RecaptionRequest"].decode(ev.value)
             samples.append(scored_from_record(request["sample"]))
             requests.append((ev.message.tp, request))
-        except (MalformedMessage, ValueError, TypeError, KeyError) as exc:
+        except NOT_A_SAMPLE as exc:
             bad.append((ev, str(exc)))
     captions, error = await _caption(ctx, samples)
     async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends

@@ -31,8 +31,12 @@ from agents.context import Context
 from infogrowth.commands.pipeline import curator_changelog
 from infogrowth.core.curate import Scored, still_misaligned
 from infogrowth.core.shards import ShardedCurator
-from infogrowth.io.avro import MalformedMessage
-from infogrowth.io.messages import outcome_record, recaption_request, scored_from_record
+from infogrowth.io.messages import (
+    NOT_A_SAMPLE,
+    outcome_record,
+    recaption_request,
+    scored_from_record,
+)
 from infogrowth.io.store import ObjectStore
 from infogrowth.records import Outcome
 
@@ -314,7 +318,7 @@ async def _admit(
     try:
         record = ctx.serde["ScoredSample"].decode(event.value)
         item = scored_from_record(record)
-    except (MalformedMessage, ValueError, TypeError, KeyError) as exc:  # or valid Avro, no sample
+    except NOT_A_SAMPLE as exc:
         await ctx.dead_letter(event, STAGE, str(exc))
         return []
     st = durable.load()

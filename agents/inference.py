@@ -17,6 +17,7 @@ from infogrowth.core.curate import Curator, Scored, rejected
 from infogrowth.core.shards import ShardedCurator
 from infogrowth.io.avro import MalformedMessage, decode_any
 from infogrowth.io.messages import (
+    NOT_A_SAMPLE,
     outcome_record,
     sample_from_raw,
     scored_from_record,
@@ -109,7 +110,7 @@ def _parse(event: faust.EventT) -> _Item | str:
             return _Item(sample_from_raw(record), None)
         if name == "ScoredSample" and record.get("attempt", 0) > 0:
             return _Item(scored_from_record(record).sample, record)
-    except (ValueError, TypeError, KeyError) as exc:  # valid Avro, not a sample
+    except NOT_A_SAMPLE as exc:  # valid Avro, no sample
         return f"{name}: {exc}"
     return f"unexpected {name} record on {event.message.topic}"
 

@@ -13,6 +13,10 @@ from infogrowth.io.vectors import EMBEDDING_FIELDS, pack, pack_if_exact, unpack
 from infogrowth.records import KNOWN_FIELDS, Outcome, Sample
 
 PASSTHROUGH = ("source", "url", "crawl_time")  # RawSample fields the core does not use
+# What decoding a message into a sample raises when it is none: undecodable bytes
+# (MalformedMessage is a ValueError) or valid Avro that is no sample (a packed embedding of
+# 7 bytes). The agents send such a message to dead-letter.
+NOT_A_SAMPLE = (ValueError, TypeError, KeyError)
 
 
 def raw_record(row: dict[str, Any]) -> dict[str, Any]:
