@@ -134,12 +134,15 @@ class Context:
         value: bytes,
         source: TP,
         partition: int | None = None,
-    ) -> None:
+    ) -> asyncio.Future[Any]:
+        """Sends ``value`` in ``source``'s transaction; returns the future of its delivery
+        (``confirm`` waits for it)."""
         tid = transactional_id(self.app, source)
         delivery = await self.app.producer.send(
             topic_name, key, value, partition, None, None, transactional_id=tid
         )
         self.unconfirmed.append(delivery)
+        return delivery
 
     async def confirm(self) -> None:
         """Waits until the broker has every message sent so far (errors surface here)."""

@@ -65,8 +65,10 @@ class CuratorState:
         self.sharded = sharded
         self.restored: state_codec.Restored | None = None
         self.restoring: asyncio.Future[state_codec.Restored] | None = None
-        self.light: dict[str, state_codec.Entry] = {}  # what the gate needs of each entry
+        self.light: dict[str, state_codec.Entry] = {}  # each entry without vectors or record
         self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
+        # The last changelog record sent (its delivery and key): a snapshot's mark.
+        self.sent: tuple[asyncio.Future[Any], bytes] | None = None
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
         every = ctx.settings.snapshot_every
         self.store = ObjectStore.from_settings(ctx.settings) if every else None
@@ -116,10 +118,18 @@ class CuratorState:
             self.partition,
             curator.index,
             curator.policy,
-            latest,
+            latest.index if latest else None,
+            latest.table if latest else None,
         )
         curator.index = restored.index
         curator.hashes = restored.hashes
+        self.sent = None
+        if restored.read_from:
+            log.info(
+                "curator state%s: changelog read from offset %d, the snapshot's table before it",
+                shard,
+                restored.read_from,
+            )
         log.info("curator state%s: %d indexed from a snapshot", shard, restored.from_snapshot)
         self.light = {key: state_codec.light(entry) for key, entry in entries.items()}
         log.info(
@@ -151,9 +161,27 @@ class CuratorState:
         partition of the source partition (co-partitioned: one shard each)."""
         unsent, self.unsent = self.unsent, []
         for raw_key, raw_value in unsent:
-            await self.ctx.publish(
+            delivery = await self.ctx.publish(
                 self.changelog, raw_key, raw_value, source, partition=source.partition
             )
+            self.sent = (delivery, raw_key)
+
+    def mark(self) -> state_codec.Mark | None:
+        """The last changelog record of the state (sent and confirmed, or read at restore)."""
+        st = self.load()
+        if self.sent is None:
+            return st.mark
+        delivery, key = self.sent
+        return state_codec.Mark(st.changelog_id, delivery.result().offset, key)
+
+    def table(self, mark: state_codec.Mark) -> bytes:
+        """The table without vectors, the gate's records in it (``pack_table``)."""
+        gate = self.load().gate
+        entries = (
+            (key, {**entry, "record": gate.item(key)} if entry["state"] == "queued" else entry)
+            for key, entry in self.light.items()
+        )
+        return state_codec.pack_table(entries, mark)
 
     async def maybe_snapshot(self, committed_before: float) -> None:
         """After ``snapshot_every`` batches or more, at the end of a batch that committed
@@ -167,9 +195,15 @@ class CuratorState:
         if self.uploads.busy():
             return  # the previous one is still uploading: try again after the next batch
         self.batches = 0
-        seq, index = self.load().next_seq, self.curator.index
+        seq, index, mark = self.load().next_seq, self.curator.index, self.mark()
         data = await self.ctx.run(index.to_bytes)
-        self.uploads.start(data, seq, len(index))
+        table = None
+        if mark is not None:
+            try:
+                table = await self.ctx.run(self.table, mark)
+            except KeyError as exc:  # a queued entry not in the gate: should not happen
+                log.warning("curator snapshot without its table (%r not in the gate)", exc)
+        self.uploads.start(data, seq, len(index), table)
 
     def seq(self) -> int:
         st = self.load()

@@ -14,13 +14,20 @@ payload, vectors as packed float32):
              policy, except under ``--policy all`` where every selected sample is indexed).
 ``seq`` is the arrival number, so a restart rebuilds everything in the original order.
 Once the index holds the vectors, the curator keeps only ``light`` entries in memory.
+
+A snapshot (agents/snapshot.py) holds, beside the index, the whole table without vectors
+(``pack_table``) and the ``Mark`` of the last changelog record it reflects; a restart reads
+only the changelog from that record on (``read_entries`` with a base), after checking that
+the record is there, committed, in the same topic.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
-from collections.abc import Container
+from collections.abc import Container, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +38,7 @@ from infogrowth.core.dedup import HashStore, usable_hashes
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.order import OrderedGate
 from infogrowth.core.sample import Policy
-from infogrowth.io.kafka_io import read_topic, settled_end
+from infogrowth.io.kafka_io import read_topic, settled_end, topic_id
 from infogrowth.io.vectors import WIRE, pack
 
 Entry = dict[str, Any]
@@ -60,8 +67,11 @@ def rejected(seq: int) -> Entry:
 
 
 def light(entry: Entry) -> Entry:
-    """What the running curator keeps in its table: the gate needs the seq, nothing else."""
-    return {"state": entry["state"], "seq": entry["seq"]}
+    """What the running curator keeps of an entry: the gate needs the seq; a snapshot's
+    table needs an indexed entry's gain and hash too (the policy and the hash store are
+    replayed from them), not its vectors (the index has them) or a queued record (the
+    gate has it)."""
+    return {k: v for k, v in entry.items() if k not in ("vectors", "record", "label")}
 
 
 def encode(entry: Entry) -> bytes:
@@ -98,6 +108,40 @@ def decode(value: bytes, vectors: bool = True) -> Entry:
     return entry
 
 
+@dataclass(frozen=True)
+class Mark:
+    """The last changelog record a state reflects: its topic's id, its offset and key."""
+
+    topic_id: str
+    offset: int
+    key: bytes
+
+
+def pack_table(entries: Iterable[tuple[str, Entry]], mark: Mark) -> bytes:
+    """The table without vectors, as a snapshot keeps it: light entries, a queued entry's
+    record (base64), and the mark of the changelog record it reflects."""
+    table = {}
+    for key, entry in entries:
+        head = light(entry)
+        if entry.get("record") is not None:
+            head["record"] = base64.b64encode(entry["record"]).decode()
+        table[key] = head
+    where = {"topic_id": mark.topic_id, "offset": mark.offset, "key": mark.key.hex()}
+    return json.dumps({"mark": where, "entries": table}).encode()  # json: a NaN gain stays NaN
+
+
+def unpack_table(data: bytes) -> tuple[dict[str, Entry], Mark]:
+    doc = _loads(data)
+    where = doc["mark"]
+    mark = Mark(where["topic_id"], int(where["offset"]), bytes.fromhex(where["key"]))
+    entries = doc["entries"]
+    for entry in entries.values():
+        if entry["state"] == "queued":
+            record = entry.get("record")
+            entry["record"] = None if record is None else base64.b64decode(record)
+    return entries, mark
+
+
 @dataclass
 class Restored:
     """In-memory state rebuilt from the table after a restart."""
@@ -109,6 +153,9 @@ class Restored:
     released: list[tuple[str, bytes]] = field(default_factory=list)  # ready at restore time
     from_snapshot: int = 0  # indexed samples taken from a snapshot instead of re-inserted
     hashes: HashStore = field(default_factory=HashStore)  # of the indexed samples, evictions done
+    changelog_id: str = ""  # the changelog topic's id
+    mark: Mark | None = None  # the last changelog record read (None: the partition is empty)
+    read_from: int = 0  # the offset the changelog was read from (0: all of it)
 
 
 def _loads(text: bytes | memoryview) -> Any:
@@ -121,22 +168,56 @@ def _loads(text: bytes | memoryview) -> Any:
         return json.loads(bytes(text))
 
 
+@dataclass
+class ChangelogRead:
+    entries: dict[str, Entry]
+    topic_id: str
+    mark: Mark | None  # the last record read (or the base's)
+    start: int  # the offset reading began at
+
+
 def read_entries(
-    bootstrap: str, topic: str, partition: int, without_vectors: Container[str] = frozenset()
-) -> dict[str, Entry]:
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    without_vectors: Container[str] = frozenset(),
+    base: tuple[dict[str, Entry], Mark] | None = None,
+) -> ChangelogRead | None:
     """The committed entries of one changelog partition: each key's last value, read up to
     the partition's end once no transaction is open on it (the previous owner's open
     transaction is aborted when this worker's producer for the partition starts). The keys
-    in ``without_vectors`` keep no vectors (a snapshot's samples: 4 KB each at 2 x 512-d)."""
+    in ``without_vectors`` keep no vectors (a snapshot's samples: 4 KB each at 2 x 512-d).
+
+    ``base``: a snapshot's table and the mark of the record it reflects. Only the records
+    from that one on are read, over the table; None when the partition does not hold that
+    record as the first committed one from its offset (another topic of the same name, a
+    transaction that aborted after the snapshot was taken, the record compacted away)."""
+    tid = topic_id(bootstrap, topic)
+    if base is not None and base[1].topic_id != tid:
+        return None
     end = settled_end(bootstrap, topic, partition)
-    entries: dict[str, Entry] = {}
-    for msg in read_topic(bootstrap, topic, partitions=[partition], ends={partition: end}):
-        key, value = _loads(msg.key()), msg.value()
-        if value:
-            entries[key] = decode(value, vectors=key not in without_vectors)
-        else:  # a tombstone
-            entries.pop(key, None)
-    return entries
+    entries, mark = (dict(base[0]), base[1]) if base is not None else ({}, None)
+    start = mark.offset if mark is not None else 0
+    expect = mark
+    reading = read_topic(
+        bootstrap, topic, partitions=[partition], ends={partition: end}, starts={partition: start}
+    )
+    with closing(reading):
+        for msg in reading:
+            if expect is not None:  # the base's own record: already in its table
+                if msg.offset() != expect.offset or msg.key() != expect.key:
+                    return None
+                expect = None
+                continue
+            key, value = _loads(msg.key()), msg.value()
+            if value:
+                entries[key] = decode(value, vectors=key not in without_vectors)
+            else:  # a tombstone
+                entries.pop(key, None)
+            mark = Mark(tid, msg.offset(), msg.key())
+    if expect is not None:
+        return None  # the base's record is not there
+    return ChangelogRead(entries, tid, mark, start)
 
 
 def read_and_restore(
@@ -146,16 +227,33 @@ def read_and_restore(
     index: GainIndex,
     policy: Policy,
     snapshot: GainIndex | None = None,
+    table: tuple[dict[str, Entry], Mark] | None = None,
 ) -> tuple[dict[str, Entry], Restored]:
     """``read_entries`` then ``restore``, holding vectors only for the samples a snapshot
-    does not cover; if it does not cover the committed table after all (its batch aborted),
-    the partition is read again with every vector, for a full replay."""
+    does not cover. With the snapshot's ``table``, only the changelog's tail is read; where
+    the partition does not continue that table, all of it. If the snapshot does not cover
+    the committed table after all (its batch aborted), the partition is read again with
+    every vector, for a full replay."""
     covered = set(snapshot.ids) if snapshot is not None else set()
-    entries = read_entries(bootstrap, topic, partition, without_vectors=covered)
-    if snapshot is not None and not covers(snapshot, _indexed(entries), index):
+    read = None
+    if table is not None:
+        read = read_entries(bootstrap, topic, partition, covered, base=table)
+    if read is None:
+        read = read_entries(bootstrap, topic, partition, without_vectors=covered)
+    assert read is not None  # without a base there is nothing to refuse
+    if snapshot is not None and not _stands_in(snapshot, _indexed(read.entries), index):
         snapshot = None
-        entries = read_entries(bootstrap, topic, partition)
-    return entries, restore(entries, index, policy, snapshot)
+        read = read_entries(bootstrap, topic, partition)
+        assert read is not None
+    restored = restore(read.entries, index, policy, snapshot)
+    restored.changelog_id, restored.mark, restored.read_from = read.topic_id, read.mark, read.start
+    return read.entries, restored
+
+
+def _stands_in(snapshot: GainIndex, done: list[tuple[str, Entry]], index: GainIndex) -> bool:
+    """The snapshot covers the table, and every indexed entry past it has its vectors (a
+    snapshot's table has none: one that held more than its index would be unusable)."""
+    return covers(snapshot, done, index) and all("vectors" in e for _, e in done[len(snapshot) :])
 
 
 def _indexed(entries: dict[str, Entry]) -> list[tuple[str, Entry]]:

@@ -8,20 +8,33 @@ No Kafka or S3: reading the changelog and fetching the snapshot come on top of b
 Also compares the gains of ``--queries`` later samples against the two restored indexes
 (``GainIndex.from_bytes`` continues hnswlib's level generator, so they should be equal).
 
-    .venv/bin/python bench/recovery_bench.py --n 100000
+With ``--kafka`` (the broker of `make up`, started if not running) it then writes the
+table to a changelog topic, one transaction per 256 entries, and times
+``curator_state.read_and_restore`` from the broker: the full replay, the snapshot with the
+whole changelog read (as before snapshots held the table), and the snapshot with its table,
+reading only the changelog's tail. Fetching the snapshot from S3 is not counted.
+
+    .venv/bin/python bench/recovery_bench.py --n 100000 --kafka
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+import uuid
 
 import numpy as np
 from gain_bench import clustered
+from pipeline_bench import drop_topics
 
 from agents import curator_state as state_codec
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.sample import AcceptAll
+from infogrowth.io.kafka_io import ensure_topics, make_producer, topic_id
+from infogrowth.io.runs import COMPACTED
+from infogrowth.settings import Settings
+from infra.__main__ import cmd_up
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=512, help="embedding dimensions (default 512)")
     p.add_argument("--tail", type=int, default=1000, help="samples after the snapshot")
     p.add_argument("--queries", type=int, default=2000, help="later samples compared")
+    p.add_argument("--kafka", action="store_true", help="also restore from a real changelog")
     return p.parse_args(argv)
 
 
@@ -75,7 +89,66 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(replaying the {args.n - args.tail} covered samples alone took {prefix_s:.1f} s)")
     print(f"later gains byte-identical: {equal:.4f} of {args.queries}")
     print(f"max abs difference {np.nanmax(np.abs(gains[0] - gains[1])):.2e}")
+    if args.kafka:
+        from_kafka(values, blob, args.n - args.tail)
     return 0
+
+
+def write_changelog(bootstrap: str, topic: str, values: dict[str, bytes]) -> dict[str, int]:
+    """The values in transactions of 256, as the curator writes them; key -> offset."""
+    producer = make_producer(bootstrap, **{"transactional.id": topic})
+    producer.init_transactions(30)
+    offsets: dict[str, int] = {}
+    keys = list(values)
+    for start in range(0, len(keys), 256):
+        producer.begin_transaction()
+        for key in keys[start : start + 256]:
+
+            def sent(err: object, msg: object, key: str = key) -> None:
+                offsets[key] = msg.offset()  # type: ignore[attr-defined]
+
+            producer.produce(topic, values[key], json.dumps(key).encode(), 0, on_delivery=sent)
+            producer.poll(0)
+        producer.commit_transaction(60)
+    return offsets
+
+
+def from_kafka(values: dict[str, bytes], blob: bytes, covered: int) -> None:
+    base = Settings.from_env()
+    cmd_up(base)
+    bootstrap, tag = base.kafka_bootstrap, f"bench-recovery-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [tag], partitions=1, config=COMPACTED)
+    try:
+        started = time.perf_counter()
+        offsets = write_changelog(bootstrap, tag, values)
+        took = time.perf_counter() - started
+        print(f"\nchangelog of {len(values)} entries written in {took:.1f} s")
+        keys = list(values)
+        last = keys[covered - 1]
+        mark = state_codec.Mark(topic_id(bootstrap, tag), offsets[last], json.dumps(last).encode())
+        light = ((k, state_codec.decode(values[k], vectors=False)) for k in keys[:covered])
+        table = state_codec.pack_table(light, mark)
+        print(f"snapshot table {len(table) / 1e6:.1f} MB (index {len(blob) / 1e6:.0f} MB)")
+        cases = [
+            ("full replay", False, False),
+            ("snapshot, whole changelog read", True, False),
+            ("snapshot + table, changelog tail", True, True),
+        ]
+        for name, with_index, with_table in cases:
+            started = time.perf_counter()
+            snap = GainIndex.from_bytes(blob) if with_index else None
+            base_table = state_codec.unpack_table(table) if with_table else None
+            _, restored = state_codec.read_and_restore(
+                bootstrap, tag, 0, GainIndex(), AcceptAll(), snap, base_table
+            )
+            restored.index.sync()
+            took = time.perf_counter() - started
+            assert len(restored.index) == len(values) and restored.read_from == (
+                offsets[last] if with_table else 0
+            )
+            print(f"{name:34s} {took:7.1f} s (changelog from offset {restored.read_from})")
+    finally:
+        drop_topics(bootstrap, tag)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from infogrowth.core.curate import Curator, Scored
 from infogrowth.core.dedup import VARIANTS
 from infogrowth.core.encode import Encoded
 from infogrowth.core.gain import GainIndex
-from infogrowth.io.kafka_io import end_offsets, ensure_topics
+from infogrowth.io.kafka_io import end_offsets, ensure_topics, read_topic, topic_id
 from infogrowth.io.runs import COMPACTED
 from infogrowth.records import Sample
 from infogrowth.settings import Settings
@@ -98,7 +98,7 @@ def test_changelog_values_are_binary_and_round_trip() -> None:
             assert np.array_equal(back["vectors"][m], vec)
     indexed = state_codec.encode(entries[0])
     assert len(indexed) < 2 * 512 * 4 + 120  # float32 bytes, not base64 text (4/3 larger)
-    assert state_codec.light(entries[0]) == {"state": "indexed", "seq": 7}
+    assert state_codec.light(entries[0]) == {"state": "indexed", "seq": 7, "gain": 0.125}
     # headers orjson refuses (NaN, a lone surrogate) are read by json, values unchanged
     odd = state_codec.decode(state_codec.encode(state_codec.indexed(3, vectors, "\ud800", nan)))
     assert odd["label"] == "\ud800" and math.isnan(odd["gain"]) and odd["seq"] == 3
@@ -194,11 +194,11 @@ def test_a_write_killed_midway_leaves_the_previous_snapshot_usable() -> None:
     store.fail_on = "index-"  # the kill lands in the snapshot's own write
     with pytest.raises(ConnectionError):
         snapshot.write(store, where, snaps[3].to_bytes(), 3, len(snaps[3]))
-    assert snapshot.read(store, where).ids == snaps[2].ids
+    assert snapshot.read(store, where).index.ids == snaps[2].ids
     store.fail_on = snapshot.POINTER  # ... or in the pointer's
     with pytest.raises(ConnectionError):
         snapshot.write(store, where, snaps[3].to_bytes(), 3, len(snaps[3]))
-    assert snapshot.read(store, where).ids == snaps[2].ids
+    assert snapshot.read(store, where).index.ids == snaps[2].ids
 
 
 class HangingStore(FakeStore):
@@ -231,7 +231,7 @@ def test_a_hanging_object_store_delays_snapshots_not_the_curator(caplog) -> None
     with caplog.at_level(logging.INFO, logger="infogrowth.curator"):
         asyncio.run(curate_on())
     assert not uploads.busy()
-    assert snapshot.read(store, where).ids == snaps[0].ids
+    assert snapshot.read(store, where).index.ids == snaps[0].ids
     assert "curator snapshot written" in caplog.text
 
 
@@ -270,7 +270,7 @@ def test_read_entries_gives_the_committed_state_of_one_partition(kafka: str) -> 
     assert end_offsets(kafka, topic)[1] < end_offsets(kafka, topic, "read_uncommitted")[1]
 
     _transactional(kafka, f"{topic}-p1")  # the next owner's producer fences the old one
-    entries = state_codec.read_entries(kafka, topic, 1)
+    entries = state_codec.read_entries(kafka, topic, 1).entries
     assert entries == {"b": state_codec.rejected(1), "c": state_codec.queued(2, None)}
 
 
@@ -345,3 +345,91 @@ def test_a_failed_restore_is_tried_again_by_the_next_batch(caplog) -> None:  # n
     with caplog.at_level(logging.ERROR, logger="infogrowth.curator"):
         asyncio.run(two_batches())
     assert "restore failed: TimeoutError('changelog read timed out')" in caplog.text
+
+
+def test_a_snapshot_table_round_trips_what_a_restore_needs() -> None:
+    vectors = {"image": np.ones(4, "f4"), "text": np.ones(4, "f4")}
+    image_hash = bytes(range(8 * VARIANTS))
+    entries = [
+        ("a", state_codec.indexed(0, vectors, "cat", nan, image_hash)),
+        ("b", state_codec.queued(1, b"\x00scored-b")),
+        ("c", state_codec.queued(2, None)),
+        ("d", state_codec.rejected(3)),
+    ]
+    mark = state_codec.Mark("topic-id", 41, b'"d"')
+    table, back = state_codec.unpack_table(state_codec.pack_table(entries, mark))
+    assert back == mark
+    a = table.pop("a")  # no vectors, no label (the snapshot's index has them); NaN kept
+    assert a.keys() == {"state", "seq", "gain", "hash"} and math.isnan(a["gain"])
+    assert bytes.fromhex(a["hash"]) == image_hash
+    assert table == {
+        "b": state_codec.queued(1, b"\x00scored-b"),
+        "c": state_codec.queued(2, None),
+        "d": state_codec.rejected(3),
+    }
+
+
+def _offset_of(kafka: str, topic: str, key: str) -> int:
+    wanted = json.dumps(key).encode()
+    return next(m.offset() for m in read_topic(kafka, topic) if m.key() == wanted)
+
+
+def test_a_snapshot_table_makes_a_restore_read_only_the_changelog_tail(kafka: str) -> None:
+    """With the table of a snapshot (taken after the 2nd of 4 batches) a restore reads the
+    changelog from the snapshot's last record on and restores what a full read restores;
+    where the partition does not hold that record (its transaction aborted, another topic
+    of the same name) it reads the whole partition."""
+    settings = Settings(encoder="precomputed", policy="budget", tau=0.35, budget=20, k=2)
+    live, table, snaps = _curated_table(settings, 4)
+    keys = list(table)  # in arrival order, 25 per batch
+    topic = f"changelog-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka, [topic], partitions=1, config=COMPACTED)
+    owner = _transactional(kafka, f"{topic}-owner")
+    for batch in range(4):  # one transaction per batch, as the curator writes them
+        owner.begin_transaction()
+        for key in keys[25 * batch : 25 * batch + 25]:
+            _send(owner, topic, 0, key, table[key])
+        owner.commit_transaction(30)
+    owner.begin_transaction()  # a batch that aborts: its record cannot be a snapshot's mark
+    _send(owner, topic, 0, "gone", state_codec.rejected(100))
+    owner.flush(30)
+    owner.abort_transaction(30)
+
+    last = keys[49]  # the snapshot's last record
+    mark = state_codec.Mark(
+        topic_id(kafka, topic), _offset_of(kafka, topic, last), json.dumps(last).encode()
+    )
+    blob = snaps[1].to_bytes()
+
+    def restore(mark: state_codec.Mark | None) -> tuple[state_codec.Restored, list, list]:
+        """The restored state, its index's ids and the decisions on later samples."""
+        fresh = make_curator(settings)
+        snap, base = None, None
+        if mark is not None:
+            snap = GainIndex.from_bytes(blob)
+            base = state_codec.unpack_table(
+                state_codec.pack_table([(k, table[k]) for k in keys[:50]], mark)
+            )
+        _, restored = state_codec.read_and_restore(
+            kafka, topic, 0, fresh.index, fresh.policy, snap, base
+        )
+        ids = (list(restored.index.ids), restored.index.live)
+        fresh.index, fresh.hashes = restored.index, restored.hashes
+        later = fresh.select(items(25, 99))  # the policy's memory and the index decide these
+        return restored, ids, [(o.decision, o.gain, o.neighbour) for o in later]
+
+    full, full_ids, full_later = restore(None)
+    tail, tail_ids, tail_later = restore(mark)
+    assert full.read_from == 0 and tail.read_from == mark.offset > 0
+    assert tail.from_snapshot == len(snaps[1]) > 0
+    assert tail_ids == full_ids == (list(live.index.ids), live.index.live)
+    for got in (full, tail):
+        assert got.finished == set(keys) and got.next_seq == len(keys)
+        assert got.mark == full.mark and got.mark.offset > mark.offset
+    expected = [(o.decision, o.gain, o.neighbour) for o in live.select(items(25, 99))]
+    assert tail_later == full_later == expected
+
+    aborted = replace(mark, offset=full.mark.offset + 2)  # the aborted record's offset
+    for unusable in (aborted, replace(mark, topic_id="another"), replace(mark, key=b'"s0-1"')):
+        restored, ids, later = restore(unusable)
+        assert restored.read_from == 0 and (ids, later) == (full_ids, full_later)

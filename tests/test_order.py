@@ -33,3 +33,12 @@ def test_resolving_an_unknown_or_ready_item_is_an_error():
         gate.resolve("b", "B")
     with pytest.raises(KeyError):
         gate.push("a", "A")
+
+
+def test_item_shows_what_a_snapshot_keeps_of_a_held_entry():
+    gate: OrderedGate[str] = OrderedGate()
+    gate.push("a", None)
+    gate.push("b", "B")
+    assert gate.item("a") is None and gate.item("b") == "B"
+    with pytest.raises(KeyError):
+        gate.item("zzz")

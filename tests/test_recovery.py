@@ -142,6 +142,8 @@ def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(kafka, s3
     log = (tmp_path / "worker.log").read_text(errors="replace")
     covered = [int(n) for n in re.findall(r"curator state: (\d+) indexed from a snapshot", log)]
     assert max(covered, default=0) > 0, "the restarted curator took nothing from a snapshot"
+    tail = [int(n) for n in re.findall(r"curator state: changelog read from offset (\d+)", log)]
+    assert max(tail, default=0) > 0, "the restarted curator read the whole changelog"
 
 
 FAULTS = Path(__file__).parent / "faults"  # sitecustomize.py: INFOGROWTH_TEST_FAULT
@@ -335,6 +337,8 @@ def test_two_shards_recover_each_from_its_snapshot_and_replay_equals_the_stream(
     assert covered.keys() == {0, 1} and min(covered.values()) > 0, (
         f"indexed from a snapshot after the restart, per shard: {covered}"
     )
+    tails = set(re.findall(r"curator state \(shard (\d+)\): changelog read from offset", log))
+    assert tails == {"0", "1"}, f"shards that read only their changelog's tail: {tails}"
     restored = run.restored_states()
     assert any(restored.get(pid, {}).keys() == {0, 1} for pid in restarted)  # both checked
 

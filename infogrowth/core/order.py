@@ -33,6 +33,12 @@ class OrderedGate(Generic[T]):
     def waiting(self, key: str) -> bool:
         return self._queue.get(key) is _WAITING
 
+    def item(self, key: str) -> T | None:
+        """The queued item of ``key``, None while it waits for its recaption (KeyError when
+        it is not queued)."""
+        item = self._queue[key]
+        return None if item is _WAITING else item  # type: ignore[return-value]
+
     def push(self, key: str, item: T | None) -> list[tuple[str, T]]:
         """Queue ``item``; ``None`` means "waiting for its recaption". Returns what is released."""
         if key in self._queue:

@@ -113,6 +113,16 @@ def _ready(meta: Any) -> bool:
 UNLIMITED_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
+def topic_id(bootstrap: str, topic: str, timeout: float = 30.0) -> str:
+    """The topic's id (a UUID the broker gives each topic it creates): a topic deleted and
+    created again under the same name gets another one."""
+    from confluent_kafka import TopicCollection
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
+    futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+    return str(futures[topic].result(timeout=timeout).topic_id)
+
+
 def topic_configs(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> dict[str, dict]:
     """Topic -> {config name: value} as the broker reports it (defaults included)."""
     from confluent_kafka.admin import ConfigResource
@@ -351,6 +361,7 @@ def read_topic(
     ends: Mapping[int, int] | None = None,
     poll_s: float = 0.25,
     partitions: Iterable[int] | None = None,
+    starts: Mapping[int, int] | None = None,
 ) -> Iterator[Message]:
     """Every message of every partition, up to the end offsets taken at call time.
 
@@ -360,7 +371,8 @@ def read_topic(
     but are never delivered, so a partition counts as finished on its EOF event or once its
     position reaches the end, never by counting messages. With ``until_end=False`` reading
     goes on until nothing arrives for ``timeout_s``; with it, such a stall raises ReadTimeout.
-    ``partitions``: only these (without ``group_id``).
+    ``partitions``: only these (without ``group_id``); ``starts``: the offsets to read
+    some of them from (without ``group_id``).
     """
     consumer = _consumer(bootstrap, group_id, from_beginning, isolation)
     try:
@@ -370,10 +382,11 @@ def read_topic(
         stop = dict(ends) if ends is not None else _ends(consumer, topic, partitions, timeout_s)
         if group_id is None:
             start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-            consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+            at = starts or {}
+            consumer.assign([TopicPartition(topic, p, at.get(p, start)) for p in partitions])
         else:
             consumer.subscribe([topic])
-        yield from _drain(consumer, topic, stop, until_end, timeout_s, poll_s)
+        yield from _drain(consumer, topic, stop, until_end, timeout_s, poll_s, starts or {})
     finally:  # with a group, close() commits the offsets stored for yielded messages
         consumer.close()
 
@@ -385,8 +398,9 @@ def _drain(
     until_end: bool,
     timeout_s: float,
     poll_s: float,
+    starts: Mapping[int, int],
 ) -> Iterator[Message]:
-    done = {p for p, end in stop.items() if end <= 0} if until_end else set()
+    done = {p for p, end in stop.items() if end <= starts.get(p, 0)} if until_end else set()
     last_progress = time.monotonic()
     while not until_end or len(done) < len(stop):
         msg = consumer.poll(poll_s)
