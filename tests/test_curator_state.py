@@ -185,20 +185,37 @@ class FakeStore:
 
 def test_a_write_killed_midway_leaves_the_previous_snapshot_usable() -> None:
     settings = Settings(encoder="precomputed", policy="threshold", tau=0.35, k=2)
-    _, _, snaps = _curated_table(settings, 4)
+    _, table, snaps = _curated_table(settings, 4)
     store, where = FakeStore(), snapshot.prefix("app")
     assert snapshot.read(store, where) is None
-    for seq, snap in enumerate(snaps[:3]):
-        snapshot.write(store, where, snap.to_bytes(), seq, len(snap))
-    assert len(store.list(where)) == snapshot.KEEP + 1  # two snapshots and the pointer
-    store.fail_on = "index-"  # the kill lands in the snapshot's own write
-    with pytest.raises(ConnectionError):
-        snapshot.write(store, where, snaps[3].to_bytes(), 3, len(snaps[3]))
-    assert snapshot.read(store, where).index.ids == snaps[2].ids
-    store.fail_on = snapshot.POINTER  # ... or in the pointer's
-    with pytest.raises(ConnectionError):
-        snapshot.write(store, where, snaps[3].to_bytes(), 3, len(snaps[3]))
-    assert snapshot.read(store, where).index.ids == snaps[2].ids
+
+    def write(seq: int) -> None:
+        snap, mark = snaps[seq], state_codec.Mark("topic", seq, b"k")
+        packed = state_codec.pack_table(table.items(), mark)
+        snapshot.write(store, where, snap.to_bytes(), seq, len(snap), packed)
+
+    def newest_is(seq: int) -> None:
+        found = snapshot.read(store, where)
+        assert found.index.ids == snaps[seq].ids and found.table[1].offset == seq
+
+    for seq in range(3):
+        write(seq)
+    assert len(store.list(where)) == 2 * snapshot.KEEP + 1  # two snapshots and the pointer
+    for dies_in in ("index-", ".table", snapshot.POINTER):  # the kill lands in each write
+        store.fail_on = dies_in
+        with pytest.raises(ConnectionError):
+            write(3)
+        newest_is(2)
+    store.fail_on = ""
+    write(3)
+    newest_is(3)
+    assert len(store.list(where)) == 2 * snapshot.KEEP + 1
+    store.objects[f"{where}index-{3:012d}.table"] = b"\x00 not a table"  # a corrupt one
+    found = snapshot.read(store, where)  # the index alone: the changelog is read whole
+    assert found.table is None and found.index.ids == snaps[3].ids
+    index_only = snaps[3].to_bytes()  # as written before snapshots held the table
+    snapshot.write(store, where, index_only, 4, len(snaps[3]))
+    assert snapshot.read(store, where).table is None
 
 
 class HangingStore(FakeStore):
