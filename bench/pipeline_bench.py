@@ -4,7 +4,8 @@
 2. **bare Kafka**: a transactional read-process-write loop with confluent-kafka, two hops
    (`src → mid → out`, as raw-samples → scored → accepted), batches of ``--batch``, each
    batch's source offsets committed in its transaction, records of the pipeline's size and
-   no processing: what Kafka transactions alone allow on this machine.
+   no processing: what Kafka transactions alone allow on this machine. Run before and
+   after the pipelines; the ratios are to the mean of the two.
 3. **pipeline**: RawSample records produced into `raw-samples`, one `infogrowth worker`
    (inference → curator agents, exactly-once), outcomes read back from
    `accepted`/`rejected` as they are committed. Afterwards the worker's /metrics say how
@@ -333,15 +334,23 @@ def main(argv: list[str] | None = None) -> int:
         bare_s = bare_kafka(run, rows, args.n, args.batch)
         streamed = pipeline(run, warm, rows, set(ids), args.timeout, ONE_PROCESS)
         split = pipeline(run, warm, rows, set(ids), args.timeout, TWO_PROCESSES)
+        # Again after the pipelines: this VM's speed swings within minutes (bare Kafka ran
+        # 1.7k-4.8k records/s), so the ratios are taken to the mean of the two.
+        bare_after_s = bare_kafka(run, rows, args.n, args.batch)
         encoded = {
             w: inference_workers(base, work, args.images, w, args.timeout)
             for w in ((1, 2) if args.images else ())
         }
 
     n, stream_s = args.n, streamed["seconds"]
+    bare_rates = (n / bare_s, n / bare_after_s)
+    bare_s = n / (sum(bare_rates) / 2)
     print(f"\n{n} samples, {args.dim}-d precomputed embeddings, batch {args.batch}")
     print(f"core library (curate)        {n / core_s:8.0f} samples/s")
-    print(f"bare Kafka, 2 tx hops        {n / bare_s:8.0f} records/s")
+    print(
+        f"bare Kafka, 2 tx hops        {n / bare_s:8.0f} records/s"
+        f"  (mean of {bare_rates[0]:.0f} before and {bare_rates[1]:.0f} after the pipelines)"
+    )
     print(
         f"pipeline (1 worker)          {n / stream_s:8.0f} samples/s"
         f"  = {bare_s / stream_s:.1%} of bare Kafka (producing took {streamed['produced_s']:.1f} s)"
