@@ -190,3 +190,18 @@ def test_select_rejects_a_sample_of_other_sizes_as_bad_input_in_its_place() -> N
         elsewhere.score([small]) + scored[:1]
     )
     assert [o.reason or o.decision for o in first] == ["accepted", "bad_input"]
+
+
+def test_select_rejects_a_sample_without_the_text_embedding_a_pair_run_indexes() -> None:
+    """`scored` allows a null text embedding (single-modal runs write them): in a run that
+    indexes text it is bad input, in its place, even as the run's first sample."""
+    arc = [sample(f"p{i}", image_on_arc(i, 0.2)) for i in range(3)]
+    curator = make_curator(Settings(encoder="precomputed", k=1, dup_distance=0))
+    scored = curator.score(arc)
+    scored[0].encoded.text_emb = None
+    out = curator.select(scored)
+    assert [(o.id, o.reason) for o in out] == [("p0", "bad_input"), ("p1", None), ("p2", None)]
+    assert out[0].detail == "no text embedding, which this run indexes"
+    assert curator.index.dims == {"image": 8, "text": 8}
+    single = make_curator(Settings(encoder="precomputed", mode="single", k=1))
+    assert [o.reason for o in single.select(scored)] == [None, None, None]

@@ -330,9 +330,12 @@ class Curator:
         restarted, can differ); the index cannot take it, and the batch used to fail."""
         if not items:
             return []
-        run_dims = self.index.dims or self._vector_dims(items[0])
+        dims = [self._vector_dims(it) for it in items]
+        run_dims = self.index.dims or next((d for d in dims if all(d.values())), None)
         misfits = {
-            row: detail for row, it in enumerate(items) if (detail := self._misfit(it, run_dims))
+            row: detail
+            for row, it in enumerate(items)
+            if (detail := self._misfit(it, dims[row], run_dims))
         }
         if not misfits:
             return self._select(items)
@@ -343,14 +346,20 @@ class Curator:
         ]
 
     def _vector_dims(self, item: Scored) -> dict[str, int]:
-        dims = {"image": len(item.encoded.image_emb)}
+        """The size of each indexed embedding (0: the sample has none)."""
+        dims = {"image": _size(item.encoded.image_emb)}
         if self.settings.mode != "single":
-            dims["text"] = len(item.encoded.text_emb)
+            dims["text"] = _size(item.encoded.text_emb)
         return dims
 
-    def _misfit(self, item: Scored, run_dims: dict[str, int]) -> str | None:
-        dims = self._vector_dims(item)
+    def _misfit(
+        self, item: Scored, dims: dict[str, int], run_dims: dict[str, int] | None
+    ) -> str | None:
+        missing = [mod for mod, size in dims.items() if not size]
+        if missing:  # `scored` takes a null text embedding (single-modal runs write them)
+            return f"no {' or '.join(missing)} embedding, which this run indexes"
         if dims != run_dims:
+            assert run_dims is not None  # a sample with every embedding sets them
             return ", ".join(
                 f"{mod} embedding of {dims[mod]} dims, this run's are {run_dims[mod]}"
                 for mod in run_dims
@@ -534,3 +543,7 @@ def _single_modal_input(sample: Sample) -> Sample:
     if sample.image_embedding is not None and sample.text_embedding is None:
         sample = replace(sample, text_embedding=sample.image_embedding)
     return sample if sample.caption else replace(sample, caption=sample.label or "-")
+
+
+def _size(vector: np.ndarray | None) -> int:
+    return 0 if vector is None else len(vector)
