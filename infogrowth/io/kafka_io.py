@@ -398,8 +398,11 @@ def _drain(
     until_end: bool,
     timeout_s: float,
     poll_s: float,
-    starts: Mapping[int, int],
+    starts: Mapping[int, int] | None = None,
 ) -> Iterator[Message]:
+    """Messages until every partition reaches its ``stop`` offset; ``starts``: where
+    reading began (default 0), so a partition with nothing in between is done at once."""
+    starts = starts or {}
     done = {p for p, end in stop.items() if end <= starts.get(p, 0)} if until_end else set()
     last_progress = time.monotonic()
     while not until_end or len(done) < len(stop):
