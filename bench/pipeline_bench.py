@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import re
 import tempfile
 import threading
@@ -59,7 +60,7 @@ from infogrowth.io.kafka_io import ensure_topics, make_producer, read_topic
 from infogrowth.io.messages import raw_record
 from infogrowth.settings import Settings
 from infra import free_port
-from infra.__main__ import cmd_up
+from infra.__main__ import cmd_up, services
 
 WARM = 64
 
@@ -173,11 +174,14 @@ def pipeline(
         ingest_file(warm, run, progress=False)
         watch.until(warm_ids, timeout, procs)
         before = step_seconds(workers)
+        broker = services(run)[0].pid()
+        cpu_before = cpu_use([p.pid for p in procs], broker)
         started = time.perf_counter()
         ingest_file(rows, run, progress=False)
         produced_s = time.perf_counter() - started
         steady = watch.until(ids, timeout, procs)
         elapsed = time.perf_counter() - started
+        cpu = {k: v - cpu_before[k] for k, v in cpu_use([p.pid for p in procs], broker).items()}
         after = step_seconds(workers)
     except RuntimeError:  # a worker exited: why
         for log in logs:
@@ -190,7 +194,47 @@ def pipeline(
             stop_worker(proc)
         drop_topics(run.kafka_bootstrap, tag)
     steps = {k: v - before.get(k, 0.0) for k, v in after.items()}
-    return {"seconds": elapsed, "produced_s": produced_s, "steps": steps, "steady": steady}
+    return {
+        "seconds": elapsed,
+        "produced_s": produced_s,
+        "steps": steps,
+        "steady": steady,
+        "cpu": cpu,
+    }
+
+
+def print_cpu(cpu: dict[str, float]) -> None:
+    total = cpu["busy"] + cpu["idle"]
+    other = cpu["busy"] - cpu["workers"] - cpu["broker"] - cpu["bench"]
+    print(
+        f"  CPU of the machine over that time ({total:.1f} core-s): worker(s)"
+        f" {cpu['workers'] / total:.0%}, broker {cpu['broker'] / total:.0%}, producer and"
+        f" outcome watch {cpu['bench'] / total:.0%}, other {other / total:.0%},"
+        f" idle {cpu['idle'] / total:.0%}"
+    )
+
+
+def cpu_use(workers: list[int], broker: int | None) -> dict[str, float]:
+    """CPU seconds so far: the workers, the broker, this process (producer and outcome
+    watch), and the whole machine's busy and idle time (Linux /proc)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    mine = os.times()
+    return {
+        "workers": sum(_process_cpu(pid) for pid in workers),
+        "broker": _process_cpu(broker) if broker else 0.0,
+        "bench": mine.user + mine.system,
+        "busy": (sum(ticks[:8]) - idle) / tick,
+        "idle": idle / tick,
+    }
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class OutcomeWatch:
@@ -359,12 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  of its {stream_s:.1f} s, in the model/gain executor:")
     for step, seconds in sorted(streamed["steps"].items(), key=lambda kv: -kv[1]):
         print(f"    {step:<24} {seconds:7.1f} s  ({seconds / stream_s:.0%})")
+    print_cpu(streamed["cpu"])
     split_s = split["seconds"]
     print(
         f"pipeline (inference | curator) {n / split_s:6.0f} samples/s"
         f"  = {bare_s / split_s:.1%} of bare Kafka, {stream_s / split_s:.2f}x one worker"
     )
     print(f"  full (10th to 90th percentile of the outcomes) {split['steady']:8.0f} samples/s")
+    print_cpu(split["cpu"])
     for workers, seconds in encoded.items():
         print(
             f"packaged encoder, {workers} inference worker(s), 4 raw partitions: "
