@@ -109,9 +109,13 @@ def test_inference_worker_killed_on_four_partitions_loses_and_duplicates_nothing
     assert not replayed.pending
 
 
-@pytest.mark.parametrize("killed", ["first", "joiner"])
+@pytest.mark.parametrize(
+    ("killed", "snapshot_every"),
+    [("first", 0), ("joiner", 0), ("joiner", 2)],
+    ids=["first", "joiner", "joiner-with-snapshots"],
+)
 def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
-    killed, kafka, s3, tmp_path
+    killed, snapshot_every, kafka, s3, tmp_path
 ):
     """S=2 curator shards (centroids fitted on the input, stored in S3) and two full worker
     processes of one group: the second joins mid-stream and takes a shard from the first,
@@ -119,12 +123,13 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
     through the changelog partition. Killing the joiner sends its shard back to the first
     worker, which owned it before (a partition that leaves a worker and returns). Every
     sample ends with one committed outcome, and each shard's decisions equal the offline
-    sharded curation (`curate --centroids`) of the same centroid file."""
+    sharded curation (`curate --centroids`) of the same centroid file. With snapshots, the
+    shards that move restore from the snapshot another worker wrote and its changelog tail."""
     rows = embedding_rows(N)
     source = write_jsonl(tmp_path / "input.jsonl", rows)
     settings = run_settings(
         kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
-        dup_distance=0.02, raw_partitions=2, shards=2,
+        dup_distance=0.02, raw_partitions=2, shards=2, snapshot_every=snapshot_every,
     )  # fmt: skip
     centroids = fit_centroids(str(source), 500, settings)
     settings = with_settings(settings, centroids=save(centroids, "s3://pipeline/c", settings))
@@ -173,6 +178,9 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
         assert taken, "the survivor logged no restore of the killed worker's shard"
         for shard, counts in taken:
             assert counts == at_kill.get(shard, (0, 0)), (shard, counts, at_kill)
+    if snapshot_every:  # a shard that moved was restored from a snapshot and its tail
+        logs = "".join(run.log_path.read_text() for run in (first, joiner))
+        assert re.search(r"curator state \(shard \d\): changelog read from offset \d+", logs)
     # A partition kept across a rebalance with nothing to commit keeps its transaction
     # open: Faust's rebalance no longer tries to begin it again (a WARNING each time).
     for run in (first, joiner):
