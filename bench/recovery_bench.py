@@ -8,11 +8,12 @@ No Kafka or S3: reading the changelog and fetching the snapshot come on top of b
 Also compares the gains of ``--queries`` later samples against the two restored indexes
 (``GainIndex.from_bytes`` continues hnswlib's level generator, so they should be equal).
 
-With ``--kafka`` (the broker of `make up`, started if not running) it then writes the
-table to a changelog topic, one transaction per 256 entries, and times
-``curator_state.read_and_restore`` from the broker: the full replay, the snapshot with the
-whole changelog read (as before snapshots held the table), and the snapshot with its table,
-reading only the changelog's tail. Fetching the snapshot from S3 is not counted.
+With ``--kafka`` (the broker and S3 of `make up`, started if not running) it then writes
+the table to a changelog topic, one transaction per 256 entries, and the snapshot (index and
+table) to S3 as the curator does, and times what a restarted curator does from there: the
+full replay, the snapshot with the whole changelog read (as before snapshots held the
+table), and the snapshot with its table, reading only the changelog's tail. The snapshot
+cases count fetching it from S3.
 
     .venv/bin/python bench/recovery_bench.py --n 100000 --kafka
 """
@@ -29,10 +30,12 @@ from gain_bench import clustered
 from pipeline_bench import drop_topics
 
 from agents import curator_state as state_codec
+from agents import snapshot
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.sample import AcceptAll
 from infogrowth.io.kafka_io import ensure_topics, make_producer, topic_id
 from infogrowth.io.runs import COMPACTED
+from infogrowth.io.store import ObjectStore
 from infogrowth.settings import Settings
 from infra.__main__ import cmd_up
 
@@ -118,6 +121,7 @@ def from_kafka(values: dict[str, bytes], blob: bytes, covered: int) -> None:
     cmd_up(base)
     bootstrap, tag = base.kafka_bootstrap, f"bench-recovery-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, [tag], partitions=1, config=COMPACTED)
+    store, where = ObjectStore.from_settings(base), snapshot.prefix(tag)
     try:
         started = time.perf_counter()
         offsets = write_changelog(bootstrap, tag, values)
@@ -129,6 +133,9 @@ def from_kafka(values: dict[str, bytes], blob: bytes, covered: int) -> None:
         light = ((k, state_codec.decode(values[k], vectors=False)) for k in keys[:covered])
         table = state_codec.pack_table(light, mark)
         print(f"snapshot table {len(table) / 1e6:.1f} MB (index {len(blob) / 1e6:.0f} MB)")
+        started = time.perf_counter()
+        snapshot.write(store, where, blob, covered, covered, table)
+        print(f"snapshot written to S3 in {time.perf_counter() - started:.1f} s")
         cases = [
             ("full replay", False, False),
             ("snapshot, whole changelog read", True, False),
@@ -136,8 +143,9 @@ def from_kafka(values: dict[str, bytes], blob: bytes, covered: int) -> None:
         ]
         for name, with_index, with_table in cases:
             started = time.perf_counter()
-            snap = GainIndex.from_bytes(blob) if with_index else None
-            base_table = state_codec.unpack_table(table) if with_table else None
+            found = snapshot.read(store, where) if with_index else None
+            snap = found.index if found else None
+            base_table = found.table if found and with_table else None
             _, restored = state_codec.read_and_restore(
                 bootstrap, tag, 0, GainIndex(), AcceptAll(), snap, base_table
             )
@@ -149,6 +157,8 @@ def from_kafka(values: dict[str, bytes], blob: bytes, covered: int) -> None:
             print(f"{name:34s} {took:7.1f} s (changelog from offset {restored.read_from})")
     finally:
         drop_topics(bootstrap, tag)
+        for key in store.list(where):
+            store.delete(key)
 
 
 if __name__ == "__main__":
