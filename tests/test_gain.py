@@ -489,3 +489,28 @@ def test_a_build_that_draws_levels_otherwise_still_loads(monkeypatch, caplog) ->
         assert copy.get_vectors(["s2"])["text"].tolist() == x["text"][2:3].tolist()
     finally:
         gain._levels_continue.cache_clear()
+
+
+def test_gains_do_not_depend_on_the_blas_thread_count(monkeypatch) -> None:
+    """Scoring limits numpy's BLAS threads beside the insert threads; a GEMM on one or two
+    threads must give the same gains, bit for bit (the candidates are re-scored)."""
+    import infogrowth.core.gain as gain_module
+
+    rng = np.random.default_rng(3)
+    image, text = (rng.normal(size=(1500, 512)).astype(np.float32) for _ in range(2))
+    blas = gain_module._blas()
+    gains = []
+    for threads in (1, 2):  # 2 even on one core
+        monkeypatch.setattr(
+            gain_module, "_blas_threads", lambda _, t=threads: blas.limit(limits=t, user_api="blas")
+        )
+        index = GainIndex(modalities=("image", "text"))
+        parts = [
+            index.gain_and_add(
+                [f"s{i}" for i in range(s, s + 250)],
+                {"image": image[s : s + 250], "text": text[s : s + 250]},
+            ).gain
+            for s in range(0, 1500, 250)
+        ]
+        gains.append(np.concatenate(parts).tobytes())
+    assert gains[0] == gains[1]
