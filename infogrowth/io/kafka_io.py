@@ -386,7 +386,7 @@ def read_topic(
             consumer.assign([TopicPartition(topic, p, at.get(p, start)) for p in partitions])
         else:
             consumer.subscribe([topic])
-        yield from _drain(consumer, topic, stop, until_end, timeout_s, poll_s, starts or {})
+        yield from _drain(consumer, topic, stop, until_end, timeout_s, poll_s, starts)
     finally:  # with a group, close() commits the offsets stored for yielded messages
         consumer.close()
 
