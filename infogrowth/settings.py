@@ -39,10 +39,13 @@ class Settings:
     k: int = 4  # neighbours queried for the gain
     # HNSW graph: 1.2-2.0x the gain speed of the official code's M=48/efC=100/ef=32, recall@4
     # higher on two of three test sets, lower on one (README, bench/gain_bench.py). Gains
-    # are exact while at most 30,000 samples are indexed, whatever these are.
+    # are exact while at most ``exact_limit`` samples are indexed, whatever these are.
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
     hnsw_ef: int = 128
+    # Indexed samples searched exactly, with no HNSW graph (core/gain.py EXACT_PREFIX; runs
+    # recorded before this setting existed used 30,000 and replay with it).
+    exact_limit: int = 100_000
     gain_mean: str = "arithmetic"  # arithmetic | geometric | harmonic
     policy: str = "threshold"  # threshold | budget | all
     tau: float = 0.05  # gain threshold of the threshold policy
@@ -240,6 +243,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "hnsw_m": _at_least(1),
     "hnsw_ef_construction": _at_least(1),
     "hnsw_ef": _at_least(1),
+    "exact_limit": _at_least(0),
     "batch_size": _at_least(1),
     "accepted_partitions": _at_least(1),
     "raw_partitions": _at_least(1),

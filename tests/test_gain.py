@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from infogrowth.core.gain import GainIndex, Verdict, _largest, mean_distance
+from infogrowth.core.gain import GainIndex, Verdict, mean_distance
 from infogrowth.core.sample import ThresholdPolicy
 from infogrowth.records import BadInput
 
@@ -453,23 +453,6 @@ def test_fast_walk_gives_the_row_by_row_answer(data, monkeypatch, decide_factory
     assert _walk_outputs(ids, vecs, 128, decide_factory) == fast
 
 
-def test_largest_matches_a_full_partition() -> None:
-    """The exact scan's top-k selection (a floor from each row's head, then only the values
-    above it ranked) picks the same values as a full argpartition, ties and deleted included."""
-    rng = np.random.default_rng(11)
-    sim = rng.integers(0, 40, size=(64, 3000)).astype(np.float32)  # many ties
-    sim[:, rng.integers(0, 3000, 500)] = -np.inf  # deleted columns
-    sim[:3, 200:] = -np.inf  # rows with fewer than kb live values beyond the head
-    sim[3, :] = -np.inf
-    sim[4, -1] = 99.0  # a row's largest past its head
-    for kb in (1, 8, 200):
-        cols, values = _largest(sim, kb)
-        expected = np.sort(np.partition(sim, sim.shape[1] - kb, axis=1)[:, -kb:], axis=1)
-        np.testing.assert_array_equal(np.sort(values, axis=1), expected)
-        live = np.isfinite(values)  # the columns of -inf picks are never used
-        np.testing.assert_array_equal(np.take_along_axis(sim, cols, 1)[live], values[live])
-
-
 def test_a_build_that_draws_levels_otherwise_still_loads(monkeypatch, caplog) -> None:
     """If the level-generator arithmetic does not hold for this hnswlib build, a loaded index
     warns once and falls back to hnswlib's own load (graph as saved, levels not continued)."""
@@ -514,3 +497,108 @@ def test_gains_do_not_depend_on_the_blas_thread_count(monkeypatch) -> None:
         ]
         gains.append(np.concatenate(parts).tobytes())
     assert gains[0] == gains[1]
+
+
+def _evicting_run(index: GainIndex, ids, vecs, batch: int, decide) -> np.ndarray:
+    gains = []
+    for s in range(0, len(ids), batch):
+        part = {m: v[s : s + batch] for m, v in vecs.items()}
+        out = index.gain_and_add(
+            ids[s : s + batch], part, decide=lambda r, g, *rest, s=s: decide(s + r, g)
+        )
+        gains.append(out.gain)
+    return np.concatenate(gains)
+
+
+def test_graphs_built_past_the_exact_prefix_are_those_of_one_at_a_time_inserts(
+    data, monkeypatch
+) -> None:
+    """Up to EXACT_PREFIX the index keeps no graph; the batch that finds more stored builds
+    it from the stored vectors, replaying each removal where it happened: the very graph
+    that one-at-a-time inserts and removals give (hnswlib's bytes compared)."""
+    import hnswlib
+
+    from infogrowth.core import gain
+
+    monkeypatch.setattr(gain, "EXACT_PREFIX", 300)
+    ids, vecs = data[0][:700], {m: v[:700] for m, v in data[1].items()}
+    index = GainIndex(k=4)
+    decide, removed = evict_every_fifth(ids)
+    _evicting_run(index, ids[:320], {m: v[:320] for m, v in vecs.items()}, 64, decide)
+    assert not index._indices and index._exact  # no graph yet: ~274 kept of 320
+    _evicting_run(
+        index, ids[320:], {m: v[320:] for m, v in vecs.items()}, 64, lambda r, g: decide(320 + r, g)
+    )
+    assert index._indices and not index._exact  # built by the first batch past 300 kept
+    for mod in MODS:
+        one = hnswlib.Index(space="ip", dim=index.dims[mod])
+        one.init_index(
+            max_elements=index._capacity,
+            M=index.m,
+            ef_construction=index.ef_construction,
+            random_seed=index.seed,
+        )
+        stored = index.get_vectors(index.ids)[mod]
+        for pos, sample_id in enumerate(index.ids):
+            one.add_items(stored[pos : pos + 1], [pos], num_threads=1)
+            for gone in removed.get(sample_id, ()):
+                one.mark_deleted(index.ids.index(gone))
+        assert gain._index_bytes(one) == gain._index_bytes(index._hnsw(mod)), mod
+
+
+def test_a_snapshot_before_the_graphs_continues_as_the_original(data, monkeypatch) -> None:
+    """to_bytes of an index that has no graph yet (its exact store and pending removals)
+    restores an index whose later gains and graphs equal the original's, past the build."""
+    from infogrowth.core import gain
+
+    monkeypatch.setattr(gain, "EXACT_PREFIX", 300)
+    ids, vecs = data[0][:800], {m: v[:800] for m, v in data[1].items()}
+    head = {m: v[:250] for m, v in vecs.items()}
+    tail = {m: v[250:] for m, v in vecs.items()}
+    decide, _ = evict_every_fifth(ids)
+    index = GainIndex(k=4)
+    _evicting_run(index, ids[:250], head, 50, decide)
+    assert index._removals and not index._indices
+    blob = index.to_bytes()
+    copy = GainIndex.from_bytes(blob)
+    assert copy.to_bytes() == blob
+    twin, _ = evict_every_fifth(ids)
+    _evicting_run(GainIndex(k=4), ids[:250], head, 50, twin)  # the same decisions so far
+    expected = _evicting_run(index, ids[250:], tail, 50, lambda r, g: decide(250 + r, g))
+    got = _evicting_run(copy, ids[250:], tail, 50, lambda r, g: twin(250 + r, g))
+    assert got.tobytes() == expected.tobytes()
+    assert copy.to_bytes() == index.to_bytes()
+
+
+@pytest.mark.parametrize("n", [200, 500])
+def test_an_index_saved_in_format_1_still_loads(data, monkeypatch, n: int) -> None:
+    """Format 1 (before the exact store) always held the graphs; such a blob loads, and an
+    index of at most EXACT_PREFIX is still searched exactly: the same later gains."""
+    import io
+    import json
+
+    from infogrowth.core import gain
+
+    monkeypatch.setattr(gain, "EXACT_PREFIX", 300)
+    ids, vecs = data[0], data[1]
+    index = GainIndex(k=4)
+    for s in range(0, n, 100):
+        index.gain_and_add(ids[s : s + 100], {m: v[s : s + 100] for m, v in vecs.items()})
+    index._build()  # format 1 had the graphs at any size
+    fh = io.BytesIO(index.to_bytes())
+    header = json.loads(gain._read_part(fh, magic=True))
+    header["format_version"] = 1
+    del header["graphs"], header["removals"]
+    old = io.BytesIO()
+    gain._write_part(old, json.dumps(header).encode(), magic=True)
+    old.write(fh.read())
+    loaded = GainIndex.from_bytes(old.getvalue())
+    assert bool(loaded._exact) == (n <= 300)
+    fresh = GainIndex(k=4)
+    for s in range(0, n, 100):
+        fresh.gain_and_add(ids[s : s + 100], {m: v[s : s + 100] for m, v in vecs.items()})
+    tail = {m: v[n : n + 150] for m, v in vecs.items()}
+    want = fresh.gain_and_add(ids[n : n + 150], tail)
+    got = loaded.gain_and_add(ids[n : n + 150], tail)
+    assert got.gain.tobytes() == want.gain.tobytes()
+    assert got.neighbours == want.neighbours

@@ -37,6 +37,24 @@ def test_run_reference_covers_curation_settings_only() -> None:
     assert not SECRET_FIELDS & set(RUN_SETTINGS)
 
 
+def test_runs_recorded_before_the_exact_limit_setting_replay_with_the_old_limit() -> None:
+    """Runs recorded before ``exact_limit`` existed searched 30,000 samples exactly: their
+    settings layer gives that limit back, and such settings hash as they did then (the
+    replay's run reference is the original's); the new default is recorded."""
+    from infogrowth.io.runs import run_layer, run_values, settings_hash
+
+    assert run_values(Settings())["exact_limit"] == 100_000
+    old = Settings(exact_limit=30_000)
+    assert "exact_limit" not in run_values(old)
+    recorded = {name: json.dumps(value) for name, value in run_values(old).items()}
+    record = {"run": run_ref(old), "settings": recorded}
+    layer = run_layer(record)
+    assert layer.values["exact_limit"] == 30_000
+    replayed = replace(Settings(), **layer.values)
+    assert replayed.exact_limit == 30_000
+    assert settings_hash(run_values(replayed)) == settings_hash(run_values(old))
+
+
 def test_captioner_url_is_recorded_without_credentials() -> None:
     from infogrowth.io.runs import run_values
 

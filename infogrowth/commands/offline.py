@@ -50,6 +50,7 @@ def make_index(settings: Settings) -> GainIndex:
         ef_construction=settings.hnsw_ef_construction,
         ef=settings.hnsw_ef,
         mean=settings.gain_mean,
+        exact_limit=settings.exact_limit,
     )
 
 

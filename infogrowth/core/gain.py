@@ -12,13 +12,13 @@ it enters the index and which earlier samples leave it (hnswlib ``mark_deleted``
 curator indexes only the samples it keeps, so gains are measured against the curated set.
 
 Batching does not change the result: a batch is scored as if its samples arrived one at a
-time. For the whole batch at once: the candidates among the samples stored before it (an
-exact float32 GEMM against the first EXACT_PREFIX samples while the index holds no more than
-that, else one parallel hnswlib query), each row's most similar earlier rows of the batch,
-the distances of all those candidates, and each row's k nearest assuming every earlier row
-of the batch is kept. Distances are float64 re-scores of the vectors (GEMM rounding varies
-with the batch's shape; a re-score does not, so ties and rounding cannot change the k
-nearest), except those of hnswlib's candidates past EXACT_PREFIX: hnswlib's own float32
+time. For the whole batch at once: the k nearest among the samples stored before it (an
+exact search of the stored vectors, core/exact.py, while the index holds no more than
+EXACT_PREFIX samples, else one parallel hnswlib query), each row's most similar earlier rows
+of the batch, the distances of all those candidates, and each row's k nearest assuming every
+earlier row of the batch is kept. Distances are float64 re-scores of the vectors (GEMM
+rounding varies with the batch's shape; a re-score does not, so ties and rounding cannot
+change the k nearest), except those of hnswlib's candidates past EXACT_PREFIX: hnswlib's own float32
 distance, which depends on the two vectors alone and is the same in any batch (fetching the
 vector back from hnswlib 0.8.0 costs ~15 us, more than the search's share). The rows are
 then walked in order for ``decide``: while every verdict so far kept its row and removed
@@ -26,12 +26,18 @@ nothing, a row takes that answer as it is (with no ``decide`` hook the whole bat
 and no row is walked at all); after that, a row whose answer a decision touched (an earlier
 row of the batch was not kept or was removed, a stored candidate was removed) is recomputed
 alone. Both give the same bits (tests/test_gain.py compares them with the fast walk switched
-off). Kept rows enter hnswlib in one serial add_items call per batch, split at removals, so
-the graph is that of one-at-a-time inserts whatever the batching (``rebuild`` replays the
-same order).
+off). Kept rows are stored in arrival order, and removals noted where they happen. The first
+batch that finds more than EXACT_PREFIX samples stored builds the HNSW graphs from them
+(serial inserts in that order, each removal replayed in its place; a one-off pause: 15 s
+for 10^5 samples x 512-d on the 2-core VM, 17 s for two modalities side by side, while the
+store and the graphs are both in memory) and the
+exact store goes; from then on each batch's kept rows enter hnswlib in one serial add_items
+call, split at removals. Either way a graph is that of one-at-a-time inserts whatever the
+batching (``rebuild`` replays the same order).
 
-Exactness: while the index holds at most EXACT_PREFIX samples, gains are exact (equal to a
-brute-force scan) and byte-identical in any batching. Past that, the stored candidates are
+Exactness: while the index holds at most EXACT_PREFIX samples, gains are exact (the k nearest
+of a float64 brute-force scan, ties to the earliest sample) and byte-identical in any
+batching. Past that, the stored candidates are
 hnswlib's: gains equal one-at-a-time scoring whenever HNSW returns the true k nearest, and
 differ from a float64 brute-force scan by float32 rounding (~1e-7).
 ``bench/gain_bench.py`` measures recall@4 and the gain error against numpy brute force; the
@@ -42,13 +48,13 @@ of gains exact and a mean error of 7e-4 at worst); the worst single gains are of
 (a whole neighbourhood missed). Recall@4 of the hnswlib candidates alone on the default set,
 past 30k (2026-11-23): M=16/efC=64 0.9982 at ef=64, 0.9991 at ef=96, 0.9993 at ef=128;
 M=16/efC=96 0.9992 at ef=48 but inserts ~1.5x slower; efC=40 (M=16) or M=12/efC=48 stay
-below 0.993 even at ef=128. The prefix copy is dropped once the index outgrows it.
+below 0.993 even at ef=128.
 
 Determinism: each modality's inserts use one thread, because hnswlib's parallel inserts
 build a different graph on every run; they run on background threads (one per modality,
 side by side; hnswlib releases the GIL) and every hnswlib read waits for them, so they
-overlap the caller's work and the exact GEMM but never a search; the same inputs in the same
-batches give byte-identical gains.
+overlap the caller's work but never a search; the same inputs in the same batches give
+byte-identical gains.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ import hnswlib
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from infogrowth.core.exact import ExactVectors
 from infogrowth.records import BadInput
 
 log = logging.getLogger(__name__)
@@ -82,7 +89,8 @@ _MAGIC = b"IGGAIN01"
 # 'cosine' space (which normalises then uses ip), but hnswlib then stores our exact vectors,
 # so get_vectors() -> rebuild() reproduces the index bit for bit.
 _SPACE = "ip"
-_FORMAT_VERSION = 1
+# 2: the exact store and its removals until the graphs exist (1: always the graphs)
+_FORMAT_VERSION = 2
 _INITIAL_CAPACITY = 1024
 # Rows scored per exact in-batch pass; bigger batches are split so that the (n, n) distance
 # matrix stays small (1024^2 float32 = 4 MiB). Splitting does not change any gain.
@@ -93,22 +101,25 @@ _UNIT_TOL = 1e-6
 # float32 dot products of equal unit vectors land within ~1e-7 of distance 0; snap such
 # distances to exactly 0 so a duplicate is a duplicate (geometric/harmonic means hinge on it).
 _ZERO_TOL = 1e-6
-# The first EXACT_PREFIX samples are also searched exactly (one float32 GEMM per batch), so an
-# index of up to that many samples gives exact gains whatever the batching (HNSW alone can
-# miss a neighbour, e.g. among many identical vectors, and which one depends on the graph it
-# searches). Exact search is faster than HNSW at this size on two cores (shared/notes).
-EXACT_PREFIX = 30_000
-# Extra exact candidates per row: a float32 near-tie at the k-th place is settled by the
-# float64 re-score rather than by GEMM rounding, which varies with batch shape.
-_EXACT_MARGIN = 4
-# Similarities per block of the exact scan (16 MiB of float32; each block streams the prefix
-# from memory once: at 30k, 139-row blocks scan ~25% faster than 69-row ones): small
-# temporaries keep the resident memory near that of the index itself.
-_SCAN_FLOATS = 1 << 22
+# An index of up to EXACT_PREFIX samples is searched exactly (core/exact.py), and has no HNSW
+# graphs: exact gains whatever the batching (HNSW can miss a neighbour, e.g. among many
+# identical vectors, and which one depends on the graph it searches), in the memory of the
+# float32 vectors alone. On the 2-core VM (AMX) the exact scan of a batch of 256 costs about
+# an HNSW search plus insert at ~EXACT_PREFIX samples (README, gain_bench).
+EXACT_PREFIX = 100_000
+# The limit of indexes saved, and of runs recorded, before it was a parameter (2026-12-06):
+# they keep it, so their replays and later gains stay byte-identical.
+LEGACY_EXACT_PREFIX = 30_000
+# Rows per hnswlib insert call when the graphs are built from the exact store (bounds the
+# float32 copy handed to hnswlib; the calls run one after the other: the same graph).
+_BUILD_ROWS = 8192
 # Rows walk with the batch's optimistic answers until a decision touches them (tests switch
 # this off to compare with the row-by-row walk, which must give the same bits).
 _FAST_WALK = True
-_PARAMS = ("modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads")
+_PARAMS = (
+    "modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads",
+    "exact_limit",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,7 @@ class GainIndex:
         mean: str = "arithmetic",
         seed: int = 100,
         query_threads: int = -1,
+        exact_limit: int | None = None,
     ) -> None:
         if not modalities or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities must be distinct and non-empty, got {modalities!r}")
@@ -196,6 +208,8 @@ class GainIndex:
         self.mean = mean
         self.seed = int(seed)
         self.query_threads = int(query_threads)
+        # exact search up to this many samples stored, then HNSW (default EXACT_PREFIX)
+        self.exact_limit = EXACT_PREFIX if exact_limit is None else int(exact_limit)
         self.dims: dict[str, int] | None = None
         self._indices: dict[str, hnswlib.Index] = {}
         self._capacity = 0
@@ -203,9 +217,13 @@ class GainIndex:
         self._labels: list[str | None] = []
         self._pos: dict[str, int] = {}
         self._deleted: set[int] = set()  # positions taken out of the search (remove)
-        self._stored = 0  # positions 0.._stored-1 are in hnswlib (or on their way)
+        self._stored = 0  # positions 0.._stored-1 are stored (in hnswlib: or on their way)
         self._pending: list[Future[None]] = []  # inserts running on the inserter threads
-        self._prefix: dict[str, np.ndarray] = {}  # modality -> first EXACT_PREFIX vectors
+        # modality -> every stored vector, while the index holds at most EXACT_PREFIX
+        self._exact: dict[str, ExactVectors] = {}
+        # (samples stored, position) of each removal before the HNSW graphs exist: their
+        # build replays them where they happened
+        self._removals: list[tuple[int, int]] = []
 
     # --- container protocol ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -258,10 +276,14 @@ class GainIndex:
         """Take samples out of the neighbour search (hnswlib mark_deleted); ids stay known."""
         for sample_id in ids:
             pos = self._pos[sample_id]
-            if pos not in self._deleted:
+            if pos in self._deleted:
+                continue
+            if self._indices:
                 for mod in self.modalities:
                     self._hnsw(mod).mark_deleted(pos)
-                self._deleted.add(pos)
+            else:
+                self._removals.append((self._stored, pos))
+            self._deleted.add(pos)
 
     def sync(self) -> None:
         """Waits until every inserted sample is in hnswlib (inserts run in the background;
@@ -283,7 +305,8 @@ class GainIndex:
     ) -> GainBatch:
         chunk = {mod: x[start : start + len(ids)] for mod, x in mats.items()}
         # the caller's thread and the cores the insert threads (one per modality) leave
-        with _blas_threads(_CORES - len(self.modalities) + 1):
+        inserters = len(self.modalities) if self._indices else 0
+        with _blas_threads(_CORES - inserters + 1):
             return self._walk_chunk(chunk, ids, labels, decide)
 
     def _walk_chunk(
@@ -401,7 +424,7 @@ class GainIndex:
 
     # --- inserting -------------------------------------------------------------------------
     def _register(self, sample_id: str, label: str | None) -> int:
-        """Gives a sample its position; its vectors enter hnswlib with ``_append``."""
+        """Gives a sample its position; its vectors are stored with ``_append``."""
         pos = len(self._ids)
         self._pos[sample_id] = pos
         self._ids.append(sample_id)
@@ -409,19 +432,30 @@ class GainIndex:
         return pos
 
     def _append(self, x: Mapping[str, np.ndarray], first: int) -> None:
-        """Adds rows of ``x`` (registered at positions first, first+1, …) to hnswlib, in
-        order and on one thread per modality, so each graph is that of one-at-a-time inserts
-        (the modalities' graphs are independent, so they are built side by side)."""
+        """Stores rows of ``x`` (registered at positions first, first+1, …): in the exact
+        store while there is one, and in hnswlib once its graphs exist, in order and on one
+        thread per modality, so each graph is that of one-at-a-time inserts (the
+        modalities' graphs are independent, so they are built side by side)."""
         n = len(next(iter(x.values())))
         if n == 0:
             return
         self._drain()
-        if not self._indices:
-            self._create({mod: x[mod].shape[1] for mod in self.modalities})
-        self._reserve(first + n)
-        for mod in self.modalities:
-            self._keep_prefix(mod, x[mod], first)
+        if self.dims is None:
+            self.dims = {mod: x[mod].shape[1] for mod in self.modalities}
+            self._exact = {mod: ExactVectors(dim) for mod, dim in self.dims.items()}
+        for store in self._exact.values():
+            assert store.count == first, "the exact store holds every position before these"
+        for mod, store in self._exact.items():
+            store.append(x[mod])
         self._stored = first + n
+        if self._indices:
+            self._insert(x, first)
+
+    def _insert(self, x: Mapping[str, np.ndarray], first: int) -> None:
+        """hnswlib inserts of rows of ``x`` at positions first…, in the background."""
+        n = len(next(iter(x.values())))
+        self._drain()
+        self._reserve(first + n)
         positions = np.arange(first, first + n)
         pool = _inserter(self)  # one task per modality: their graphs are independent
         self._pending = [
@@ -443,43 +477,40 @@ class GainIndex:
         for insert in pending:
             insert.result()
 
-    def _keep_prefix(self, mod: str, x: np.ndarray, n0: int) -> None:
-        """Copies rows n0… of ``x`` into the exact-search prefix (grown by doubling)."""
-        take = x[: max(0, EXACT_PREFIX - n0)]
-        if len(take) == 0:
-            return
-        buf = self._prefix.get(mod)
-        if buf is None or len(buf) < n0 + len(take):
-            size = min(EXACT_PREFIX, max(2 * (0 if buf is None else len(buf)), n0 + len(take)))
-            grown = np.empty((size, x.shape[1]), np.float32)
-            if buf is not None:
-                grown[:n0] = buf[:n0]
-            self._prefix[mod] = buf = grown
-        buf[n0 : n0 + len(take)] = take
-
-    def _exact_prefix(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Per row of ``x``, the positions of its nearest live samples among the first
-        EXACT_PREFIX stored, by GEMM (-1 padded), and their float64 distances (inf for -1):
-        GEMM rounding varies with the batch's shape, a re-score of the two vectors does not.
-        None for an empty prefix."""
-        prefix = self._prefix.get(mod)
-        n = min(self._stored, EXACT_PREFIX)
-        if prefix is None or n == 0:
+    def _exact_search(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per row of ``x``, the positions of its k nearest live stored samples, exact
+        (core/exact.py; -1 padded), and their float64 distances (inf for -1). None if the
+        index is empty."""
+        store = self._exact.get(mod)
+        if store is None or self._stored == 0:
             return None
-        gone = [p for p in self._deleted if p < n]
-        kb = min(self.k + _EXACT_MARGIN, n)
-        rows = max(16, _SCAN_FLOATS // n)  # row blocks bound the temporaries (resident memory)
-        out = np.empty((len(x), kb), np.int64)
-        for s in range(0, len(x), rows):
-            sim = x[s : s + rows] @ prefix[:n].T
-            sim[:, gone] = -np.inf
-            top, best = _largest(sim, kb)
-            out[s : s + rows] = np.where(np.isfinite(best), top, -1)
-        found, cols = np.nonzero(out >= 0)
-        dist = np.full(out.shape, np.inf)
-        stored = prefix[out[found, cols]].astype(np.float64)
-        dist[found, cols] = 1.0 - (x[found].astype(np.float64) * stored).sum(axis=1)
-        return out, dist
+        gone = np.fromiter(sorted(self._deleted), np.int64, len(self._deleted))
+        return store.nearest(x, self.k, self._stored, gone)
+
+    def _build(self) -> None:
+        """The HNSW graphs of every stored sample, once the index outgrows EXACT_PREFIX:
+        serial inserts in order, each removal where it happened, so the graphs are those of
+        one-at-a-time inserts (as ``rebuild`` makes them); then the exact store goes."""
+        if self._indices or self.dims is None:
+            self._exact, self._removals = {}, []
+            return
+        self._capacity = _INITIAL_CAPACITY
+        while self._capacity < self._stored:
+            self._capacity *= 2
+        self._create(self.dims)
+        log.info("gain index: building the HNSW graphs of %d samples", self._stored)
+        marks = [*self._removals, (self._stored, -1)]
+        start = 0
+        for stored, pos in marks:
+            for s in range(start, stored, _BUILD_ROWS):
+                rows = np.arange(s, min(stored, s + _BUILD_ROWS))
+                self._insert({mod: e.rows(rows) for mod, e in self._exact.items()}, s)
+            start = max(start, stored)
+            if pos >= 0:
+                for mod in self.modalities:
+                    self._hnsw(mod).mark_deleted(pos)
+        self._drain()
+        self._exact, self._removals = {}, []
 
     def _query(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """hnswlib's k nearest live stored samples of each row of ``x`` and their distances
@@ -492,8 +523,7 @@ class GainIndex:
         return pos.astype(np.int64), dist.astype(np.float64)
 
     def _create(self, dims: dict[str, int]) -> None:
-        self.dims = dict(dims)
-        self._capacity = _INITIAL_CAPACITY
+        """Empty hnswlib indices of ``self._capacity`` samples."""
         for mod in self.modalities:
             index = hnswlib.Index(space=_SPACE, dim=dims[mod])
             index.init_index(
@@ -562,6 +592,8 @@ class GainIndex:
         return {mod: self._items(mod, positions) for mod in self.modalities}
 
     def _items(self, mod: str, positions: list[int]) -> np.ndarray:
+        if mod in self._exact:
+            return self._exact[mod].rows(positions)
         # hnswlib hides removed items from get_items too; the flag alone changes no graph edge.
         hidden = sorted(self._deleted.intersection(positions))
         index = self._hnsw(mod)
@@ -641,6 +673,7 @@ class GainIndex:
         return cls._read(io.BytesIO(blob))
 
     def _write(self, fh: BinaryIO) -> None:
+        graphs = bool(self._indices)
         header = {
             "format_version": _FORMAT_VERSION,
             **self.params,
@@ -650,35 +683,50 @@ class GainIndex:
             "ids": self._ids,
             "labels": self._labels,
             "deleted": sorted(self._deleted),
+            "graphs": graphs,
+            "removals": [] if graphs else self._removals,
         }
         _write_part(fh, json.dumps(header).encode("utf-8"), magic=True)
-        for mod in self.modalities if self._indices else ():
-            _write_part(fh, _index_bytes(self._hnsw(mod)))
+        for mod in self.modalities if self.dims else ():
+            if graphs:
+                _write_part(fh, _index_bytes(self._hnsw(mod)))
+            else:
+                for part in self._exact[mod].to_parts():
+                    _write_part(fh, part)
 
     @classmethod
     def _read(cls, fh: BinaryIO) -> GainIndex:
         header = json.loads(_read_part(fh, magic=True))
-        if header.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported gain index format {header.get('format_version')}")
-        params = {key: header[key] for key in _PARAMS}
+        version = header.get("format_version")
+        if version not in (1, _FORMAT_VERSION):
+            raise ValueError(f"unsupported gain index format {version}")
+        params = {key: header[key] for key in _PARAMS if key != "exact_limit"}
+        params["exact_limit"] = header.get("exact_limit", LEGACY_EXACT_PREFIX)
         index = cls(**params)
         if header["dims"] is None:
             return index
         index.dims = {str(k): int(v) for k, v in header["dims"].items()}
-        index._capacity = max(int(header["capacity"]), len(header["ids"]))
-        for mod in index.modalities:
-            index._indices[mod] = _index_from_bytes(
-                _read_part(fh), index.dims[mod], index._capacity, index.ef, index.seed
-            )
         index._ids = list(header["ids"])
         index._labels = list(header["labels"])
         index._pos = {sample_id: i for i, sample_id in enumerate(index._ids)}
         index._deleted = set(header.get("deleted", []))
         index._stored = len(index._ids)
-        head = list(range(len(index._ids) if len(index._ids) <= EXACT_PREFIX else 0))
+        if not header.get("graphs", True):
+            index._removals = [(int(at), int(pos)) for at, pos in header["removals"]]
+            for mod in index.modalities:
+                high, low = _read_part(fh), _read_part(fh)
+                index._exact[mod] = ExactVectors.from_parts(index.dims[mod], high, low)
+            return index
+        index._capacity = max(int(header["capacity"]), len(header["ids"]))
         for mod in index.modalities:
-            stored = index._items(mod, head) if head else np.zeros((0, index.dims[mod]))
-            index._keep_prefix(mod, stored.astype(np.float32), 0)
+            index._indices[mod] = _index_from_bytes(
+                _read_part(fh), index.dims[mod], index._capacity, index.ef, index.seed
+            )
+        if index._stored <= index.exact_limit:  # saved with its graphs: exact till then
+            vectors = index.get_vectors(index._ids)
+            for mod in index.modalities:
+                index._exact[mod] = ExactVectors(index.dims[mod])
+                index._exact[mod].append(vectors[mod])
         return index
 
 
@@ -686,7 +734,7 @@ class _BatchWalk:
     """Neighbours of the rows of one batch, as if the rows came one at a time.
 
     Up front, for the whole batch: the candidates among the samples stored before it (an
-    exact GEMM while they are at most EXACT_PREFIX, else one parallel hnswlib query), each
+    exact search while they are at most ``exact_limit``, else one parallel hnswlib query), each
     row's k most similar earlier rows of the batch, the distances of all of them (see the
     module docstring), and each row's answer assuming every earlier row of the batch is
     kept. The walk takes that answer unless a decision made meanwhile touched it (one of its
@@ -700,9 +748,9 @@ class _BatchWalk:
         self.index = index
         self.x = x
         self.n0 = index._stored
-        self.exact = self.n0 <= EXACT_PREFIX
+        self.exact = self.n0 <= index.exact_limit
         if not self.exact:
-            index._prefix.clear()  # only the exact phase reads it
+            index._build()
         size = len(next(iter(x.values())))
         self.alive = np.zeros(size + 1, bool)  # rows inserted and not removed; [size]: pad
         self.alive[size] = True
@@ -790,11 +838,11 @@ class _BatchWalk:
     def _stored_candidates(self, mod: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row of ``x``, candidate positions among the stored samples, ascending, -1 at
         the end, and their distances (inf for -1): while the stored samples are at most
-        EXACT_PREFIX, an exact GEMM and a float64 re-score from the prefix copy; beyond,
+        ``exact_limit``, the exact search's (float64 re-scores of the stored vectors); beyond,
         hnswlib's own distances, which depend on the two vectors alone (hnswlib 0.8.0 returns
         a stored vector through ~500 Python floats, ~15 us: a re-score would cost more than
         the search's share of the gain)."""
-        found = (self.index._exact_prefix if self.exact else self.index._query)(mod, x)
+        found = (self.index._exact_search if self.exact else self.index._query)(mod, x)
         if found is None:
             return _none(x)
         pos, dist = found
@@ -824,28 +872,6 @@ class _BatchWalk:
 def _none(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """No stored candidates for the rows of ``x``."""
     return np.zeros((len(x), 0), np.int64), np.zeros((len(x), 0), np.float64)
-
-
-def _largest(sim: np.ndarray, kb: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the columns of its kb largest values and those values (any order; at a tie
-    any of the tied columns, always the same for the same input).
-
-    A full argpartition of every row costs about a third of the GEMM that made ``sim``;
-    instead, the kb-th largest of the first 1/16 of each row is a floor no lower than the
-    row's own kb-th largest, and only the few values at or above it are ranked.
-    """
-    n_rows, n = sim.shape
-    head = sim[:, : max(kb, n // 16)]
-    floor = np.partition(head, head.shape[1] - kb, axis=1)[:, head.shape[1] - kb]
-    rows, cols = np.nonzero(sim >= floor[:, None])  # at least kb per row
-    counts = np.bincount(rows, minlength=n_rows)
-    width = int(counts.max())
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    values = np.full((n_rows, width), -np.inf, sim.dtype)
-    columns = np.zeros((n_rows, width), np.int64)
-    values[rows, slot], columns[rows, slot] = sim[rows, cols], cols
-    pick = np.argpartition(values, width - kb, axis=1)[:, width - kb :]
-    return np.take_along_axis(columns, pick, 1), np.take_along_axis(values, pick, 1)
 
 
 def _finish(dist: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

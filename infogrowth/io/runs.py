@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from infogrowth.core.gain import LEGACY_EXACT_PREFIX
 from infogrowth.io.avro import AvroSerde, MalformedMessage
 from infogrowth.io.kafka_io import ensure_topics, make_producer, produce_records, read_topic
 from infogrowth.settings import FIELD_TYPES, SECRET_FIELDS, Layer, Settings
@@ -56,6 +57,8 @@ def run_values(settings: Settings) -> dict[str, Any]:
     values["captioner_url"] = _without_userinfo(values["captioner_url"])
     if settings.centroids:  # sharded: the (versioned) centroid file decides too
         values["centroids"] = settings.centroids
+    if settings.exact_limit != LEGACY_EXACT_PREFIX:  # recorded since it became a setting
+        values["exact_limit"] = settings.exact_limit
     return values
 
 
@@ -155,7 +158,7 @@ def recorded_settings(record: Mapping[str, Any]) -> dict[str, Any]:
 def run_layer(record: Mapping[str, Any]) -> Layer:
     """The run's settings (those Settings still has) as a settings layer, named after the
     run in error messages."""
-    values = recorded_settings(record)
+    values = {"exact_limit": LEGACY_EXACT_PREFIX, **recorded_settings(record)}
     return Layer(f"run {record['run']}", {k: v for k, v in values.items() if k in FIELD_TYPES})
 
 

@@ -1,0 +1,222 @@
+"""Exact nearest-neighbour search for the gain stage: one bfloat16 GEMM, proven candidates.
+
+Each stored float32 vector is kept as its two 16-bit halves: the high half is the vector
+truncated to bfloat16 (the matrix one bfloat16 GEMM scans, on AMX/AVX512-BF16 units where
+the CPU has them), and with the low half it gives back the float32 vector bit for bit, so
+the store costs what the float32 vectors cost and holds nothing twice.
+
+The GEMM's similarities are off from the exact ones by a bounded error: for unit x and y,
+``x.y - xb.yb = rx.yb + x.ry`` where xb, yb are the bfloat16 vectors and rx, ry what they
+drop, so it is at most ``|rx| + |ry|`` (Cauchy-Schwarz), plus the GEMM's float32 sum over
+exact bfloat16 products and its bfloat16 result. With ``eps`` that bound for a row, every
+stored vector that can be among the row's k most similar has a GEMM similarity within
+``2 eps`` of the k-th largest GEMM similarity; all of those are candidates and are re-scored
+in float64 from the exact vectors. The k nearest are therefore exact whatever the GEMM's
+rounding (which varies with the batch's shape and the CPU), ties included (a tie at the
+k-th place goes to the earliest position): no recall to trade, no margin to tune.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+# |r| of a vector rounded (query) or truncated (stored) to bfloat16 is measured per vector;
+# on top: the float32 sum of d exact bfloat16 products (at most d * 2^-24 relative), and the
+# bfloat16 result (half a unit in the last place: 2^-9 relative), with room for norms a bit
+# above 1 (the gain index leaves norms within 1e-6 of 1 as they are).
+_RESULT_ROUNDING = 2.0**-9
+_NORM_SLACK = 1.01
+# Stored vectors per step of the scan (see ExactVectors._candidates).
+_CHUNK = 8192
+_INITIAL_ROWS = 1024  # a multiple of _LANES, as every size after it
+# Columns per group of the scan: a group is looked into only when its maximum is high enough.
+_LANES = 32
+
+
+@functools.cache
+def _torch() -> Any:
+    import torch  # a second or so to import: only once the gain stage scans
+
+    return torch
+
+
+class ExactVectors:
+    """The stored vectors of one modality, in insertion order, and their exact search."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.count = 0
+        self.high = np.zeros((0, dim), np.uint16)  # bfloat16 bits: the truncated vector
+        self.low = np.zeros((0, dim), np.uint16)  # the rest of each float32
+        self.residual = np.zeros(0, np.float64)  # |vector - truncated|, per vector
+        self.worst = 0.0  # the largest residual
+        self._buffer: Any = None  # the scan's similarities (_scan_buffer)
+
+    @property
+    def nbytes(self) -> int:
+        return self.high.nbytes + self.low.nbytes + self.residual.nbytes
+
+    def append(self, x: np.ndarray) -> None:
+        """Stores rows of ``x`` (float32, unit norm) after those already here."""
+        n = len(x)
+        if self.count + n > len(self.high):
+            size = max(2 * len(self.high), self.count + n)
+            size = -(-size // _INITIAL_ROWS) * _INITIAL_ROWS
+            for name in ("high", "low", "residual"):
+                old = getattr(self, name)
+                grown = np.zeros((size, *old.shape[1:]), old.dtype)
+                grown[: self.count] = old[: self.count]
+                setattr(self, name, grown)
+        bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+        high = (bits >> 16).astype(np.uint16)
+        rows = slice(self.count, self.count + n)
+        self.high[rows], self.low[rows] = high, (bits & 0xFFFF).astype(np.uint16)
+        truncated = (high.astype(np.uint32) << 16).view(np.float32)
+        self.residual[rows] = np.linalg.norm(x.astype(np.float64) - truncated, axis=1)
+        self.worst = max(self.worst, float(self.residual[rows].max(initial=0.0)))
+        self.count += n
+
+    def rows(self, positions: np.ndarray | list[int]) -> np.ndarray:
+        """The float32 vectors at ``positions``, bit for bit as stored."""
+        at = np.asarray(positions, np.int64)
+        bits = (self.high[at].astype(np.uint32) << 16) | self.low[at]
+        return bits.view(np.float32)
+
+    def to_parts(self) -> tuple[bytes, bytes]:
+        return self.high[: self.count].tobytes(), self.low[: self.count].tobytes()
+
+    @classmethod
+    def from_parts(cls, dim: int, high: bytes, low: bytes) -> ExactVectors:
+        store = cls(dim)
+        bits = np.frombuffer(high, np.uint16).astype(np.uint32) << 16
+        bits |= np.frombuffer(low, np.uint16)
+        store.append(bits.view(np.float32).reshape(-1, dim))
+        return store
+
+    def nearest(
+        self, x: np.ndarray, k: int, n: int, gone: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of ``x`` (float32, unit norm): the positions of its k nearest among the
+        first ``n`` stored vectors that are not in ``gone`` (-1 padded) and their float64
+        cosine distances (inf for -1), nearest first, ties to the earliest position."""
+        pos = np.full((len(x), k), -1, np.int64)
+        dist = np.full((len(x), k), np.inf)
+        live = n - len(gone)
+        if live <= 0:
+            return pos, dist
+        candidates = self._candidates(x, min(k, live), n, gone)
+        self._closest(x, *candidates, pos, dist)
+        return pos, dist
+
+    def _candidates(
+        self, x: np.ndarray, k: int, n: int, gone: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(row, position) of every stored vector that can be among each row's k most
+        similar (see the module docstring), row-major.
+
+        The store is scanned in chunks of _CHUNK vectors (temporaries of one size, which
+        malloc reuses: a similarity matrix a little larger every batch grew the heap by
+        ~5 KB per stored sample). In a chunk, column c is in group c mod (columns /
+        _LANES), so a group's maximum is that of _LANES contiguous slices (the cheapest
+        reduction); the k-th largest group maximum seen so far is k distinct values of the
+        row, so no higher than the row's own k-th largest: only groups whose maximum reaches
+        it, less twice the error, are looked into."""
+        torch = _torch()
+        query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
+        query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
+        eps = self._error(query_residual)
+        best = torch.full((len(x), k), float("-inf"))  # the k largest group maxima so far
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for start in range(0, n, _CHUNK):
+            width = -(-min(_CHUNK, n - start) // _LANES) * _LANES  # store rows: whole thousands
+            stored = torch.from_numpy(self.high[start : start + width].view(np.int16))
+            sim = self._scan_buffer(len(x), width)
+            torch.matmul(query, stored.view(torch.bfloat16).T, out=sim)
+            sim[:, n - start :] = float("-inf")  # store rows past n: zeros, or not searched
+            dropped = gone[(gone >= start) & (gone < start + width)] - start
+            if len(dropped):
+                sim.index_fill_(1, torch.from_numpy(dropped), float("-inf"))
+            lanes = sim.view(len(x), _LANES, -1)
+            peaks = lanes.amax(dim=1)
+            best = torch.topk(torch.cat([best, peaks.float()], dim=1), k, dim=1).values
+            floor = best[:, -1].numpy().astype(np.float64)
+            # Lowered a little so that its bfloat16 rounding cannot lift it above a
+            # candidate, and kept above -inf so that removed rows never are candidates.
+            cut = np.maximum(floor - 2 * eps, -2.0)
+            cut_t = torch.from_numpy(cut - np.abs(cut) * 2.0**-7).to(torch.bfloat16)
+            group_rows, group_ids = torch.nonzero(peaks >= cut_t[:, None], as_tuple=True)
+            picked = lanes[group_rows, :, group_ids]  # (groups picked, _LANES)
+            at, lane = torch.nonzero(picked >= cut_t[group_rows][:, None], as_tuple=True)
+            found.append(
+                (
+                    group_rows[at].numpy(),
+                    (start + lane * peaks.shape[1] + group_ids[at]).numpy(),
+                    picked[at, lane].float().numpy().astype(np.float64),
+                )
+            )
+        rows, cols, values = (np.concatenate(part) for part in zip(*found, strict=True))
+        # The row's own k-th largest GEMM similarity among those: the tighter cut-off.
+        order = np.lexsort((-values, rows))
+        rows, cols, values = rows[order], cols[order], values[order]
+        keep = values >= _kth(values, rows, len(x), k)[rows] - 2 * eps[rows]
+        rows, cols = rows[keep], cols[keep]
+        order = np.lexsort((cols, rows))
+        return rows[order], cols[order]
+
+    def _scan_buffer(self, rows: int, columns: int) -> Any:
+        """The similarities of a chunk, in memory kept from chunk to chunk."""
+        torch = _torch()
+        if self._buffer is None or self._buffer.numel() < rows * columns:
+            self._buffer = torch.empty(max(rows, 256) * _CHUNK, dtype=torch.bfloat16)
+        return self._buffer[: rows * columns].view(rows, columns)
+
+    def _error(self, query_residual: np.ndarray) -> np.ndarray:
+        """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row."""
+        sum_error = self.dim * 2.0**-24
+        return _NORM_SLACK * (query_residual + self.worst + sum_error + _RESULT_ROUNDING)
+
+    def _closest(
+        self,
+        x: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        pos: np.ndarray,
+        dist: np.ndarray,
+    ) -> None:
+        """The k nearest of each row among its candidates (row-major), into ``pos`` and
+        ``dist``: a float32 pass keeps those within its error of the k-th, and those are
+        re-scored in float64, the same formula for a pair in any batch."""
+        k = pos.shape[1]
+        sim = np.empty(len(rows), np.float32)
+        bounds = np.searchsorted(rows, np.arange(len(x) + 1))
+        for row in np.flatnonzero(np.diff(bounds)):
+            seg = slice(bounds[row], bounds[row + 1])
+            sim[seg] = self.rows(cols[seg]) @ x[row]  # any order of sums: within the bound
+        # As in _candidates: every true k nearest is within twice the error of the k-th.
+        eps = _NORM_SLACK * self.dim * 2.0**-24
+        order = np.lexsort((-sim, rows))
+        kth = _kth(sim[order].astype(np.float64), rows[order], len(x), k)
+        keep = sim >= kth[rows] - 2 * eps
+        rows, cols = rows[keep], cols[keep]
+        stored = self.rows(cols).astype(np.float64)
+        d = 1.0 - (x[rows].astype(np.float64) * stored).sum(axis=1)
+        order = np.lexsort((cols, d, rows))  # per row: nearest first, then earliest
+        rows, cols, d = rows[order], cols[order], d[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        take = rank < k
+        pos[rows[take], rank[take]] = cols[take]
+        dist[rows[take], rank[take]] = d[take]
+
+
+def _kth(values: np.ndarray, rows: np.ndarray, n_rows: int, k: int) -> np.ndarray:
+    """Per row, the k-th largest of its values (its smallest if it has fewer than k; -inf if
+    none); ``values`` grouped by row, each row's largest first."""
+    if len(values) == 0:
+        return np.full(n_rows, -np.inf)
+    bounds = np.searchsorted(rows, np.arange(n_rows + 1))
+    counts = np.diff(bounds)
+    at = bounds[:-1] + np.minimum(k, counts) - 1
+    return np.where(counts > 0, values[np.clip(at, 0, max(len(values) - 1, 0))], -np.inf)

@@ -1,0 +1,84 @@
+"""The exact store of the gain stage: vectors back bit for bit, and the k nearest exactly
+those of a float64 brute force, ties, near-ties and removed rows included, in any batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infogrowth.core.exact import ExactVectors
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute(x: np.ndarray, stored: np.ndarray, k: int, gone: np.ndarray):
+    """k nearest by float64 distance (the store's formula), ties to the earliest position."""
+    d = 1.0 - (x.astype(np.float64)[:, None, :] * stored.astype(np.float64)[None]).sum(axis=2)
+    d[:, gone] = np.inf
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    dist = np.take_along_axis(d, order, axis=1)
+    return np.where(np.isfinite(dist), order, -1), dist
+
+
+@pytest.fixture(scope="module")
+def hard() -> np.ndarray:
+    """Clusters of near-identical vectors: differences far below bfloat16's resolution
+    (~0.4%), exact duplicates, and vectors that differ in a single low bit."""
+    rng = np.random.default_rng(3)
+    base = unit(rng, 40, 48)
+    x = base[rng.integers(0, 40, 2500)].astype(np.float64)
+    x += rng.normal(scale=1e-4, size=x.shape) * (rng.random((len(x), 1)) < 0.7)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x[100:110] = x[99]  # duplicates
+    bits = x[200:220].view(np.uint32)
+    bits[:, 5] ^= 1  # one low bit flipped: ties in bfloat16, not in float64
+    return x
+
+
+def test_rows_come_back_bit_for_bit(hard) -> None:
+    store = ExactVectors(48)
+    for s in range(0, 2500, 700):  # growth across several appends
+        store.append(hard[s : s + 700])
+    assert store.count == 2500
+    assert store.rows(np.arange(2500)).tobytes() == hard.tobytes()
+    again = ExactVectors.from_parts(48, *store.to_parts())
+    assert again.rows(np.arange(2500)).tobytes() == hard.tobytes()
+    assert again.worst == store.worst
+
+
+@pytest.mark.parametrize("k", [1, 4, 30])
+def test_nearest_equals_a_float64_brute_force(hard, k: int) -> None:
+    n = 2000
+    store = ExactVectors(48)
+    store.append(hard[:n])
+    gone = np.unique(np.random.default_rng(k).integers(0, n, 300))
+    queries = hard[n:]
+    pos, dist = store.nearest(queries, k, n, gone)
+    want_pos, want_dist = brute(queries, hard[:n], k, gone)
+    np.testing.assert_array_equal(pos, want_pos)
+    assert dist.tobytes() == want_dist.tobytes()
+
+
+def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard) -> None:
+    store = ExactVectors(48)
+    store.append(hard[:1500])
+    gone = np.arange(0, 1500, 7)
+    pos, dist = store.nearest(hard[1500:1800], 4, 1500, gone)
+    for i in (0, 17, 299):
+        alone = store.nearest(hard[1500 + i : 1501 + i], 4, 1500, gone)
+        np.testing.assert_array_equal(alone[0][0], pos[i])
+        assert alone[1][0].tobytes() == dist[i].tobytes()
+
+
+def test_fewer_live_rows_than_k_and_the_first_n_only(hard) -> None:
+    store = ExactVectors(48)
+    store.append(hard[:50])
+    gone = np.arange(3, 10)  # of the first 10 searched, 3 live
+    pos, dist = store.nearest(hard[60:64], 4, 10, gone)
+    assert (pos[:, :3] >= 0).all() and (pos[:, :3] < 3).all()
+    assert (pos[:, 3] == -1).all() and np.isinf(dist[:, 3]).all()
+    none, _ = store.nearest(hard[60:62], 4, 3, np.arange(3))
+    assert (none == -1).all()
