@@ -190,19 +190,15 @@ class ExactVectors:
         ``dist``: a float32 pass keeps those within its error of the k-th, and those are
         re-scored in float64, the same formula for a pair in any batch."""
         k = pos.shape[1]
-        sim = np.empty(len(rows), np.float32)
-        bounds = np.searchsorted(rows, np.arange(len(x) + 1))
-        for row in np.flatnonzero(np.diff(bounds)):
-            seg = slice(bounds[row], bounds[row + 1])
-            sim[seg] = self.rows(cols[seg]) @ x[row]  # any order of sums: within the bound
+        stored = self.rows(cols)
+        sim = np.einsum("ij,ij->i", x[rows], stored)  # any order of sums: within the bound
         # As in _candidates: every true k nearest is within twice the error of the k-th.
         eps = _NORM_SLACK * self.dim * 2.0**-24
         order = np.lexsort((-sim, rows))
         kth = _kth(sim[order].astype(np.float64), rows[order], len(x), k)
         keep = sim >= kth[rows] - 2 * eps
         rows, cols = rows[keep], cols[keep]
-        stored = self.rows(cols).astype(np.float64)
-        d = 1.0 - (x[rows].astype(np.float64) * stored).sum(axis=1)
+        d = 1.0 - (x[rows].astype(np.float64) * stored[keep].astype(np.float64)).sum(axis=1)
         order = np.lexsort((cols, d, rows))  # per row: nearest first, then earliest
         rows, cols, d = rows[order], cols[order], d[order]
         rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
