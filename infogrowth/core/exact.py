@@ -31,7 +31,7 @@ _RESULT_ROUNDING = 2.0**-9
 _NORM_SLACK = 1.01
 _SUM_SLACK = 1.001
 # Stored vectors per step of the scan (see ExactVectors._candidates).
-_CHUNK = 8192
+_CHUNK = 4096
 _INITIAL_ROWS = 1024  # a multiple of _LANES, as every size after it
 # Columns per group of the scan: a group is looked into only when its maximum is high enough.
 _LANES = 32
