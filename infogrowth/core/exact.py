@@ -25,9 +25,10 @@ import numpy as np
 
 # |r| of a vector rounded (query) or truncated (stored) to bfloat16 is measured per vector;
 # on top: the float32 sum of d exact bfloat16 products (at most d * 2^-24 relative), and the
-# bfloat16 result (half a unit in the last place: 2^-9 relative), with room for norms a bit
-# above 1 (the gain index leaves norms within 1e-6 of 1 as they are).
-_RESULT_ROUNDING = 2.0**-9
+# bfloat16 result (half a unit in the last place: 2^-8 relative, so 2^-8 for a similarity
+# up to 1 and a bit), with room for norms a bit above 1 (the gain index leaves norms within
+# 1e-6 of 1 as they are).
+_RESULT_ROUNDING = 2.0**-8
 _NORM_SLACK = 1.01
 _SUM_SLACK = 1.001
 # Stored vectors per step of the scan (see ExactVectors._candidates).

@@ -14,30 +14,30 @@ curator indexes only the samples it keeps, so gains are measured against the cur
 Batching does not change the result: a batch is scored as if its samples arrived one at a
 time. For the whole batch at once: the k nearest among the samples stored before it (an
 exact search of the stored vectors, core/exact.py, while the index holds no more than
-EXACT_PREFIX samples, else one parallel hnswlib query), each row's most similar earlier rows
-of the batch, the distances of all those candidates, and each row's k nearest assuming every
-earlier row of the batch is kept. Distances are float64 re-scores of the vectors (GEMM
-rounding varies with the batch's shape; a re-score does not, so ties and rounding cannot
-change the k nearest), except those of hnswlib's candidates past EXACT_PREFIX: hnswlib's own float32
-distance, which depends on the two vectors alone and is the same in any batch (fetching the
-vector back from hnswlib 0.8.0 costs ~15 us, more than the search's share). The rows are
-then walked in order for ``decide``: while every verdict so far kept its row and removed
-nothing, a row takes that answer as it is (with no ``decide`` hook the whole batch is kept
-and no row is walked at all); after that, a row whose answer a decision touched (an earlier
-row of the batch was not kept or was removed, a stored candidate was removed) is recomputed
-alone. Both give the same bits (tests/test_gain.py compares them with the fast walk switched
-off). Kept rows are stored in arrival order, and removals noted where they happen. The first
-batch that finds more than EXACT_PREFIX samples stored builds the HNSW graphs from them
-(serial inserts in that order, each removal replayed in its place; a one-off pause: 15 s
-for 10^5 samples x 512-d on the 2-core VM, 17 s for two modalities side by side, while the
-store and the graphs are both in memory) and the
+``exact_limit`` samples, EXACT_PREFIX by default; else one parallel hnswlib query), each
+row's most similar earlier rows of the batch, the distances of all those candidates, and
+each row's k nearest assuming every earlier row of the batch is kept. Distances are float64
+re-scores of the vectors (GEMM rounding varies with the batch's shape; a re-score does not,
+so ties and rounding cannot change the k nearest), except those of hnswlib's candidates past
+the limit: hnswlib's own float32 distance, which depends on the two vectors alone and is the
+same in any batch (fetching the vector back from hnswlib 0.8.0 costs ~15 us, more than the
+search's share). The rows are then walked in order for ``decide``: while every verdict so
+far kept its row and removed nothing, a row takes that answer as it is (with no ``decide``
+hook the whole batch is kept and no row is walked at all); after that, a row whose answer a
+decision touched (an earlier row of the batch was not kept or was removed, a stored
+candidate was removed) is recomputed alone. Both give the same bits (tests/test_gain.py
+compares them with the fast walk switched off). Kept rows are stored in arrival order, and
+removals noted where they happen. The first batch that finds more than ``exact_limit``
+samples stored builds the HNSW graphs from them (serial inserts in that order, each removal
+replayed in its place; a one-off pause: 15 s for 10^5 samples x 512-d on the 2-core VM, 17 s
+for two modalities side by side, while the store and the graphs are both in memory) and the
 exact store goes; from then on each batch's kept rows enter hnswlib in one serial add_items
 call, split at removals. Either way a graph is that of one-at-a-time inserts whatever the
 batching (``rebuild`` replays the same order).
 
-Exactness: while the index holds at most EXACT_PREFIX samples, gains are exact (the k nearest
-of a float64 brute-force scan, ties to the earliest sample) and byte-identical in any
-batching. Past that, the stored candidates are
+Exactness: while the index holds at most ``exact_limit`` samples, gains are exact (the k
+nearest of a float64 brute-force scan, ties to the earliest sample) and byte-identical in
+any batching. Past that, the stored candidates are
 hnswlib's: gains equal one-at-a-time scoring whenever HNSW returns the true k nearest, and
 differ from a float64 brute-force scan by float32 rounding (~1e-7).
 ``bench/gain_bench.py`` measures recall@4 and the gain error against numpy brute force; the
@@ -219,11 +219,12 @@ class GainIndex:
         self._deleted: set[int] = set()  # positions taken out of the search (remove)
         self._stored = 0  # positions 0.._stored-1 are stored (in hnswlib: or on their way)
         self._pending: list[Future[None]] = []  # inserts running on the inserter threads
-        # modality -> every stored vector, while the index holds at most EXACT_PREFIX
+        # modality -> every stored vector, while the index holds at most exact_limit
         self._exact: dict[str, ExactVectors] = {}
         # (samples stored, position) of each removal before the HNSW graphs exist: their
         # build replays them where they happened
         self._removals: list[tuple[int, int]] = []
+        self._gone: np.ndarray | None = None  # _deleted sorted, for the exact search
 
     # --- container protocol ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -284,6 +285,7 @@ class GainIndex:
             else:
                 self._removals.append((self._stored, pos))
             self._deleted.add(pos)
+            self._gone = None
 
     def sync(self) -> None:
         """Waits until every inserted sample is in hnswlib (inserts run in the background;
@@ -484,11 +486,12 @@ class GainIndex:
         store = self._exact.get(mod)
         if store is None or self._stored == 0:
             return None
-        gone = np.fromiter(sorted(self._deleted), np.int64, len(self._deleted))
-        return store.nearest(x, self.k, self._stored, gone)
+        if self._gone is None:
+            self._gone = np.fromiter(sorted(self._deleted), np.int64, len(self._deleted))
+        return store.nearest(x, self.k, self._stored, self._gone)
 
     def _build(self) -> None:
-        """The HNSW graphs of every stored sample, once the index outgrows EXACT_PREFIX:
+        """The HNSW graphs of every stored sample, once the index outgrows ``exact_limit``:
         serial inserts in order, each removal where it happened, so the graphs are those of
         one-at-a-time inserts (as ``rebuild`` makes them); then the exact store goes."""
         if self._indices or self.dims is None:
