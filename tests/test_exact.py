@@ -82,3 +82,20 @@ def test_fewer_live_rows_than_k_and_the_first_n_only(hard) -> None:
     assert (pos[:, 3] == -1).all() and np.isinf(dist[:, 3]).all()
     none, _ = store.nearest(hard[60:62], 4, 3, np.arange(3))
     assert (none == -1).all()
+
+
+def test_importing_the_package_makes_openmp_threads_sleep_unless_told_otherwise() -> None:
+    """torch's spinning OpenMP threads took the cores from the gain stage between its GEMMs:
+    the package asks for sleeping ones before torch starts OpenMP, and a user's choice wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import infogrowth, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected
