@@ -311,10 +311,12 @@ def restore_hashes(done: list[tuple[str, Entry]], removals: dict[str, list[str]]
 
 def covers(snapshot: GainIndex, done: list[tuple[str, Entry]], index: GainIndex) -> bool:
     """The snapshot holds exactly the first indexed samples of the committed table, with
-    the configured parameters (a snapshot of a batch whose transaction aborted does not)."""
+    the configured parameters (a snapshot of a batch whose transaction aborted does not).
+    An empty one covers none: taken while the gate held every sample of the shard, its
+    table still spares the read of the changelog before its mark."""
     ids = snapshot.ids
     return (
         snapshot.params == index.params
-        and 0 < len(ids) <= len(done)
+        and len(ids) <= len(done)
         and ids == [k for k, _ in done[: len(ids)]]
     )

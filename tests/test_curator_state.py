@@ -155,6 +155,25 @@ def test_a_snapshot_the_committed_table_does_not_cover_is_ignored() -> None:
     assert state_codec.restore(table, other.index, other.policy, snaps[0]).from_snapshot == 0
 
 
+def test_an_empty_snapshot_stands_in_for_none_and_keeps_its_table_usable() -> None:
+    """A snapshot taken while the gate held every sample of its shard has an empty index:
+    it covers none, so a restore over its table and the changelog's tail is usable when
+    every indexed entry came from the tail (with vectors), and is not when the table
+    itself holds indexed entries (without vectors). Seen: a shard moved with only such a
+    snapshot read its whole changelog."""
+    settings = Settings(encoder="precomputed", policy="threshold", tau=0.35, k=2)
+    live, table, _ = _curated_table(settings, 2)
+    empty = GainIndex(**live.index.params)
+    done = state_codec._indexed(table)
+    assert done and state_codec.covers(empty, done, live.index)
+    assert state_codec._stands_in(empty, done, live.index)  # all of them from the tail
+    from_table = [(k, {f: v for f, v in e.items() if f != "vectors"}) for k, e in done]
+    assert not state_codec._stands_in(empty, from_table, live.index)
+    fresh = make_curator(settings)
+    restored = state_codec.restore(table, fresh.index, fresh.policy, empty)
+    assert restored.from_snapshot == 0 and restored.index.ids == live.index.ids
+
+
 class FakeStore:
     """The ObjectStore calls the snapshots use; ``fail_on`` makes a put of that key die."""
 
