@@ -57,10 +57,6 @@ class ExactVectors:
         self.worst = 0.0  # the largest residual
         self._buffer: Any = None  # the scan's similarities (_scan_buffer)
 
-    @property
-    def nbytes(self) -> int:
-        return self.high.nbytes + self.low.nbytes + self.residual.nbytes
-
     def append(self, x: np.ndarray) -> None:
         """Stores rows of ``x`` (float32, unit norm) after those already here."""
         n = len(x)
@@ -123,7 +119,7 @@ class ExactVectors:
         self, x: np.ndarray, k: int, n: int, gone: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """(row, position) of every stored vector that can be among each row's k most
-        similar (see the module docstring), row-major.
+        similar (see the module docstring), grouped by row.
 
         The store is scanned in chunks of _CHUNK vectors (temporaries of one size, which
         malloc reuses: a similarity matrix a little larger every batch grew the heap by
@@ -170,9 +166,7 @@ class ExactVectors:
         order = np.lexsort((-values, rows))
         rows, cols, values = rows[order], cols[order], values[order]
         keep = values >= _kth(values, rows, len(x), k)[rows] - 2 * eps[rows]
-        rows, cols = rows[keep], cols[keep]
-        order = np.lexsort((cols, rows))
-        return rows[order], cols[order]
+        return rows[keep], cols[keep]
 
     def _scan_buffer(self, rows: int, columns: int) -> Any:
         """The similarities of a chunk, in memory kept from chunk to chunk."""
@@ -183,8 +177,12 @@ class ExactVectors:
 
     def _error(self, query_residual: np.ndarray) -> np.ndarray:
         """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row."""
-        sum_error = self.dim * 2.0**-24
-        return _NORM_SLACK * (query_residual + self.worst + sum_error + _RESULT_ROUNDING)
+        return _NORM_SLACK * (query_residual + self.worst + self._sum_error + _RESULT_ROUNDING)
+
+    @property
+    def _sum_error(self) -> float:
+        """The most a float32 sum of ``dim`` products of unit vectors can be off."""
+        return self.dim * 2.0**-24
 
     def _closest(
         self,
@@ -194,14 +192,14 @@ class ExactVectors:
         pos: np.ndarray,
         dist: np.ndarray,
     ) -> None:
-        """The k nearest of each row among its candidates (row-major), into ``pos`` and
+        """The k nearest of each row among its candidates (grouped by row), into ``pos`` and
         ``dist``: a float32 pass keeps those within its error of the k-th, and those are
         re-scored in float64, the same formula for a pair in any batch."""
         k = pos.shape[1]
         stored = self.rows(cols)
         sim = np.einsum("ij,ij->i", x[rows], stored)  # any order of sums: within the bound
         # As in _candidates: every true k nearest is within twice the error of the k-th.
-        eps = _NORM_SLACK * self.dim * 2.0**-24
+        eps = _NORM_SLACK * self._sum_error
         order = np.lexsort((-sim, rows))
         kth = _kth(sim[order].astype(np.float64), rows[order], len(x), k)
         keep = sim >= kth[rows] - 2 * eps
@@ -223,4 +221,4 @@ def _kth(values: np.ndarray, rows: np.ndarray, n_rows: int, k: int) -> np.ndarra
     bounds = np.searchsorted(rows, np.arange(n_rows + 1))
     counts = np.diff(bounds)
     at = bounds[:-1] + np.minimum(k, counts) - 1
-    return np.where(counts > 0, values[np.clip(at, 0, max(len(values) - 1, 0))], -np.inf)
+    return np.where(counts > 0, values[np.clip(at, 0, len(values) - 1)], -np.inf)
