@@ -17,6 +17,7 @@ from agents import captioner, curator, diagnose, flow, inference, metrics
 from agents.atomic import (
     commit_before_revocation,
     commit_in_a_transaction,
+    commit_only_settled_partitions,
     keep_open_transactions,
     name_producers_by_topic,
     no_commits_after_a_failed_batch,
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     keep_open_transactions()
     no_commits_after_a_failed_batch()
     commit_in_a_transaction()
+    commit_only_settled_partitions()
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
     flow.use_fetch_wait(settings.fetch_wait_s)

@@ -54,18 +54,21 @@ still let a crash or a rebalance duplicate or lose output, and this module close
   a transaction for the offsets alone.
 * The commit timer can run at any ``await`` of an agent, so a commit could land inside a
   batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
-  keeps commits out of a batch by holding ``Consumer._commit_fut``, the future Faust
-  itself uses so that one commit runs at a time (a commit that finds it set waits, then
-  skips), and commits at the end of the batch when one is due.
+  marks the batch's source partitions as in flight, and ``commit_only_settled_partitions``
+  leaves those out of every commit (their transactions stay open); a batch starts only
+  when no commit is running (aiokafka refuses sends while a transaction is committing),
+  and commits at its end when one is due. Batches of different partitions (the inference
+  and the curator agents) run side by side: holding every commit during any batch had
+  made the two stages of one worker take turns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 
 import faust
@@ -203,26 +206,55 @@ def commit_in_a_transaction() -> None:
     AIOKafkaProducer.commit_transactions = _commit_in_a_transaction  # type: ignore[method-assign]
 
 
+_in_flight: weakref.WeakKeyDictionary[faust.App, Counter[TP]] = weakref.WeakKeyDictionary()
+
+
+def _settled_with_pending_acks(self: Consumer, topics: object = None) -> Iterator[TP]:
+    busy = _in_flight.get(self.app) or Counter()
+    return (
+        tp
+        for tp in self._acked
+        if not busy[tp] and (topics is None or tp in topics or tp.topic in topics)  # type: ignore[operator]
+    )
+
+
+def commit_only_settled_partitions() -> None:
+    """Every Faust commit leaves out the partitions a batch is running on (see the module
+    docstring). Faust takes the partitions to commit from this one method."""
+    Consumer._filter_tps_with_pending_acks = _settled_with_pending_acks  # type: ignore[method-assign]
+
+
+class Held:
+    """What ``BatchCommits.hold`` did at the batch's end: ``committed`` is true when the
+    commit that followed carried the batch's offsets (a snapshot may then cover it)."""
+
+    committed = False
+
+
 class BatchCommits:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self.last_commit = time.monotonic()
+        self.in_flight = _in_flight.setdefault(app, Counter())
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self, sources: Iterable[TP]) -> AsyncIterator[Held]:
+        """A batch reading ``sources``: no commit takes their transactions while it runs."""
         consumer = self.app.consumer
-        while consumer._commit_fut is not None:  # a commit or another batch is running
+        while consumer._commit_fut is not None:  # a commit is ending the transactions
             await consumer.maybe_wait_for_commit_to_finish()
-        held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        consumer._commit_fut = held
+        mine = Counter(set(sources))
+        self.in_flight.update(mine)  # no await since the wait: no commit began meanwhile
+        held = Held()
         try:
-            yield
+            yield held
         except BaseException:
-            refuse_commits(self.app)  # before the commit waiting on ``held`` can run
+            refuse_commits(self.app)  # before a commit can take the partitions back
             raise
         finally:
-            consumer._commit_fut = None
-            held.set_result(None)  # a timer commit that waited now skips: we commit here
+            self.in_flight.subtract(mine)
         if time.monotonic() - self.last_commit >= self.app.conf.broker_commit_interval:
             self.last_commit = time.monotonic()
-            await consumer.commit()
+            while consumer._commit_fut is not None:  # another's commit: ours comes after
+                await consumer.maybe_wait_for_commit_to_finish()
+            held.committed = await consumer.commit()

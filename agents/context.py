@@ -14,7 +14,7 @@ import faust
 from faust.types import TP
 
 from agents import metrics
-from agents.atomic import BatchCommits, refuse_commits, transactional_id
+from agents.atomic import BatchCommits, Held, refuse_commits, transactional_id
 from infogrowth.commands.offline import make_curator
 from infogrowth.core.curate import Curator
 from infogrowth.io.avro import AvroSerde
@@ -34,11 +34,13 @@ class Context:
         self.app = app
         self.settings = settings
         self.serde = {name: AvroSerde(name) for name in (*SCHEMAS, "DeadLetter")}
-        # One thread: models and the index are used by one writer at a time, and the event
-        # loop stays free to heartbeat while a batch is encoded (no rebalances mid-batch).
+        # One thread for the models (inference, captioner), one for the index (curator):
+        # each is used by one writer at a time, the two stages run side by side, and the
+        # event loop stays free to heartbeat while a batch is encoded.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infogrowth-model")
+        self.index_executor = ThreadPoolExecutor(1, thread_name_prefix="infogrowth-index")
         self.commits = BatchCommits(app)
-        self.unconfirmed: list[asyncio.Future[Any]] = []
+        self.unconfirmed: dict[TP, list[asyncio.Future[Any]]] = {}  # by source partition
         self.store_down = False  # a batch is waiting out an object-store outage
 
     def topic(self, *names: str) -> faust.TopicT:
@@ -56,9 +58,17 @@ class Context:
         return make_curator(self.settings)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """A model step, off the event loop."""
+        return await self._run_in(self.executor, fn, *args)
+
+    async def run_on_index(self, fn: Callable[..., T], *args: Any) -> T:
+        """A step of the curator's index and selection, off the event loop."""
+        return await self._run_in(self.index_executor, fn, *args)
+
+    async def _run_in(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         with metrics.step_pending():
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, metrics.timed(fn), *args)
+            return await loop.run_in_executor(executor, metrics.timed(fn), *args)
 
     async def run_while_store_down(self, fn: Callable[..., T], *args: Any) -> T:
         """``run``, retried with backoff while the object store is unavailable: an outage
@@ -97,16 +107,17 @@ class Context:
             raise
 
     @asynccontextmanager
-    async def atomic(self, events: Sequence[faust.EventT]) -> AsyncIterator[None]:
+    async def atomic(self, events: Sequence[faust.EventT]) -> AsyncIterator[Held]:
         """A batch's sends, state writes and source offsets: committed together or not at
         all. The events are acked here, not when the stream moves on: the commit right after
         the batch (``BatchCommits``) must carry their offsets with their outputs, or a crash
         or a seek back to the committed offset sends them again (a stateless agent such as
         inference would write them to `scored` twice). A rebalance commits them too, before
         the partitions are given up (``atomic.commit_before_revocation``)."""
-        async with self.commits.hold():
-            yield
-            await self.confirm()
+        sources = {event.message.tp for event in events}
+        async with self.commits.hold(sources) as held:
+            yield held
+            await self.confirm(sources)
             for event in events:
                 event.ack()
         metrics.batch_done()
@@ -141,12 +152,13 @@ class Context:
         delivery = await self.app.producer.send(
             topic_name, key, value, partition, None, None, transactional_id=tid
         )
-        self.unconfirmed.append(delivery)
+        self.unconfirmed.setdefault(source, []).append(delivery)
         return delivery
 
-    async def confirm(self) -> None:
-        """Waits until the broker has every message sent so far (errors surface here)."""
-        pending, self.unconfirmed = self.unconfirmed, []
+    async def confirm(self, sources: set[TP]) -> None:
+        """Waits until the broker has every message sent so far in the transactions of
+        ``sources`` (errors surface here)."""
+        pending = [d for source in sources for d in self.unconfirmed.pop(source, [])]
         await asyncio.gather(*pending)
 
     async def dead_letter(self, event: faust.EventT, stage: str, reason: str) -> None:

@@ -83,7 +83,7 @@ class CuratorState:
         """Starts rebuilding the index, policy and gate from the committed changelog
         partition (and the newest snapshot), off the event loop; once per state."""
         if self.restoring is None:
-            self.restoring = asyncio.ensure_future(self.ctx.run(self.restore_changelog))
+            self.restoring = asyncio.ensure_future(self.ctx.run_on_index(self.restore_changelog))
             self.restoring.add_done_callback(self._report_failure)
         return self.restoring
 
@@ -183,12 +183,11 @@ class CuratorState:
         )
         return state_codec.pack_table(entries, mark)
 
-    async def maybe_snapshot(self, committed_before: float) -> None:
+    async def maybe_snapshot(self, committed: bool) -> None:
         """After ``snapshot_every`` batches or more, at the end of a batch that committed
         (so the snapshot holds committed state only): the index to S3, uploaded in the
         background (agents/snapshot.py). A failure only delays it."""
         self.batches += 1
-        committed = self.ctx.commits.last_commit != committed_before
         every = self.ctx.settings.snapshot_every
         if self.uploads is None or self.batches < every or not committed:
             return
@@ -196,11 +195,11 @@ class CuratorState:
             return  # the previous one is still uploading: try again after the next batch
         self.batches = 0
         seq, index, mark = self.load().next_seq, self.curator.index, self.mark()
-        data = await self.ctx.run(index.to_bytes)
+        data = await self.ctx.run_on_index(index.to_bytes)
         table = None
         if mark is not None:
             try:
-                table = await self.ctx.run(self.table, mark)
+                table = await self.ctx.run_on_index(self.table, mark)
             except KeyError as exc:  # a queued entry not in the gate: should not happen
                 log.warning("curator snapshot without its table (%r not in the gate)", exc)
         self.uploads.start(data, seq, len(index), table)
@@ -320,12 +319,11 @@ def register(ctx: Context) -> None:
                 for ev in events:  # in order within each partition, one transaction each
                     by_partition.setdefault(ev.message.tp, []).append(ev)
                 durable = {tp: await states.of(tp.partition) for tp in by_partition}
-                async with ctx.atomic(events):
-                    committed = ctx.commits.last_commit  # the next commit is this batch's own
+                async with ctx.atomic(events) as batch:
                     for source, mine in by_partition.items():
                         await _curate(ctx, durable[source], mine, source)
             for source in by_partition:
-                await durable[source].maybe_snapshot(committed)
+                await durable[source].maybe_snapshot(batch.committed)
 
 
 async def _curate(
@@ -382,7 +380,7 @@ async def _finish(
     """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
     items = [durable.item(key, raw) for key, raw in released]
     aligned = [it for it in items if durable.curator.is_aligned(it)]
-    outcomes = await ctx.run(durable.curator.select, aligned)
+    outcomes = await ctx.run_on_index(durable.curator.select, aligned)
     by_id: dict[str, Outcome] = {o.id: o for o in outcomes}
     st = durable.load()
     for it in items:

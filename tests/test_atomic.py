@@ -138,3 +138,80 @@ def test_offsets_committed_after_the_transactions_ended_get_a_transaction(monkey
     offsets = {"ended": {}, "open": {}, "unknown": {}}
     asyncio.run(atomic._commit_in_a_transaction(faust_producer, offsets, "group", False))  # type: ignore[arg-type]
     assert calls == ["begin ended", "commit ['ended', 'open', 'unknown'] start_new=False"]
+
+
+class _Consumer:
+    """Faust's consumer as ``BatchCommits`` sees it: one commit at a time through
+    ``_commit_fut``, each committing the partitions the patched filter offers."""
+
+    def __init__(self, app: _App, acked: set[str]) -> None:
+        self.app = app
+        self._acked = {tp: [] for tp in sorted(acked)}
+        self._commit_fut: asyncio.Future[None] | None = None
+        self.commits: list[list[str]] = []
+
+    async def maybe_wait_for_commit_to_finish(self) -> bool:
+        if self._commit_fut is None:
+            return False
+        await self._commit_fut
+        return True
+
+    async def commit(self) -> bool:
+        if await self.maybe_wait_for_commit_to_finish():
+            return False
+        self._commit_fut = asyncio.get_running_loop().create_future()
+        try:
+            tps = sorted(atomic._settled_with_pending_acks(self))  # type: ignore[arg-type]
+            await asyncio.sleep(0.01)  # the broker's round trips
+            self.commits.append(tps)
+            for tp in tps:
+                del self._acked[tp]
+            return bool(tps)
+        finally:
+            fut, self._commit_fut = self._commit_fut, None
+            fut.set_result(None)
+
+
+def test_a_commit_leaves_out_the_partitions_of_a_running_batch_and_a_batch_waits_for_a_commit() -> (
+    None
+):
+    """The curator's batch runs while the inference agent's batch commits: that commit
+    carries the inference partition, not the curator's half-sent transaction; the curator's
+    batch commits its own at its end. A batch does not start inside a commit."""
+    app = _App()
+    consumer = _Consumer(app, {"raw-0", "scored-0"})
+    app.consumer, app.conf = consumer, SimpleNamespace(broker_commit_interval=0.0)  # type: ignore[attr-defined]
+    commits = atomic.BatchCommits(app)  # type: ignore[arg-type]
+    events: list[str] = []
+
+    async def run() -> tuple[atomic.Held, atomic.Held]:
+        async def curator() -> atomic.Held:
+            async with commits.hold({"scored-0"}) as held:
+                events.append("curator starts")
+                await asyncio.sleep(0.05)  # sends while the other batch commits
+                events.append("curator ends")
+            return held
+
+        async def inference() -> atomic.Held:
+            await asyncio.sleep(0.01)
+            async with commits.hold({"raw-0"}) as held:
+                events.append("inference batch")
+            events.append("inference committed")
+            return held
+
+        async def late() -> None:  # starts while the inference commit runs
+            await asyncio.sleep(0.015)
+            assert consumer._commit_fut is not None
+            async with commits.hold({"raw-1"}):
+                events.append(f"late starts after {len(consumer.commits)} commit(s)")
+
+        cur, inf, _ = await asyncio.gather(curator(), inference(), late())
+        return cur, inf
+
+    cur, inf = asyncio.run(run())
+    assert consumer.commits[0] == ["raw-0"]  # the curator's partition was in flight
+    assert [tps for tps in consumer.commits[1:] if tps] == [["scored-0"]]
+    assert inf.committed and cur.committed
+    assert "late starts after 1 commit(s)" in events
+    assert events.index("inference committed") < events.index("curator ends")
+    assert not +commits.in_flight  # every batch gave its partitions back

@@ -355,10 +355,10 @@ def test_a_failed_restore_is_tried_again_by_the_next_batch(caplog) -> None:  # n
 
     from agents.curator import CuratorState
 
-    async def run(fn):  # noqa: ANN001, ANN202 - Context.run without its executor
+    async def run(fn):  # noqa: ANN001, ANN202 - Context.run_on_index without its executor
         return fn()
 
-    ctx = SimpleNamespace(curator=make_curator(Settings()), settings=Settings(), run=run)
+    ctx = SimpleNamespace(curator=make_curator(Settings()), settings=Settings(), run_on_index=run)
     state = CuratorState(ctx, "changelog")  # type: ignore[arg-type]
     restored = state_codec.Restored(index=ctx.curator.index)
     answers = iter([TimeoutError("changelog read timed out"), restored])
