@@ -84,17 +84,24 @@ def test_fewer_live_rows_than_k_and_the_first_n_only(hard) -> None:
     assert (none == -1).all()
 
 
-def test_importing_the_package_makes_openmp_threads_sleep_unless_told_otherwise() -> None:
-    """torch's spinning OpenMP threads took the cores from the gain stage between its GEMMs:
-    the package asks for sleeping ones before torch starts OpenMP, and a user's choice wins."""
+@pytest.mark.parametrize(
+    ("variable", "default", "users"),
+    [("OMP_WAIT_POLICY", "PASSIVE", "ACTIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4", "28")],
+)
+def test_importing_the_package_makes_helper_threads_sleep_unless_told_otherwise(
+    variable: str, default: str, users: str
+) -> None:
+    """torch's OpenMP and numpy's OpenBLAS threads spin after each call and took the cores
+    from the gain stage and the worker's event loop: the package asks for sleeping ones
+    before either library starts its threads, and a user's choice wins."""
     import os
     import subprocess
     import sys
 
-    probe = "import infogrowth, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
-        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+    probe = f"import infogrowth, os; print(os.environ['{variable}'])"
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    for given, expected in ((None, default), (users, users)):
+        run_env = env if given is None else {**env, variable: given}
         out = subprocess.run(
             [sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, check=True
         )
