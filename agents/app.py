@@ -25,6 +25,7 @@ from agents.atomic import (
 )
 from agents.context import Context
 from agents.redact import mask_log_records
+from infogrowth.core.exact import load_torch
 from infogrowth.io.schema_registry import use_registry
 from infogrowth.settings import Settings
 
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         broker_session_timeout=10.0,  # a killed worker's partitions move on within ~10 s
         broker_heartbeat_interval=2.0,
         broker_max_poll_records=max(settings.batch_size, 100),
-        stream_buffer_maxsize=max(settings.batch_size * 4, 256),
+        stream_buffer_maxsize=flow.stream_buffer(settings.batch_size),  # agents/flow.py
         producer_max_batch_size=settings.producer_batch_bytes,  # agents/flow.py
     )
     ctx = Context(app, settings)
@@ -77,6 +78,8 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     ctx.curator  # noqa: B018 - a bad model setting stops the worker now, not each batch
     for role in roles:
         ROLES[role](ctx)
+    if "curator" in roles:
+        load_torch()  # the gain stage's scans: at start, not inside the first batches
     metrics.start(ctx)
     return app, ctx
 

@@ -1,6 +1,7 @@
 """Kafka client settings that keep records flowing through one worker.
 
-Both were found by timing each batch of the one-worker pipeline (12,000 × 512-d, README):
+All three were found by timing each batch of the one-worker pipeline (12,000 × 512-d,
+README):
 
 * aiokafka sends a partition's records in one produce batch at a time and, when that batch
   is full, waits for the broker's answer before it starts the next. At Faust's default
@@ -11,6 +12,11 @@ Both were found by timing each batch of the one-worker pipeline (12,000 × 512-d
   long-poll wait at 1.5 s. When one of a worker's partitions has nothing new (`scored`
   waits for the inference stage's next commit), the fetch of the others waits behind it:
   both agents sat idle for ~1 s every few seconds. ``fetch_wait_s`` shortens that wait.
+* Faust stops fetching a partition whose stream buffer is 80% full and starts again when
+  it is down to 40%; while every partition of the worker is stopped, its fetcher sleeps a
+  whole second. With Faust's buffer of 4 batches (1,024 events) the curator emptied
+  its 40% in ~0.2 s and then waited: it took ~1,150 samples a second whatever its own
+  speed (2,300/s alone). ``stream_buffer`` holds enough for that second.
 """
 
 from __future__ import annotations
@@ -31,3 +37,10 @@ def use_fetch_wait(seconds: float) -> None:
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def stream_buffer(batch_size: int) -> int:
+    """Events a stream may buffer (Faust's ``stream_buffer_maxsize``): 40% of it covers the
+    fetcher's one-second sleep at ~3,000 samples/s. 32 batches, at least 8,192: up to ~36 MB
+    of 512-d image-text records per stream, held only while a stage is behind."""
+    return max(32 * batch_size, 8192)
