@@ -66,7 +66,7 @@ class CuratorState:
         self.restored: state_codec.Restored | None = None
         self.restoring: asyncio.Future[state_codec.Restored] | None = None
         self.light: dict[str, state_codec.Entry] = {}  # each entry without vectors or record
-        self.unsent: list[tuple[bytes, bytes]] = []  # changelog records of this batch
+        self.unsent: dict[str, state_codec.Entry] = {}  # changelog entries of this batch
         # The last changelog record sent (its delivery and key): a snapshot's mark.
         self.sent: tuple[asyncio.Future[Any], bytes] | None = None
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
@@ -146,8 +146,7 @@ class CuratorState:
 
     def put(self, key: str, value: state_codec.Entry) -> None:
         self.light[key] = state_codec.light(value)
-        # JSON key, binary value (agents/curator_state.py).
-        self.unsent.append((json.dumps(key).encode(), state_codec.encode(value)))
+        self.unsent[key] = value  # a sample queued and finished in one batch: its last entry
 
     def item(self, key: str, raw: bytes) -> Scored:
         """The released gate entry as decoded on arrival (decoded here when it was queued
@@ -158,9 +157,14 @@ class CuratorState:
     async def flush(self, source: TP) -> None:
         """Sends this batch's entries to the changelog in the batch's transaction
         (``send_changelog`` goes through a buffer that can miss it), to the changelog
-        partition of the source partition (co-partitioned: one shard each)."""
-        unsent, self.unsent = self.unsent, []
-        for raw_key, raw_value in unsent:
+        partition of the source partition (co-partitioned: one shard each). One per sample:
+        a sample queued and finished in the batch needs only its last entry (the two would
+        commit together, and a restore keeps a key's last value), which halves what the
+        curator writes (two 4 KB records per sample before)."""
+        unsent, self.unsent = self.unsent, {}
+        for key, value in unsent.items():
+            # JSON key, binary value (agents/curator_state.py)
+            raw_key, raw_value = json.dumps(key).encode(), state_codec.encode(value)
             delivery = await self.ctx.publish(
                 self.changelog, raw_key, raw_value, source, partition=source.partition
             )

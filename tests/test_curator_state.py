@@ -469,3 +469,34 @@ def test_a_snapshot_table_makes_a_restore_read_only_the_changelog_tail(kafka: st
     for unusable in (aborted, replace(mark, topic_id="another"), replace(mark, key=b'"s0-1"')):
         restored, ids, later = restore(unusable)
         assert restored.read_from == 0 and (ids, later) == (full_ids, full_later)
+
+
+def test_a_batch_sends_one_changelog_entry_per_sample_its_last() -> None:
+    """A sample queued and finished in one batch: only its final entry goes out (both would
+    commit in the batch's transaction, and a restore keeps each key's last value); a sample
+    still queued at the batch's end goes out queued. In the order the samples came."""
+    from types import SimpleNamespace
+
+    from agents.curator import CuratorState
+
+    sent: list[tuple[bytes, bytes, int | None]] = []
+
+    async def publish(topic, key, value, source, partition=None):  # noqa: ANN001, ANN202
+        sent.append((key, value, partition))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(offset=len(sent) - 1))
+        return future
+
+    ctx = SimpleNamespace(curator=make_curator(Settings()), settings=Settings(), publish=publish)
+    state = CuratorState(ctx, "changelog", partition=3)  # type: ignore[arg-type]
+    vectors = {"image": np.ones(4, np.float32) / 2}
+    state.put("a", state_codec.queued(0, b"record a"))
+    state.put("b", state_codec.queued(1, b"record b"))
+    state.put("a", state_codec.indexed(0, vectors, None, 0.5))
+    asyncio.run(state.flush(SimpleNamespace(partition=3)))  # type: ignore[arg-type]
+
+    assert [(json.loads(key), partition) for key, _, partition in sent] == [("a", 3), ("b", 3)]
+    a, b = (state_codec.decode(value) for _, value, _ in sent)
+    assert a["state"] == "indexed" and a["gain"] == 0.5 and b == state_codec.queued(1, b"record b")
+    assert state.sent is not None and state.sent[1] == b'"b"'
+    assert state.light["a"]["state"] == "indexed" and not state.unsent
