@@ -59,16 +59,11 @@ class Context:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """A model step, off the event loop."""
-        return await self._run_in(self.executor, fn, *args)
+        return await _run_in(self.executor, fn, *args)
 
     async def run_on_index(self, fn: Callable[..., T], *args: Any) -> T:
         """A step of the curator's index and selection, off the event loop."""
-        return await self._run_in(self.index_executor, fn, *args)
-
-    async def _run_in(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
-        with metrics.step_pending():
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, metrics.timed(fn), *args)
+        return await _run_in(self.index_executor, fn, *args)
 
     async def run_while_store_down(self, fn: Callable[..., T], *args: Any) -> T:
         """``run``, retried with backoff while the object store is unavailable: an outage
@@ -175,3 +170,9 @@ class Context:
         }
         value = self.serde["DeadLetter"].encode(record)
         await self.publish(self.settings.topic_dead_letter, record["key"], value, msg.tp)
+
+
+async def _run_in(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    with metrics.step_pending():
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, metrics.timed(fn), *args)

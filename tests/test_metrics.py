@@ -97,8 +97,9 @@ def test_worker_metrics_count_the_outcomes_and_status_shows_no_lag_when_drained(
 
 
 def test_a_step_is_timed_from_when_it_runs_not_from_when_it_was_queued() -> None:
-    """Inference and curator share one executor thread: a step queued behind another one's
-    long step must not count that wait as its own time (infogrowth_batch_seconds)."""
+    """Inference and captioner share the model's executor thread: a step queued behind
+    another one's long step must not count that wait as its own time
+    (infogrowth_batch_seconds)."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
