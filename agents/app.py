@@ -78,8 +78,8 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     ctx.curator  # noqa: B018 - a bad model setting stops the worker now, not each batch
     for role in roles:
         ROLES[role](ctx)
-    if "curator" in roles:
-        load_torch()  # the gain stage's scans: at start, not inside the first batches
+    if "curator" in roles and settings.exact_limit > 0:
+        load_torch()  # the exact store's scans: at start, not inside the first batches
     metrics.start(ctx)
     return app, ctx
 
