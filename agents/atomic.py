@@ -241,8 +241,7 @@ class BatchCommits:
     async def hold(self, sources: Iterable[TP]) -> AsyncIterator[Held]:
         """A batch reading ``sources``: no commit takes their transactions while it runs."""
         consumer = self.app.consumer
-        while consumer._commit_fut is not None:  # a commit is ending the transactions
-            await consumer.maybe_wait_for_commit_to_finish()
+        await _no_commit_running(consumer)  # a running commit is ending the transactions
         mine = Counter(set(sources))
         self.in_flight.update(mine)  # no await since the wait: no commit began meanwhile
         held = Held()
@@ -255,6 +254,12 @@ class BatchCommits:
             self.in_flight.subtract(mine)
         if time.monotonic() - self.last_commit >= self.app.conf.broker_commit_interval:
             self.last_commit = time.monotonic()
-            while consumer._commit_fut is not None:  # another's commit: ours comes after
-                await consumer.maybe_wait_for_commit_to_finish()
+            await _no_commit_running(consumer)  # Faust skips a commit that meets another
             held.committed = await consumer.commit()
+
+
+async def _no_commit_running(consumer: Consumer) -> None:
+    """Returns once no commit is running (``Consumer._commit_fut``, Faust's one-at-a-time
+    future); nothing may await between this and what relies on it."""
+    while consumer._commit_fut is not None:
+        await consumer.maybe_wait_for_commit_to_finish()
