@@ -228,6 +228,42 @@ def test_precomputed_mode_uses_only_carried_embeddings() -> None:
     assert isinstance(c, BadInput) and "differ" in str(c)
 
 
+@pytest.mark.parametrize("dim", [3, 17, 512, 768])
+def test_wire_vectors_of_a_batch_encode_as_each_row_alone_bit_for_bit(dim: int) -> None:
+    """Float32 vectors (as decoded from the wire) are validated and normalised for the whole
+    batch at once; every result is that of the row alone given as lists (validated and
+    normalised row by row), bits and reasons."""
+    rng = np.random.default_rng(dim)
+    pairs = (rng.standard_normal((40, 2, dim)) * rng.uniform(1e-3, 1e3, (40, 1, 1))).astype(
+        np.float32
+    )
+    pairs[3, 0, 1] = np.nan
+    pairs[5, 1] = 0.0
+    pairs[7, 0, 0] = np.inf
+    pairs[9, 1] = 1e30  # finite in float32, its float32 norm is not
+    pairs[11, 0] = 1e-44  # subnormal: the norm underflows
+    samples = [
+        Sample(f"s{i}", image_embedding=im, text_embedding=tx) for i, (im, tx) in enumerate(pairs)
+    ]
+    together = encode_batch(None, samples, _store({}))
+    for sample, res in zip(samples, together, strict=True):
+        as_lists = Sample(
+            sample.id,
+            image_embedding=sample.image_embedding.tolist(),
+            text_embedding=sample.text_embedding.tolist(),
+        )
+        (alone,) = encode_batch(None, [as_lists], _store({}))
+        assert type(res) is type(alone), sample.id
+        if isinstance(alone, BadInput):
+            assert str(res) == str(alone)
+            continue
+        for field in ("image_emb", "text_emb", "anchor"):
+            assert getattr(res, field).tobytes() == getattr(alone, field).tobytes(), field
+        assert res.alignment == alone.alignment
+    reasons = [str(r) for r in together if isinstance(r, BadInput)]
+    assert len(reasons) == 5, reasons
+
+
 def test_single_modal_samples_need_no_caption() -> None:
     files = {"red.png": _png((255, 0, 0))}
     sample = Sample("a", image="red.png", label="tench")
