@@ -57,9 +57,9 @@ still let a crash or a rebalance duplicate or lose output, and this module close
   marks the batch's source partitions as in flight, and ``commit_only_settled_partitions``
   leaves those out of every commit (their transactions stay open); a batch starts only
   when no commit is running (aiokafka refuses sends while a transaction is committing),
-  and commits at its end when one is due. Batches of different partitions (the inference
-  and the curator agents) run side by side: holding every commit during any batch had
-  made the two stages of one worker take turns.
+  and commits at its end when its partitions' commit is due. Batches of different
+  partitions (the inference and the curator agents) run side by side: holding every commit
+  during any batch had made the two stages of one worker take turns.
 """
 
 from __future__ import annotations
@@ -234,7 +234,12 @@ class Held:
 class BatchCommits:
     def __init__(self, app: faust.App) -> None:
         self.app = app
-        self.last_commit = time.monotonic()
+        # When a batch's own commit last carried each source partition (or when its first
+        # batch here began). Per partition: with one clock for all, the inference batches'
+        # commits (which leave out the curator's partition, in flight) kept the curator's
+        # batches from committing, and its outcomes became visible every 3-4 s under load
+        # instead of every commit interval.
+        self.committed_at: dict[TP, float] = {}
         self.in_flight = _in_flight.setdefault(app, Counter())
 
     @asynccontextmanager
@@ -244,6 +249,8 @@ class BatchCommits:
         await _no_commit_running(consumer)  # a running commit is ending the transactions
         mine = Counter(set(sources))
         self.in_flight.update(mine)  # no await since the wait: no commit began meanwhile
+        for tp in mine:  # a partition's first commit: an interval after its first batch
+            self.committed_at.setdefault(tp, time.monotonic())
         held = Held()
         try:
             yield held
@@ -252,10 +259,17 @@ class BatchCommits:
             raise
         finally:
             self.in_flight.subtract(mine)
-        if time.monotonic() - self.last_commit >= self.app.conf.broker_commit_interval:
-            self.last_commit = time.monotonic()
+        if self._due(mine):
             await _no_commit_running(consumer)  # Faust skips a commit that meets another
             held.committed = await consumer.commit()
+            if held.committed:
+                self.committed_at.update(dict.fromkeys(mine, time.monotonic()))
+
+    def _due(self, sources: Iterable[TP]) -> bool:
+        """Whether a commit interval has passed since a batch's own commit carried one of
+        ``sources`` (or since its first batch here)."""
+        since = time.monotonic() - self.app.conf.broker_commit_interval
+        return any(self.committed_at[tp] <= since for tp in sources)
 
 
 async def _no_commit_running(consumer: Consumer) -> None:

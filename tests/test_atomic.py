@@ -215,3 +215,35 @@ def test_a_commit_leaves_out_the_partitions_of_a_running_batch_and_a_batch_waits
     assert "late starts after 1 commit(s)" in events
     assert events.index("inference committed") < events.index("curator ends")
     assert not +commits.in_flight  # every batch gave its partitions back
+
+
+def test_a_long_batch_commits_its_partition_at_its_end_whatever_other_batches_committed() -> None:
+    """Short inference batches end and commit every interval, each leaving out the
+    curator's partition (in flight); the curator's long batch still commits its own
+    partition at its end: with one clock for all partitions it found a commit made moments
+    before and waited for the next, which rarely came between its batches."""
+    app = _App()
+    consumer = _Consumer(app, {"raw-0", "scored-0"})
+    app.consumer, app.conf = consumer, SimpleNamespace(broker_commit_interval=0.03)  # type: ignore[attr-defined]
+    commits = atomic.BatchCommits(app)  # type: ignore[arg-type]
+
+    async def run() -> atomic.Held:
+        async def curator() -> atomic.Held:
+            async with commits.hold({"scored-0"}) as held:
+                while len(consumer.commits) < 2:  # ends right after an inference commit
+                    await asyncio.sleep(0.001)
+            return held
+
+        async def inference() -> None:
+            for _ in range(12):
+                consumer._acked.setdefault("raw-0", [])  # each batch acks its events
+                async with commits.hold({"raw-0"}):
+                    await asyncio.sleep(0.005)
+
+        held, _ = await asyncio.gather(curator(), inference())
+        return held
+
+    held = asyncio.run(run())
+    assert held.committed
+    assert ["scored-0"] in [[tp for tp in tps if tp == "scored-0"] for tps in consumer.commits]
+    assert len([tps for tps in consumer.commits if "raw-0" in tps]) >= 2
