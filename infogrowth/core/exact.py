@@ -37,7 +37,7 @@ _CHUNK = 4096
 _INITIAL_ROWS = 1024  # a multiple of _LANES, as every size after it
 # Columns per group of the scan: a group is looked into only when its maximum is high enough.
 _LANES = 32
-_LITTLE_ENDIAN = sys.byteorder == "little"  # a float32's low 16 bits come first in memory
+_LOW_HALF = 0 if sys.byteorder == "little" else 1  # where a float32's low 16 bits lie
 
 
 @functools.cache
@@ -94,13 +94,11 @@ class ExactVectors:
     def rows(self, positions: np.ndarray | list[int]) -> np.ndarray:
         """The float32 vectors at ``positions``, bit for bit as stored."""
         at = np.asarray(positions, np.int64)
-        if not _LITTLE_ENDIAN:
-            return ((self.high[at].astype(np.uint32) << 16) | self.low[at]).view(np.float32)
         # Each half gathered into its place in the 32-bit words: no shifted and OR-ed
         # temporaries (2.5 against 3.8 ms for the ~4,400 candidates of a batch of 256).
         out = np.empty((len(at), self.dim), np.float32)
         halves = out.view(np.uint16).reshape(len(at), self.dim, 2)
-        halves[:, :, 0], halves[:, :, 1] = self.low[at], self.high[at]
+        halves[:, :, _LOW_HALF], halves[:, :, 1 - _LOW_HALF] = self.low[at], self.high[at]
         return out
 
     def to_parts(self) -> tuple[bytes, bytes]:
