@@ -127,8 +127,8 @@ def bare_hop(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
     consumer.close()
 
 
-def encoded(rows: Path) -> list[tuple[bytes, bytes]]:
-    """(key, RawSample value) of each row, encoded before any clock starts."""
+def encode_rows(rows: Path) -> list[tuple[bytes, bytes]]:
+    """(key, RawSample value) of each row, encoded once, before any clock starts."""
     serde = AvroSerde("RawSample")
     records = [raw_record(json.loads(line)) for line in rows.open()]
     return [(r["id"].encode(), serde.encode(r)) for r in records]
@@ -145,12 +145,12 @@ def feed(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> Non
     producer.flush(60)
 
 
-def bare_kafka(run: Settings, rows: Path, n: int, batch: int) -> float:
-    """Seconds for ``n`` RawSample records through two concurrent transactional hops."""
+def bare_kafka(run: Settings, messages: list[tuple[bytes, bytes]], batch: int) -> float:
+    """Seconds for the RawSample ``messages`` through two concurrent transactional hops."""
+    n = len(messages)
     tag = uuid.uuid4().hex[:6]
     src, mid, out = (f"bare-{tag}.{t}" for t in ("src", "mid", "out"))
     ensure_topics(run.kafka_bootstrap, [src, mid, out])
-    messages = encoded(rows)
     hops = [
         threading.Thread(target=bare_hop, args=(run.kafka_bootstrap, a, b, n, batch))
         for a, b in ((src, mid), (mid, out))
@@ -173,7 +173,12 @@ TWO_PROCESSES = ("inference,captioner", "curator")  # each stage its own interpr
 
 
 def pipeline(
-    run: Settings, warm: Path, rows: Path, ids: set[str], timeout: float, roles: tuple[str, ...]
+    run: Settings,
+    warm: Path,
+    messages: list[tuple[bytes, bytes]],
+    ids: set[str],
+    timeout: float,
+    roles: tuple[str, ...],
 ) -> dict:
     """One worker process per entry of ``roles`` (the agents it runs), on topics of their own."""
     tag = f"bench-{uuid.uuid4().hex[:6]}"
@@ -183,7 +188,6 @@ def pipeline(
     logs = [Path(run.data_dir) / f"{run.app_id}-{i}.log" for i in range(len(roles))]
     procs = [start_worker(w, log_path=str(log)) for w, log in zip(workers, logs, strict=True)]
     watch = OutcomeWatch(run)
-    messages = encoded(rows)
     try:
         warm_ids = {json.loads(line)["id"] for line in warm.open()}
         ingest_file(warm, run, progress=False)
@@ -392,13 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         ingest_topic = f"bench-ingest-{uuid.uuid4().hex[:6]}"
         ingest_s = timed(lambda: ingest_file(rows, run, topic=ingest_topic, progress=False))
         drop_topics(run.kafka_bootstrap, ingest_topic)
-        bare_kafka(run, warm, WARM, args.batch)  # loads the transaction coordinator
-        bare_s = bare_kafka(run, rows, args.n, args.batch)
-        streamed = pipeline(run, warm, rows, set(ids), args.timeout, ONE_PROCESS)
-        split = pipeline(run, warm, rows, set(ids), args.timeout, TWO_PROCESSES)
+        messages = encode_rows(rows)  # the feed of the bare loops and the pipelines
+        bare_kafka(run, encode_rows(warm), args.batch)  # loads the transaction coordinator
+        bare_s = bare_kafka(run, messages, args.batch)
+        streamed = pipeline(run, warm, messages, set(ids), args.timeout, ONE_PROCESS)
+        split = pipeline(run, warm, messages, set(ids), args.timeout, TWO_PROCESSES)
         # Again after the pipelines: this VM's speed swings within minutes (bare Kafka ran
         # 1.7k-4.8k records/s), so the ratios are taken to the mean of the two.
-        bare_after_s = bare_kafka(run, rows, args.n, args.batch)
+        bare_after_s = bare_kafka(run, messages, args.batch)
         encoded = {
             w: inference_workers(base, work, args.images, w, args.timeout)
             for w in ((1, 2) if args.images else ())
