@@ -323,11 +323,12 @@ class GainIndex:
                 self._insert_every_row(walk, ids, labels)  # inserts overlap the output lists
                 return self._optimistic(walk, ids, labels)
             batch = self._optimistic(walk, ids, labels)
+            clean = True  # every row so far kept, nothing removed: every answer holds
             for i in range(len(ids)):
                 # A row whose answer no decision so far touched takes it as it is, also
                 # after other rows were dropped: 12,000 clustered samples with 28 duplicates
                 # walked 136 rows alone, not the 2,961 after a drop (select ~8% faster)
-                if _FAST_WALK and walk.holds(i):
+                if _FAST_WALK and (clean or walk.holds(i)):
                     nearest = {mod: batch.nearest[mod][i] for mod in self.modalities}
                     gain = float(batch.gain[i])
                     verdict = decide(
@@ -335,6 +336,7 @@ class GainIndex:
                     )
                     self._apply(walk, i, ids, labels, verdict)
                     batch.inserted[i] = verdict.insert
+                    clean = clean and verdict.insert and not verdict.remove
                 else:
                     _put_row(batch, i, self._walk_row(walk, i, ids, labels, decide))
             return batch
