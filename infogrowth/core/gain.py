@@ -15,7 +15,8 @@ Batching does not change the result: a batch is scored as if its samples arrived
 time. For the whole batch at once: the k nearest among the samples stored before it (an
 exact search of the stored vectors, core/exact.py, while the index holds no more than
 ``exact_limit`` samples, EXACT_PREFIX by default; else one parallel hnswlib query), each
-row's most similar earlier rows of the batch, the distances of all those candidates, and
+row's most similar earlier rows of the batch (the k most similar in float32 and any within
+float32's error of the k-th: ``_within``), the distances of all those candidates, and
 each row's k nearest assuming every earlier row of the batch is kept. Distances are float64
 re-scores of the vectors (GEMM rounding varies with the batch's shape; a re-score does not,
 so ties and rounding cannot change the k nearest), except those of hnswlib's candidates past
@@ -71,7 +72,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import hnswlib
 import numpy as np
@@ -115,6 +116,10 @@ _BUILD_ROWS = 8192
 # Rows walk with the batch's optimistic answers until a decision touches them (tests switch
 # this off to compare with the row-by-row walk, which must give the same bits).
 _FAST_WALK = True
+# A float32 similarity of two unit vectors of d dims is off by at most d * 2^-24 (a float32
+# sum of d products), times this for norms a little above 1 (the gain index leaves norms
+# within _UNIT_TOL of 1 as they are).
+_SIM_SLACK = 1.01
 _PARAMS = (
     "modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads",
     "exact_limit",
@@ -325,9 +330,10 @@ class GainIndex:
             batch = self._optimistic(walk, ids, labels)
             clean = True  # every row so far kept, nothing removed: every answer holds
             for i in range(len(ids)):
-                # A row whose answer no decision so far touched takes it as it is, also
-                # after other rows were dropped: 12,000 clustered samples with 28 duplicates
-                # walked 136 rows alone, not the 2,961 after a drop (select ~8% faster)
+                # A row whose answer no decision touched takes it as it is, also after
+                # other rows were dropped (until 2026-12-06 every row after a drop was
+                # walked alone: 12,000 clustered samples, 83% rejected, walked 10,875 rows
+                # alone, now 2,058, and select took ~200 instead of ~160 us a sample)
                 if _FAST_WALK and (clean or walk.holds(i)):
                     nearest = {mod: batch.nearest[mod][i] for mod in self.modalities}
                     gain = float(batch.gain[i])
@@ -360,17 +366,17 @@ class GainIndex:
         def id_of(p: int) -> str:
             return known_ids[p] if p < n0 else ids[p - n0]
 
-        first = walk.fast[self.modalities[0]][1].tolist()
+        first = walk.fast[self.modalities[0]].pos.tolist()
         neighbour_labels = [
             [known_labels[p] if p < n0 else labels[p - n0] for p in row if p >= 0] for row in first
         ]
         nearest: dict[str, list[Neighbour | None]] = {}
         for mod in self.modalities:
-            dist, pos = walk.fast[mod][0][:, 0].tolist(), walk.fast[mod][1][:, 0].tolist()
+            dist, pos = walk.fast[mod].dist[:, 0].tolist(), walk.fast[mod].pos[:, 0].tolist()
             nearest[mod] = [
                 Neighbour(id_of(p), d) if p >= 0 else None for d, p in zip(dist, pos, strict=True)
             ]
-        means = {mod: walk.fast[mod][3].copy() for mod in self.modalities}
+        means = {mod: walk.fast[mod].mean.copy() for mod in self.modalities}
         return GainBatch(
             _mean_of_modalities(np.stack(list(means.values()))),
             [[id_of(p) for p in row if p >= 0] for row in first],
@@ -740,13 +746,13 @@ class _BatchWalk:
 
     Up front, for the whole batch: the candidates among the samples stored before it (an
     exact search while they are at most ``exact_limit``, else one parallel hnswlib query), each
-    row's k most similar earlier rows of the batch, the distances of all of them (see the
-    module docstring), and each row's answer assuming every earlier row of the batch is
-    kept. The walk takes that answer unless a decision made meanwhile touched it (one of its
-    rows of the batch was not inserted or was removed, or one of its stored candidates was
-    removed); then it recomputes that row alone. Kept rows enter hnswlib in one add_items
-    call per batch, split at removals, in arrival order: the graph is that of one-at-a-time
-    inserts.
+    row's earlier rows of the batch that can be among its k nearest (``_within``), the
+    distances of all of them (see the module docstring), and each row's answer assuming
+    every earlier row of the batch is kept. The walk takes that answer unless a decision
+    made meanwhile touched it (a row of the batch in it was not inserted or was removed, or
+    one of its stored candidates was removed); then it recomputes that row alone. Kept rows
+    enter hnswlib in one add_items call per batch, split at removals, in arrival order: the
+    graph is that of one-at-a-time inserts.
     """
 
     def __init__(self, index: GainIndex, x: dict[str, np.ndarray]) -> None:
@@ -811,16 +817,19 @@ class _BatchWalk:
         return all(self._holds(mod, i) for mod in self.fast)
 
     def _holds(self, mod: str, i: int) -> bool:
-        """Every earlier row of the batch the answer relies on was kept, and none of the
-        row's stored candidates was removed (a decision elsewhere cannot change it)."""
-        raw = self.stored[mod][i]
-        return bool(self.alive[self.fast[mod][2][i]].all()) and not (
-            self.touched and self.touched.intersection(raw)
-        )
+        """None of the row's stored candidates was removed, and no earlier row of the batch
+        in its answer is gone (not kept, or removed): a gone candidate outside the answer
+        changes nothing, and the rows that would take its place lie farther (``_within``)."""
+        answer = self.fast[mod]
+        top = answer.top[i]
+        gone = top[~self.alive[top]]
+        if len(gone) and np.isin(self.n0 + gone, answer.pos[i]).any():
+            return False
+        return not (self.touched and self.touched.intersection(self.stored[mod][i]))
 
     def neighbours(self, mod: str, i: int) -> tuple[np.ndarray, np.ndarray, float]:
         """(distances nan-padded to k, positions -1-padded, their mean) of row i."""
-        dist, pos, _, mean = self.fast[mod]
+        dist, pos, mean = self.fast[mod].dist, self.fast[mod].pos, self.fast[mod].mean
         if self._holds(mod, i):
             found = pos[i]
             if found.max() >= self.n0:  # rows of the batch: their actual positions
@@ -840,7 +849,9 @@ class _BatchWalk:
         found = raw >= 0
         raw, raw_dist = raw[found], raw_dist[found]
         kept = np.flatnonzero(self.alive[:i])
-        top = kept[np.argsort(-self.sim[mod][i, kept], kind="stable")[: self.index.k]]
+        sim = self.sim[mod][i, kept]
+        order = np.argsort(-sim, kind="stable")
+        top = kept[order[_within(sim[order][None, :], self.index.k, self.x[mod].shape[1])[0]]]
         fresh = self.position[top]
         pos = np.unique(np.concatenate([raw, fresh]))
         dist = np.empty(len(pos), np.float64)
@@ -865,24 +876,48 @@ class _BatchWalk:
         order = np.argsort(np.where(pos < 0, np.iinfo(np.int64).max, pos), axis=1, kind="stable")
         return np.take_along_axis(pos, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
-    def _answers(self, mod: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each row's k nearest (distance, position) if every earlier row of the batch is
-        kept (rows of the batch get virtual positions n0 + row), the rows of the batch that
-        answer relies on (index len(x) pads), and the mean distance per row."""
+    def _answers(self, mod: str) -> _Answers:
+        """Each row's k nearest if every earlier row of the batch is kept (rows of the batch
+        get virtual positions n0 + row), with what ``_holds`` needs (``_Answers``)."""
         x64, k, n0 = self.x64[mod], self.index.k, self.n0
         size = len(x64)
         stored, dist_stored = self.stored[mod], self.stored_dist[mod]
         earlier = np.tril(np.ones((size, size), bool), -1)
         sim = np.where(earlier, self.sim[mod], -np.inf)
-        top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-        top = np.sort(np.where(np.take_along_axis(earlier, top, axis=1), top, size), axis=1)
+        order = np.argsort(-sim, axis=1, kind="stable")
+        inside = _within(np.take_along_axis(sim, order, axis=1), k, x64.shape[1])
+        width = max(k, int(inside.sum(axis=1).max(initial=0)))  # each row's are a prefix
+        top = np.sort(np.where(inside[:, :width], order[:, :width], size), axis=1)
         dist_batch = 1.0 - (x64[:, None, :] * x64[np.minimum(top, size - 1)]).sum(axis=-1)
         dist = np.concatenate([dist_stored, np.where(top < size, dist_batch, np.inf)], axis=1)
         pos = np.concatenate([stored, np.where(top < size, n0 + top, -1)], axis=1)
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
         dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
         dist, pos = _finish(dist, pos, k)
-        return dist, pos, top, mean_distance(dist, self.index.mean)
+        return _Answers(dist, pos, mean_distance(dist, self.index.mean), top)
+
+
+class _Answers(NamedTuple):
+    """A batch's answers for one modality, every earlier row of the batch assumed kept."""
+
+    dist: np.ndarray  # (rows, k) distances, nearest first, nan-padded
+    pos: np.ndarray  # (rows, k) positions (virtual for rows of the batch), -1-padded
+    mean: np.ndarray  # (rows,) their mean distance
+    top: np.ndarray  # (rows, >= k) the earlier rows of the batch among the candidates, by
+    # row (pad: the number of rows); those outside lie farther than each row's k-th
+
+
+def _within(ranked: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """Which earlier rows of the batch, ranked by float32 similarity (most similar first;
+    -inf: none), can be among each row's k nearest: the first k and any within twice the
+    float32 error of the k-th (a float32 near-tie can go either way in the float64
+    re-score). The rows past them are farther than the k-th nearest, whichever rows of the
+    first k are dropped later: _BatchWalk._holds relies on it."""
+    ranked = ranked.astype(np.float64)
+    if ranked.shape[1] < k:
+        return np.isfinite(ranked)
+    floor = ranked[:, k - 1] - 2 * _SIM_SLACK * dim * 2.0**-24
+    return np.isfinite(ranked) & (ranked >= floor[:, None])
 
 
 def _none(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
