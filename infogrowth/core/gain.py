@@ -24,8 +24,8 @@ the limit: hnswlib's own float32 distance, which depends on the two vectors alon
 same in any batch (fetching the vector back from hnswlib 0.8.0 costs ~15 us, more than the
 search's share). The rows are then walked in order for ``decide``: a row takes that answer
 as it is (with no ``decide`` hook the whole batch is kept and no row is walked at all)
-unless a decision touched it (an earlier row of the batch it relies on was not kept or was
-removed, one of its stored candidates was removed); then it is recomputed alone. Both give
+unless a decision touched it (an earlier row of the batch in that answer was not kept or
+was removed, one of its stored candidates was removed); then it is recomputed alone. Both give
 the same bits (tests/test_gain.py compares them with the fast walk switched off). Kept rows
 are stored in arrival order, and removals noted where they happen. The first batch that
 finds more than ``exact_limit`` samples stored builds the HNSW graphs from them (serial
@@ -911,8 +911,9 @@ def _within(ranked: np.ndarray, k: int, dim: int) -> np.ndarray:
     """Which earlier rows of the batch, ranked by float32 similarity (most similar first;
     -inf: none), can be among each row's k nearest: the first k and any within twice the
     float32 error of the k-th (a float32 near-tie can go either way in the float64
-    re-score). The rows past them are farther than the k-th nearest, whichever rows of the
-    first k are dropped later: _BatchWalk._holds relies on it."""
+    re-score). The rows past them lie farther than the row's k-th nearest among these and
+    its stored candidates, so dropping a candidate outside that answer changes nothing
+    (``_BatchWalk._holds`` relies on it)."""
     ranked = ranked.astype(np.float64)
     if ranked.shape[1] < k:
         return np.isfinite(ranked)
