@@ -478,8 +478,8 @@ def test_rows_a_dropped_row_did_not_touch_keep_their_batch_answer(data, monkeypa
     assert _walk_outputs(ids, vecs, 256, drop_one) == fast
 
 
-@pytest.mark.parametrize("drop", [False, True])
-def test_near_ties_in_a_batch_give_the_sequential_answer(drop: bool) -> None:
+@pytest.mark.parametrize("decisions", ["keep", "drop", "evict"])
+def test_near_ties_in_a_batch_give_the_sequential_answer(decisions: str) -> None:
     """Rows a hair apart: float32 similarities rank them otherwise than the float64
     re-score, so the batch's candidates must include every row within float32's error of
     the k-th (until 2026-12-06 it took the k most similar in float32: 7 of 400 gains here
@@ -491,7 +491,8 @@ def test_near_ties_in_a_batch_give_the_sequential_answer(drop: bool) -> None:
     def every_third(ids: list[str]):
         return lambda row, gain: Verdict(insert=row % 3 != 1)
 
-    factory = every_third if drop else None
+    factories = {"keep": None, "drop": every_third, "evict": lambda i: evict_every_fifth(i)[0]}
+    factory = factories[decisions]
     batched, one_by_one = (_walk_outputs(ids, vecs, b, factory) for b in (100, 1))
     for field in (0, 2, 4):  # gain bits, neighbours, nearest (batches of different sizes)
         assert [r for out in batched[:-1] for r in _rows(out[field])] == [
