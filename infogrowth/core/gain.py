@@ -820,10 +820,7 @@ class _BatchWalk:
         """None of the row's stored candidates was removed, and no earlier row of the batch
         in its answer is gone (not kept, or removed): a gone candidate outside the answer
         changes nothing, and the rows that would take its place lie farther (``_within``)."""
-        answer = self.fast[mod]
-        top = answer.top[i]
-        gone = top[~self.alive[top]]
-        if len(gone) and np.isin(self.n0 + gone, answer.pos[i]).any():
+        if not self.alive[self.fast[mod].rows[i]].all():
             return False
         return not (self.touched and self.touched.intersection(self.stored[mod][i]))
 
@@ -894,7 +891,8 @@ class _BatchWalk:
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
         dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
         dist, pos = _finish(dist, pos, k)
-        return _Answers(dist, pos, mean_distance(dist, self.index.mean), top)
+        rows = np.where(pos >= n0, pos - n0, size)  # -1 pads are below n0
+        return _Answers(dist, pos, mean_distance(dist, self.index.mean), rows)
 
 
 class _Answers(NamedTuple):
@@ -903,8 +901,8 @@ class _Answers(NamedTuple):
     dist: np.ndarray  # (rows, k) distances, nearest first, nan-padded
     pos: np.ndarray  # (rows, k) positions (virtual for rows of the batch), -1-padded
     mean: np.ndarray  # (rows,) their mean distance
-    top: np.ndarray  # (rows, >= k) the earlier rows of the batch among the candidates, by
-    # row (pad: the number of rows); those outside lie farther than each row's k-th
+    rows: np.ndarray  # (rows, k) the earlier rows of the batch in each answer (pad: the
+    # number of rows); of the batch's candidates, only these can change it (``_within``)
 
 
 def _within(ranked: np.ndarray, k: int, dim: int) -> np.ndarray:
