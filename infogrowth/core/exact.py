@@ -40,6 +40,12 @@ _LANES = 32
 _LOW_HALF = 0 if sys.byteorder == "little" else 1  # where a float32's low 16 bits lie
 
 
+def float32_dot_error(dim: int) -> float:
+    """The most a float32 dot product of two unit vectors of ``dim`` dims (norms a little
+    above 1 included) is off from the exact one: a float32 sum of ``dim`` products."""
+    return _NORM_SLACK * (dim * 2.0**-24)
+
+
 @functools.cache
 def _torch() -> Any:
     import torch  # a second or so to import: only once the gain stage scans
@@ -211,7 +217,7 @@ class ExactVectors:
         stored = self.rows(cols)
         sim = np.einsum("ij,ij->i", x[rows], stored)  # any order of sums: within the bound
         # As in _candidates: every true k nearest is within twice the error of the k-th.
-        eps = _NORM_SLACK * self._sum_error
+        eps = float32_dot_error(self.dim)
         order = np.lexsort((-sim, rows))
         kth = _kth(sim[order].astype(np.float64), rows[order], len(x), k)
         keep = sim >= kth[rows] - 2 * eps

@@ -78,7 +78,7 @@ import hnswlib
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from infogrowth.core.exact import ExactVectors
+from infogrowth.core.exact import ExactVectors, float32_dot_error
 from infogrowth.records import BadInput
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,6 @@ _BUILD_ROWS = 8192
 # Rows walk with the batch's optimistic answers until a decision touches them (tests switch
 # this off to compare with the row-by-row walk, which must give the same bits).
 _FAST_WALK = True
-# A float32 similarity of two unit vectors of d dims is off by at most d * 2^-24 (a float32
-# sum of d products), times this for norms a little above 1 (the gain index leaves norms
-# within _UNIT_TOL of 1 as they are).
-_SIM_SLACK = 1.01
 _PARAMS = (
     "modalities", "k", "m", "ef_construction", "ef", "mean", "seed", "query_threads",
     "exact_limit",
@@ -915,7 +911,7 @@ def _within(ranked: np.ndarray, k: int, dim: int) -> np.ndarray:
     ranked = ranked.astype(np.float64)
     if ranked.shape[1] < k:
         return np.isfinite(ranked)
-    floor = ranked[:, k - 1] - 2 * _SIM_SLACK * dim * 2.0**-24
+    floor = ranked[:, k - 1] - 2 * float32_dot_error(dim)
     return np.isfinite(ranked) & (ranked >= floor[:, None])
 
 
