@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faust
 
-from agents import captioner, curator, diagnose, flow, inference, metrics
+from agents import captioner, curator, diagnose, flow, hanging, inference, metrics
 from agents.atomic import (
     commit_before_revocation,
     commit_in_a_transaction,
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     if "curator" in roles and settings.exact_limit > 0:
         load_torch()  # the exact store's scans: at start, not inside the first batches
     metrics.start(ctx)
+    hanging.start(ctx)
     return app, ctx
 
 

@@ -43,6 +43,15 @@ def curator_changelog(settings: Settings) -> str:
     return f"{settings.app_id}-curator-state-changelog"
 
 
+def transactional_topics(settings: Settings) -> list[str]:
+    """Every topic the workers write in Kafka transactions, the offsets they commit included."""
+    return [
+        settings.topic_raw, settings.topic_scored, settings.topic_recaption,
+        settings.topic_recaptioned, settings.topic_accepted, settings.topic_rejected,
+        settings.topic_dead_letter, curator_changelog(settings), "__consumer_offsets",
+    ]  # fmt: skip
+
+
 def ensure_pipeline_topics(settings: Settings) -> None:
     """Creates the missing topics. `raw-samples` has ``raw_partitions`` partitions keyed by
     id: inference is stateless and its workers share them. `scored` has one: the curator is
