@@ -11,8 +11,8 @@ the broker-restart test: `scored` held 15 records behind LSO 2123 for 300 s).
 
 The end is the coordinator's own decision, read from its log (``__transaction_state``): the
 producer's last entry that lists the partition, when that is a PrepareCommit or PrepareAbort.
-An Ongoing one is not decided yet (its coordinator ends it), and no entry at all (compacted
-away) decides nothing: both are left open, and said so.
+An Ongoing one is not decided yet and is left to its coordinator; no entry at all (compacted
+away) decides nothing, so that one is left open and reported.
 """
 
 from __future__ import annotations
