@@ -15,7 +15,14 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from infogrowth.io import txn_wire
-from infogrowth.io.hanging import LogEntry, OpenTransaction, close_hanging, entries, last_entry
+from infogrowth.io.hanging import (
+    LogEntry,
+    OpenTransaction,
+    close_hanging,
+    entries,
+    last_entry,
+    stale_transactions,
+)
 from infra._service import free_port
 from infra.kafka import LocalKafka
 
@@ -133,6 +140,8 @@ def test_decided_transactions_left_open_are_ended_as_decided(hanging_broker) -> 
     for partition in (committed, aborted):
         stable, high = ends(broker.bootstrap, topic, partition)
         assert stable < high, f"the fixture's {topic}-{partition} is not open any more"
+    stale = {t.partition for t in asyncio.run(stale_transactions(broker.bootstrap, [topic]))}
+    assert {committed, aborted} <= stale
 
     lines = asyncio.run(close_hanging(broker.bootstrap, [topic]))
 
@@ -147,6 +156,19 @@ def test_decided_transactions_left_open_are_ended_as_decided(hanging_broker) -> 
     assert read(broker.bootstrap, topic, aborted, "read_uncommitted").count(b"abort") == 5
     again = asyncio.run(close_hanging(broker.bootstrap, [topic]))
     assert not any(f"{topic}-{p} " in x for x in again for p in (committed, aborted)), again
+    stale = {t.partition for t in asyncio.run(stale_transactions(broker.bootstrap, [topic]))}
+    assert not {committed, aborted} & stale
+
+
+def test_status_shows_an_open_transaction_nobody_writes_to() -> None:
+    from infogrowth.commands.status import Scrape, Status, render
+    from infogrowth.settings import Settings
+
+    quiet_since = int(time.time() * 1000) - 250_000
+    txn = OpenTransaction("demo.scored", 0, 5, 0, 0, 2123, quiet_since)
+    status = Status(Settings(app_id="demo"), 1.0, [], {}, Scrape("u"), Scrape("u"), [txn])
+    assert "open transaction with no write for 250 s: demo.scored-0 (producer 5, open since " \
+           "offset 2123)" in render(status)  # fmt: skip
 
 
 def test_a_transaction_still_running_is_left_to_its_producer(kafka: str) -> None:

@@ -8,10 +8,13 @@ when it answers (agents/metrics.py).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from infogrowth.commands.pipeline import transactional_topics
+from infogrowth.io.hanging import OpenTransaction, stale_transactions
 from infogrowth.io.kafka_io import PartitionLag, check_broker, end_offsets, group_lag
 from infogrowth.settings import Settings
 
@@ -33,6 +36,7 @@ class Status:
     outputs: dict[str, tuple[int, int, int]]  # topic -> (partitions, records, records added)
     before: Scrape
     after: Scrape
+    stale: list[OpenTransaction] = field(default_factory=list)  # open, no write for 10 s
 
 
 def input_topics(settings: Settings) -> list[str]:
@@ -97,7 +101,9 @@ def pipeline_status(
         if t in later
     }
     lag = group_lag(settings.kafka_bootstrap, settings.app_id, input_topics(settings))
-    return Status(settings, interval_s, lag, outputs, before, after)
+    topics = transactional_topics(settings)
+    stale = asyncio.run(stale_transactions(settings.kafka_bootstrap, topics))
+    return Status(settings, interval_s, lag, outputs, before, after, stale)
 
 
 def render(status: Status) -> str:
@@ -107,8 +113,16 @@ def render(status: Status) -> str:
     lines += ["", f"  {'output topic':<34}{'partitions':>10}{'offsets':>10}{'per s':>9}"]
     for topic, (parts, records, added) in status.outputs.items():
         lines.append(f"  {topic:<34}{parts:>10}{records:>10}{added / status.interval_s:>9.1f}")
-    lines += ["", *_metrics_lines(status)]
+    lines += ["", *_metrics_lines(status), *_transaction_lines(status)]
     return "\n".join(lines)
+
+
+def _transaction_lines(status: Status) -> list[str]:
+    """Open transactions nobody wrote to for a while: a running worker ends those Kafka left
+    open once they outlive their timeout (infogrowth/io/hanging.py)."""
+    now_ms = time.time() * 1000
+    return [f"  open transaction with no write for {(now_ms - t.last_write_ms) / 1000:.0f} s: "
+            f"{t}" for t in status.stale]  # fmt: skip
 
 
 def _lag_lines(status: Status) -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.structs import TopicPartition as AioTopicPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from infogrowth.io import txn_wire
 
@@ -134,10 +134,11 @@ def _leaders(metadata: ClusterMetadata, topics: Iterable[str]) -> dict[Partition
 
 
 def read_log(bootstrap: str, timeout_s: float = 30.0) -> list[tuple[bytes, bytes | None]]:
-    """All of ``__transaction_state`` up to its current end."""
+    """All of ``__transaction_state`` up to its current end (compaction may have removed the
+    last offsets: the end of a partition's fetch counts too)."""
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": "infogrowth-txn-reader",
-        "enable.auto.commit": False, "log_level": 0,
+        "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0,
     })  # fmt: skip
     try:
         topic = consumer.list_topics(TXN_LOG, timeout=timeout_s).topics[TXN_LOG]
@@ -149,7 +150,11 @@ def read_log(bootstrap: str, timeout_s: float = 30.0) -> list[tuple[bytes, bytes
         deadline = time.monotonic() + timeout_s
         while left and time.monotonic() < deadline:
             message = consumer.poll(0.5)
-            if message is None or message.error():
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    left.discard(message.partition())
                 continue
             records.append((message.key(), message.value()))
             if message.offset() + 1 >= ends[message.partition()]:
@@ -168,11 +173,9 @@ async def close_hanging(
     timeout (+ ``MARGIN_MS``) with the coordinator's decision. Returns one line per transaction
     found hanging, ended or not; one still running is not hanging."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="infogrowth-txn-repair")
-    await client.bootstrap()
+    client = await _client(bootstrap)
     try:
-        stale = [t for t in await open_transactions(client, topics)
-                 if now_ms - t.last_write_ms > MARGIN_MS]  # fmt: skip
+        stale = await _stale(client, topics, now_ms)
         if not stale:
             return []
         known = list(entries(read_log(bootstrap)))
@@ -180,6 +183,25 @@ async def close_hanging(
         return [line for line in lines if line]
     finally:
         await client.close()
+
+
+async def stale_transactions(bootstrap: str, topics: Iterable[str]) -> list[OpenTransaction]:
+    """The transactions open on the topics' partitions with no write for ``MARGIN_MS``."""
+    client = await _client(bootstrap)
+    try:
+        return await _stale(client, topics, int(time.time() * 1000))
+    finally:
+        await client.close()
+
+
+async def _client(bootstrap: str) -> AIOKafkaClient:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="infogrowth-transactions")
+    await client.bootstrap()
+    return client
+
+
+async def _stale(client: AIOKafkaClient, topics: Iterable[str], now: int) -> list[OpenTransaction]:
+    return [t for t in await open_transactions(client, topics) if now - t.last_write_ms > MARGIN_MS]
 
 
 async def _close(
