@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from infogrowth.io import txn_wire
 from infogrowth.io.hanging import (
@@ -114,13 +114,29 @@ def read(bootstrap: str, topic: str, partition: int, isolation: str) -> list[byt
 
 def ends(bootstrap: str, topic: str, partition: int) -> tuple[int, int]:
     """(last stable offset, high watermark)."""
-    found = []
+    found, tp = [], TopicPartition(topic, partition)
     for isolation in ("read_committed", "read_uncommitted"):
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ends",
                              "isolation.level": isolation})  # fmt: skip
-        found.append(consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)[1])
+        for _ in range(30):  # a restarted broker leads its partitions a little after it answers
+            try:
+                found.append(consumer.get_watermark_offsets(tp, 10)[1])
+                break
+            except KafkaException:
+                time.sleep(1)
         consumer.close()
     return found[0], found[1]
+
+
+def committed_offset(bootstrap: str, group: str, partition: int) -> int:
+    """The group's stable committed offset of ``source`` (read_committed asks for a stable
+    one: an offset commit left open in a transaction fails it)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "isolation.level": "read_committed"})  # fmt: skip
+    try:
+        return consumer.committed([TopicPartition("source", partition)], timeout=20)[0].offset
+    finally:
+        consumer.close()
 
 
 @pytest.fixture
@@ -143,7 +159,7 @@ def test_decided_transactions_left_open_are_ended_as_decided(hanging_broker) -> 
     stale = {t.partition for t in asyncio.run(stale_transactions(broker.bootstrap, [topic]))}
     assert {committed, aborted} <= stale
 
-    lines = asyncio.run(close_hanging(broker.bootstrap, [topic]))
+    lines = asyncio.run(close_hanging(broker.bootstrap, [topic, "__consumer_offsets"]))
 
     assert any(f"{topic}-{committed} " in x and "ended with COMMIT" in x for x in lines), lines
     assert any(f"{topic}-{aborted} " in x and "ended with ABORT" in x for x in lines), lines
@@ -154,6 +170,9 @@ def test_decided_transactions_left_open_are_ended_as_decided(hanging_broker) -> 
     assert read(broker.bootstrap, topic, committed, "read_committed") == everything
     assert b"abort" not in read(broker.bootstrap, topic, aborted, "read_committed")
     assert read(broker.bootstrap, topic, aborted, "read_uncommitted").count(b"abort") == 5
+    # The offsets each transaction committed for its group: the 51st's, unless aborted.
+    assert committed_offset(broker.bootstrap, f"g-{committed}", committed) == 51
+    assert committed_offset(broker.bootstrap, f"g-{aborted}", aborted) == 50
     again = asyncio.run(close_hanging(broker.bootstrap, [topic]))
     assert not any(f"{topic}-{p} " in x for x in again for p in (committed, aborted)), again
     stale = {t.partition for t in asyncio.run(stale_transactions(broker.bootstrap, [topic]))}

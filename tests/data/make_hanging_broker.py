@@ -1,6 +1,8 @@
 """Makes ``hanging-broker.tar.gz``: a single Kafka broker's data in which the coordinator
 decided transactions (one COMMIT, one ABORT) whose markers it then skipped, as Kafka 4.3.1
-does when killed while a transaction ends (``infogrowth/io/hanging.py`` says why).
+does when killed while a transaction ends (``infogrowth/io/hanging.py`` says why). Each
+transaction also commits the offset of a consumer group (``g-<partition>``) of ``source``,
+as a read-process-write loop does, so the offsets can be left open too.
 
 Killing the broker right after a transaction ends leaves its markers unwritten about one
 time in three, so this runs rounds until it holds both kinds, each round on partitions no
@@ -18,9 +20,10 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from infra._service import free_port  # noqa: E402
 from infra.kafka import LocalKafka  # noqa: E402
 
-TOPIC, PER_ROUND, ROUNDS = "t", 4, 12
+TOPIC, SOURCE, PER_ROUND, ROUNDS = "t", "source", 4, 12
 OUT = Path(__file__).with_name("hanging-broker.tar.gz")
 
 
@@ -42,12 +45,15 @@ def produce_then_kill(bootstrap: str, first: int, broker_pid: int, commit: bool)
             "transaction.timeout.ms": 10000, "linger.ms": 0, "log_level": 0,
         })  # fmt: skip
         producer.init_transactions()
+        group = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{partition}"})
         for n in range(10**6):
             last = partition == first and n == 50
             producer.begin_transaction()
             for _ in range(5):
                 value = b"abort" if last and not commit else b"commit"
                 producer.produce(TOPIC, value=value, partition=partition)
+            consumed = [TopicPartition(SOURCE, partition, n + 1)]
+            producer.send_offsets_to_transaction(consumed, group.consumer_group_metadata())
             if last and not commit:
                 producer.flush()  # abort_transaction drops records not sent yet
                 producer.abort_transaction()
@@ -68,7 +74,12 @@ def left_open(bootstrap: str, partition: int) -> bytes | None:
     for isolation in ("read_committed", "read_uncommitted"):
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe",
                              "isolation.level": isolation})  # fmt: skip
-        ends.append(consumer.get_watermark_offsets(TopicPartition(TOPIC, partition), 10)[1])
+        for _ in range(30):  # leaders come back a little after the broker answers
+            try:
+                ends.append(consumer.get_watermark_offsets(TopicPartition(TOPIC, partition), 10)[1])
+                break
+            except KafkaException:
+                time.sleep(1)
         consumer.close()
     if ends[0] == ends[1]:
         return None
@@ -90,7 +101,8 @@ def main() -> None:
     broker = LocalKafka(work, free_port(), free_port())
     broker.start(wait_s=120)
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    admin.create_topics([NewTopic(TOPIC, PER_ROUND * ROUNDS, 1)])[TOPIC].result()
+    for topic in (TOPIC, SOURCE):
+        admin.create_topics([NewTopic(topic, PER_ROUND * ROUNDS, 1)])[topic].result()
     hanging: dict[str, int] = {}
     for round_ in range(ROUNDS):
         commit = "commit" not in hanging
