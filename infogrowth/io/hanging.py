@@ -213,6 +213,8 @@ async def _close(
         return None  # not decided yet: its coordinator ends it, or aborts it at its timeout
     if await _still_running(client, decision.transactional_id, txn):
         return None  # its producer's next marker ends it; one from here could cut that one
+    if txn not in await open_transactions(client, [txn.topic]):
+        return None  # ended meanwhile (another worker), or written to again: not this one
     verdict = "COMMIT" if decision.commit else "ABORT"
     marker = (txn.producer_id, txn.producer_epoch, decision.commit,
               [(txn.topic, [txn.partition], {})], txn.coordinator_epoch, {})  # fmt: skip
