@@ -239,8 +239,9 @@ def watch_gate(state: CuratorState, now: float, warn_s: float) -> None:
         blocked.warned = now
         log.warning(
             "curator partition %d: %d samples held in arrival order behind %s, which has "
-            "waited %.0f s for its new caption (`%s` -> captioner -> `%s`); is a worker "
-            "with the captioner role running?",
+            "waited %.0f s for its new caption (`%s` -> captioner -> `%s` -> `scored`); is a "
+            "worker with the captioner role running? (`infogrowth status` also lists "
+            "transactions a broker restart left open, which the workers end after their timeout)",
             state.partition,
             held,
             head,
