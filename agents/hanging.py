@@ -16,6 +16,7 @@ import threading
 import time
 
 from agents.context import Context
+from agents.metrics import LEFT_OPEN
 from infogrowth.commands.pipeline import transactional_topics
 from infogrowth.io.hanging import close_hanging
 
@@ -33,7 +34,8 @@ def _watch(bootstrap: str, topics: list[str]) -> None:
     while True:
         time.sleep(CHECK_S)
         try:
-            for line in asyncio.run(close_hanging(bootstrap, topics)):
-                log.warning("transaction left open by Kafka: %s", line)
+            for found in asyncio.run(close_hanging(bootstrap, topics)):
+                LEFT_OPEN.labels(found.end).inc()
+                log.warning("transaction left open by Kafka: %s", found)
         except Exception as exc:  # the broker may be away for a while: ask again later
             log.info("open transactions not checked (%s)", exc)

@@ -10,7 +10,9 @@ Served on ``metrics_port`` (``/metrics``; 0 turns it off):
 * ``infogrowth_batches_total``: batches committed, all agents;
 * ``infogrowth_index_size``: samples in the curator's gain index (curator role only);
 * ``infogrowth_consumer_lag{topic, partition}``: the app's consumer group, refreshed every
-  ``LAG_INTERVAL_S`` from the broker (committed offsets against last stable offsets).
+  ``LAG_INTERVAL_S`` from the broker (committed offsets against last stable offsets);
+* ``infogrowth_transactions_left_open_total{end}``: transactions Kafka decided but left open,
+  found by agents/hanging.py (``end``: commit, abort, undecided, failed).
 
 The agents call ``sent``, ``timed`` and ``batch_done`` from one place each (agents/context.py);
 every ``log_every`` batches one INFO line gives the outcome rate, the index size and the lag.
@@ -76,6 +78,13 @@ LAG = Gauge(
     "infogrowth_consumer_lag",
     "Committed records the app's consumer group has not processed",
     ["topic", "partition"],
+    registry=REGISTRY,
+)
+LEFT_OPEN = Counter(
+    "infogrowth_transactions_left_open",
+    "Transactions Kafka decided but left open on a partition, by how they were ended "
+    "(commit, abort; undecided and failed ones stay open and count again at each check)",
+    ["end"],
     registry=REGISTRY,
 )
 OUTCOME_SCHEMAS = {"AcceptedSample": "accepted", "RejectedSample": "rejected"}

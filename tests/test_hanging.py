@@ -159,7 +159,10 @@ def test_decided_transactions_left_open_are_ended_as_decided(hanging_broker) -> 
     stale = {t.partition for t in asyncio.run(stale_transactions(broker.bootstrap, [topic]))}
     assert {committed, aborted} <= stale
 
-    lines = asyncio.run(close_hanging(broker.bootstrap, [topic, "__consumer_offsets"]))
+    found = asyncio.run(close_hanging(broker.bootstrap, [topic, "__consumer_offsets"]))
+    lines = [str(f) for f in found]
+    ends_of = {(f.txn.topic, f.txn.partition): f.end for f in found}
+    assert ends_of[topic, committed] == "commit" and ends_of[topic, aborted] == "abort", found
 
     assert any(f"{topic}-{committed} " in x and "ended with COMMIT" in x for x in lines), lines
     assert any(f"{topic}-{aborted} " in x and "ended with ABORT" in x for x in lines), lines
@@ -174,7 +177,7 @@ def test_decided_transactions_left_open_are_ended_as_decided(hanging_broker) -> 
     assert committed_offset(broker.bootstrap, f"g-{committed}", committed) == 51
     assert committed_offset(broker.bootstrap, f"g-{aborted}", aborted) == 50
     again = asyncio.run(close_hanging(broker.bootstrap, [topic]))
-    assert not any(f"{topic}-{p} " in x for x in again for p in (committed, aborted)), again
+    assert not {f.txn.partition for f in again} & {committed, aborted}, again
     stale = {t.partition for t in asyncio.run(stale_transactions(broker.bootstrap, [topic]))}
     assert not {committed, aborted} & stale
 
@@ -211,6 +214,13 @@ def test_a_transaction_still_running_is_left_to_its_producer(kafka: str) -> None
 def test_a_worker_ends_them_on_its_own(hanging_broker, monkeypatch, caplog) -> None:  # noqa: ANN001
     """The thread every worker runs (agents/hanging.py), on the topics of a pipeline."""
     from agents import hanging
+    from agents.metrics import REGISTRY
+
+    def ended(end: str) -> float:
+        value = REGISTRY.get_sample_value("infogrowth_transactions_left_open_total", {"end": end})
+        return value or 0.0
+
+    before = {"commit": ended("commit"), "abort": ended("abort")}
 
     broker, where = hanging_broker
     topic = where["topic"]
@@ -227,3 +237,4 @@ def test_a_worker_ends_them_on_its_own(hanging_broker, monkeypatch, caplog) -> N
     else:
         pytest.fail("the hanging transactions are still open after 60 s")
     assert "transaction left open by Kafka" in caplog.text
+    assert all(ended(end) > before[end] for end in before)  # the worker's metric

@@ -58,6 +58,20 @@ class OpenTransaction:
 
 
 @dataclass(frozen=True)
+class Found:
+    """A transaction found left open, and what became of it: ``end`` is "commit" or "abort"
+    (ended so), "undecided" (nothing in the log decides it) or "failed" (the marker was
+    refused)."""
+
+    txn: OpenTransaction
+    end: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.txn}: {self.detail}"
+
+
+@dataclass(frozen=True)
 class LogEntry:
     """A record of the coordinator's log that lists partitions: Ongoing, PrepareCommit or
     PrepareAbort (``commit`` None, True, False)."""
@@ -168,10 +182,10 @@ def read_log(bootstrap: str, timeout_s: float = 30.0) -> list[tuple[bytes, bytes
 
 async def close_hanging(
     bootstrap: str, topics: Iterable[str], now_ms: int | None = None
-) -> list[str]:
+) -> list[Found]:
     """Ends every decided transaction left open on the topics' partitions for longer than its
-    timeout (+ ``MARGIN_MS``) with the coordinator's decision. Returns one line per transaction
-    found hanging, ended or not; one still running is not hanging."""
+    timeout (+ ``MARGIN_MS``) with the coordinator's decision. Returns each transaction found
+    left open, ended or not; one still running is not left open."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     client = await _client(bootstrap)
     try:
@@ -179,8 +193,8 @@ async def close_hanging(
         if not stale:
             return []
         known = list(entries(read_log(bootstrap)))
-        lines = [await _close(client, txn, last_entry(txn, known), now_ms) for txn in stale]
-        return [line for line in lines if line]
+        found = [await _close(client, txn, last_entry(txn, known), now_ms) for txn in stale]
+        return [f for f in found if f is not None]
     finally:
         await client.close()
 
@@ -206,9 +220,10 @@ async def _stale(client: AIOKafkaClient, topics: Iterable[str], now: int) -> lis
 
 async def _close(
     client: AIOKafkaClient, txn: OpenTransaction, decision: LogEntry | None, now_ms: int
-) -> str | None:
+) -> Found | None:
     if decision is None:
-        return f"{txn}: nothing in {TXN_LOG} decides it; left open (kafka-transactions.sh aborts)"
+        why = f"nothing in {TXN_LOG} decides it; left open (kafka-transactions.sh aborts)"
+        return Found(txn, "undecided", why)
     if decision.commit is None or now_ms - txn.last_write_ms <= decision.timeout_ms + MARGIN_MS:
         return None  # not decided yet: its coordinator ends it, or aborts it at its timeout
     if await _still_running(client, decision.transactional_id, txn):
@@ -223,8 +238,9 @@ async def _close(
     parts = [p for m in answer["markers"] for t in m["topics"] for p in t["partitions"]]
     errors = sorted({p["error_code"] for p in parts} - {0})
     if errors or not parts:
-        return f"{txn}: writing its {verdict} marker failed (error codes {errors})"
-    return f"{txn}: ended with {verdict}, as {decision.transactional_id}'s coordinator decided"
+        return Found(txn, "failed", f"writing its {verdict} marker failed (error codes {errors})")
+    why = f"ended with {verdict}, as {decision.transactional_id}'s coordinator decided"
+    return Found(txn, verdict.lower(), why)
 
 
 async def _still_running(client: AIOKafkaClient, tid: str, txn: OpenTransaction) -> bool:
