@@ -31,6 +31,7 @@ def start(ctx: Context) -> None:
 
 
 def _watch(bootstrap: str, topics: list[str]) -> None:
+    checked = False
     while True:
         time.sleep(CHECK_S)
         try:
@@ -39,3 +40,8 @@ def _watch(bootstrap: str, topics: list[str]) -> None:
                 log.warning("transaction left open by Kafka: %s", found)
         except Exception as exc:  # the broker may be away for a while: ask again later
             log.info("open transactions not checked (%s)", exc)
+            continue
+        if not checked:
+            checked = True
+            log.info("checking %d topics for transactions left open every %.0f s",
+                     len(topics), CHECK_S)  # fmt: skip
