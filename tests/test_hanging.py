@@ -238,3 +238,16 @@ def test_a_worker_ends_them_on_its_own(hanging_broker, monkeypatch, caplog) -> N
         pytest.fail("the hanging transactions are still open after 60 s")
     assert "transaction left open by Kafka" in caplog.text
     assert all(ended(end) > before[end] for end in before)  # the worker's metric
+
+
+def test_a_restore_waits_for_them_to_end_as_decided(hanging_broker) -> None:  # noqa: ANN001
+    """A curator restores its state from its changelog up to where no transaction is open:
+    reading only to one Kafka left open would miss state that was committed."""
+    from infogrowth.io.kafka_io import settled_end
+
+    broker, where = hanging_broker
+    topic, committed = where["topic"], where["commit"]
+    stable, high = ends(broker.bootstrap, topic, committed)
+    assert stable < high
+
+    assert settled_end(broker.bootstrap, topic, committed, timeout_s=60) == high + 1  # + marker
