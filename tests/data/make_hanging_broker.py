@@ -103,26 +103,29 @@ def main() -> None:
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     for topic in (TOPIC, SOURCE):
         admin.create_topics([NewTopic(topic, PER_ROUND * ROUNDS, 1)])[topic].result()
-    hanging: dict[str, int] = {}
-    for round_ in range(ROUNDS):
-        commit = "commit" not in hanging
-        first = round_ * PER_ROUND
-        args = [sys.executable, __file__, broker.bootstrap, str(first), str(broker.pid()),
-                "commit" if commit else "abort"]  # fmt: skip
-        subprocess.run(args, check=False)
-        assert broker._proc is not None
-        broker._proc.wait(30)
-        broker._proc = None
-        broker.start(wait_s=120)
-        # A kill just after an abort can also catch the commit before it: keep only the kind
-        # asked for (an aborted transaction's records say "abort").
-        value = left_open(broker.bootstrap, first)
-        if value is not None and (value == b"abort") != commit:
-            hanging["commit" if commit else "abort"] = first
-            print(f"round {round_}: partition {first} hangs ({'commit' if commit else 'abort'})")
-        if len(hanging) == 2:
-            break
-    broker.stop()
+    try:
+        hanging: dict[str, int] = {}
+        for round_ in range(ROUNDS):
+            commit = "commit" not in hanging
+            first = round_ * PER_ROUND
+            args = [sys.executable, __file__, broker.bootstrap, str(first), str(broker.pid()),
+                    "commit" if commit else "abort"]  # fmt: skip
+            subprocess.run(args, check=False)
+            assert broker._proc is not None
+            broker._proc.wait(30)
+            broker._proc = None
+            broker.start(wait_s=120)
+            # A kill just after an abort can also catch the commit before it: keep only the kind
+            # asked for (an aborted transaction's records say "abort").
+            value = left_open(broker.bootstrap, first)
+            if value is not None and (value == b"abort") != commit:
+                kind = "commit" if commit else "abort"
+                hanging[kind] = first
+                print(f"round {round_}: partition {first} hangs ({kind})")
+            if len(hanging) == 2:
+                break
+    finally:
+        broker.stop()  # also when a round fails: no broker left behind
     assert len(hanging) == 2, f"only {hanging} after {ROUNDS} rounds"
     (work / "hanging.json").write_text(json.dumps({"topic": TOPIC, **hanging}))
     with tarfile.open(OUT, "w:gz") as tar:
