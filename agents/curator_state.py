@@ -38,7 +38,8 @@ from infogrowth.core.dedup import HashStore, usable_hashes
 from infogrowth.core.gain import GainIndex
 from infogrowth.core.order import OrderedGate
 from infogrowth.core.sample import Policy
-from infogrowth.io.kafka_io import read_topic, settled_end, topic_id
+from infogrowth.io.hanging import settled_end
+from infogrowth.io.kafka_io import read_topic, topic_id
 from infogrowth.io.vectors import WIRE, pack
 
 Entry = dict[str, Any]

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from infogrowth.io import txn_wire
 from infogrowth.io.hanging import (
@@ -23,6 +23,7 @@ from infogrowth.io.hanging import (
     last_entry,
     stale_transactions,
 )
+from infogrowth.io.kafka_io import end_offsets, read_topic
 from infra._service import free_port
 from infra.kafka import LocalKafka
 
@@ -94,38 +95,15 @@ def test_the_decision_is_the_producers_last_entry_listing_the_partition(log, exp
 
 def read(bootstrap: str, topic: str, partition: int, isolation: str) -> list[bytes]:
     """The partition's values up to its end: the last stable offset when read_committed."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4()}",
-                         "isolation.level": isolation, "enable.auto.commit": False,
-                         "enable.partition.eof": True})  # fmt: skip
-    consumer.assign([TopicPartition(topic, partition, 0)])
-    values, deadline = [], time.monotonic() + 30
-    while time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is None:
-            continue
-        if message.error():
-            if message.error().code() == KafkaError._PARTITION_EOF:
-                break
-            continue
-        values.append(message.value())
-    consumer.close()
-    return values
+    found = read_topic(bootstrap, topic, partitions=[partition], isolation=isolation)
+    return [message.value() for message in found]
 
 
 def ends(bootstrap: str, topic: str, partition: int) -> tuple[int, int]:
-    """(last stable offset, high watermark)."""
-    found, tp = [], TopicPartition(topic, partition)
-    for isolation in ("read_committed", "read_uncommitted"):
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ends",
-                             "isolation.level": isolation})  # fmt: skip
-        for _ in range(30):  # a restarted broker leads its partitions a little after it answers
-            try:
-                found.append(consumer.get_watermark_offsets(tp, 10)[1])
-                break
-            except KafkaException:
-                time.sleep(1)
-        consumer.close()
-    return found[0], found[1]
+    """(last stable offset, high watermark); a restarted broker leads its partitions a
+    little after it answers (end_offsets waits for that)."""
+    stable = end_offsets(bootstrap, topic, timeout=30)[partition]
+    return stable, end_offsets(bootstrap, topic, "read_uncommitted", timeout=30)[partition]
 
 
 def committed_offset(bootstrap: str, group: str, partition: int) -> int:
@@ -243,7 +221,7 @@ def test_a_worker_ends_them_on_its_own(hanging_broker, monkeypatch, caplog) -> N
 def test_a_restore_waits_for_them_to_end_as_decided(hanging_broker) -> None:  # noqa: ANN001
     """A curator restores its state from its changelog up to where no transaction is open:
     reading only to one Kafka left open would miss state that was committed."""
-    from infogrowth.io.kafka_io import settled_end
+    from infogrowth.io.hanging import settled_end
 
     broker, where = hanging_broker
     topic, committed = where["topic"], where["commit"]

@@ -17,6 +17,8 @@ away) decides nothing, so that one is left open and reported.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,12 +26,14 @@ from dataclasses import dataclass
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.structs import TopicPartition as AioTopicPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from infogrowth.io import txn_wire
+from infogrowth.io.kafka_io import end_offsets, read_topic
 
+log = logging.getLogger("infogrowth.kafka")
 TXN_LOG = "__transaction_state"
 MARGIN_MS = 10_000  # beyond the transaction timeout, after which the coordinator aborts it
+REPAIR_EVERY_S = 10.0  # settled_end: how often it looks for transactions left open
 
 Partition = tuple[str, int]
 
@@ -147,39 +151,6 @@ def _leaders(metadata: ClusterMetadata, topics: Iterable[str]) -> dict[Partition
     return found
 
 
-def read_log(bootstrap: str, timeout_s: float = 30.0) -> list[tuple[bytes, bytes | None]]:
-    """All of ``__transaction_state`` up to its current end (compaction may have removed the
-    last offsets: the end of a partition's fetch counts too)."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "infogrowth-txn-reader",
-        "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0,
-    })  # fmt: skip
-    try:
-        topic = consumer.list_topics(TXN_LOG, timeout=timeout_s).topics[TXN_LOG]
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(TXN_LOG, p), timeout=timeout_s)[1]
-                for p in topic.partitions}  # fmt: skip
-        left = {p for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(TXN_LOG, p, OFFSET_BEGINNING) for p in left])
-        records = []
-        deadline = time.monotonic() + timeout_s
-        while left and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    left.discard(message.partition())
-                continue
-            records.append((message.key(), message.value()))
-            if message.offset() + 1 >= ends[message.partition()]:
-                left.discard(message.partition())
-        if left:
-            raise TimeoutError(f"{TXN_LOG} partitions {sorted(left)} not read in {timeout_s:.0f} s")
-        return records
-    finally:
-        consumer.close()
-
-
 async def close_hanging(
     bootstrap: str, topics: Iterable[str], now_ms: int | None = None
 ) -> list[Found]:
@@ -192,7 +163,7 @@ async def close_hanging(
         stale = await _stale(client, topics, now_ms)
         if not stale:
             return []
-        known = list(entries(read_log(bootstrap)))
+        known = list(entries((m.key(), m.value()) for m in read_topic(bootstrap, TXN_LOG)))
         found = [await _close(client, txn, last_entry(txn, known), now_ms) for txn in stale]
         return [f for f in found if f is not None]
     finally:
@@ -254,3 +225,25 @@ async def _still_running(client: AIOKafkaClient, tid: str, txn: OpenTransaction)
         if state["producer_id"] == txn.producer_id and running and txn.at in listed:
             return True
     return False
+
+
+def settled_end(bootstrap: str, topic: str, partition: int, timeout_s: float = 120.0) -> int:
+    """The end of ``partition`` once no transaction is open on it (last stable offset =
+    high watermark), for a reader that must see everything committed so far. A transaction
+    that a killed producer left open is aborted by its coordinator when a producer with the
+    same transactional id starts, or after the transaction timeout (60 s). One that Kafka
+    decided but left open (a broker restart, above) is ended here as decided, once it is
+    10 s past its timeout: a restore that read only to it would miss committed state. Past
+    ``timeout_s`` the last stable offset is returned as it is."""
+    deadline = time.monotonic() + timeout_s
+    repair_at = time.monotonic()
+    while True:
+        written = end_offsets(bootstrap, topic, isolation="read_uncommitted")[partition]
+        stable = end_offsets(bootstrap, topic)[partition]
+        if stable >= written or time.monotonic() > deadline:
+            return stable
+        if time.monotonic() >= repair_at:
+            for found in asyncio.run(close_hanging(bootstrap, [topic])):
+                log.warning("transaction left open by Kafka: %s", found)
+            repair_at = time.monotonic() + REPAIR_EVERY_S
+        time.sleep(0.2)

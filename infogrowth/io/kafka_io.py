@@ -6,7 +6,6 @@ producing a file's records reliably, and failing with one line when the broker i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -29,10 +28,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infogrowth.io.avro import AvroSerde, SchemaError
-from infogrowth.io.hanging import close_hanging
 
 log = logging.getLogger("infogrowth.kafka")
-REPAIR_EVERY_S = 10.0  # settled_end: how often it looks for transactions Kafka left open
 
 
 def _silent_logger() -> logging.Logger:
@@ -335,28 +332,6 @@ def end_offsets(
         return _ends(consumer, topic, _partitions(consumer, bootstrap, topic, timeout), timeout)
     finally:
         consumer.close()
-
-
-def settled_end(bootstrap: str, topic: str, partition: int, timeout_s: float = 120.0) -> int:
-    """The end of ``partition`` once no transaction is open on it (last stable offset =
-    high watermark), for a reader that must see everything committed so far. A transaction
-    that a killed producer left open is aborted by its coordinator when a producer with the
-    same transactional id starts, or after the transaction timeout (60 s). One that Kafka
-    decided but left open (a broker restart, ``io/hanging.py``) is ended here as decided,
-    once it is 10 s past its timeout: a restore that read only to it would miss committed
-    state. Past ``timeout_s`` the last stable offset is returned as it is."""
-    deadline = time.monotonic() + timeout_s
-    repair_at = time.monotonic()
-    while True:
-        written = end_offsets(bootstrap, topic, isolation="read_uncommitted")[partition]
-        stable = end_offsets(bootstrap, topic)[partition]
-        if stable >= written or time.monotonic() > deadline:
-            return stable
-        if time.monotonic() >= repair_at:
-            for found in asyncio.run(close_hanging(bootstrap, [topic])):
-                log.warning("transaction left open by Kafka: %s", found)
-            repair_at = time.monotonic() + REPAIR_EVERY_S
-        time.sleep(0.2)
 
 
 def read_topic(

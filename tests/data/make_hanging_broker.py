@@ -20,14 +20,14 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from infogrowth.io.kafka_io import end_offsets, read_topic  # noqa: E402
 from infra._service import free_port  # noqa: E402
 from infra.kafka import LocalKafka  # noqa: E402
 
@@ -70,30 +70,13 @@ def produce_then_kill(bootstrap: str, first: int, broker_pid: int, commit: bool)
 
 def left_open(bootstrap: str, partition: int) -> bytes | None:
     """The last record's value when the partition's last transaction has no marker."""
-    ends = []
-    for isolation in ("read_committed", "read_uncommitted"):
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe",
-                             "isolation.level": isolation})  # fmt: skip
-        for _ in range(30):  # leaders come back a little after the broker answers
-            try:
-                ends.append(consumer.get_watermark_offsets(TopicPartition(TOPIC, partition), 10)[1])
-                break
-            except KafkaException:
-                time.sleep(1)
-        consumer.close()
-    if ends[0] == ends[1]:
+    stable = end_offsets(bootstrap, TOPIC, timeout=30)[partition]  # waits for leaders
+    high = end_offsets(bootstrap, TOPIC, "read_uncommitted", timeout=30)[partition]
+    if stable == high:
         return None
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe",
-                         "isolation.level": "read_uncommitted"})  # fmt: skip
-    consumer.assign([TopicPartition(TOPIC, partition, ends[1] - 1)])
-    message = None
-    for _ in range(30):
-        message = consumer.poll(1.0)
-        if message is not None and not message.error():
-            break
-    consumer.close()
-    assert message and not message.error(), f"{TOPIC}-{partition}: last record not read"
-    return message.value()
+    last = read_topic(bootstrap, TOPIC, isolation="read_uncommitted", partitions=[partition],
+                      starts={partition: high - 1})  # fmt: skip
+    return [message.value() for message in last][-1]
 
 
 def main() -> None:
