@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from infogrowth.core import exact
 from infogrowth.core.exact import ExactVectors
 
 
@@ -38,6 +39,13 @@ def hard() -> np.ndarray:
     return x
 
 
+@pytest.fixture(params=[True, False], ids=["bfloat16-gemm", "float32-gemm"])
+def gemm(request, monkeypatch) -> bool:
+    """Both scans, whatever this CPU would choose: bfloat16 (AVX512/AMX), float32 (AVX2)."""
+    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: request.param)
+    return request.param
+
+
 def test_rows_come_back_bit_for_bit(hard) -> None:
     store = ExactVectors(48)
     for s in range(0, 2500, 700):  # growth across several appends
@@ -50,7 +58,7 @@ def test_rows_come_back_bit_for_bit(hard) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 4, 30])
-def test_nearest_equals_a_float64_brute_force(hard, k: int) -> None:
+def test_nearest_equals_a_float64_brute_force(hard, k: int, gemm: bool) -> None:
     n = 2000
     store = ExactVectors(48)
     store.append(hard[:n])
@@ -62,7 +70,7 @@ def test_nearest_equals_a_float64_brute_force(hard, k: int) -> None:
     assert dist.tobytes() == want_dist.tobytes()
 
 
-def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard) -> None:
+def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard, gemm: bool) -> None:
     store = ExactVectors(48)
     store.append(hard[:1500])
     gone = np.arange(0, 1500, 7)
@@ -73,7 +81,7 @@ def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard) -> None:
         assert alone[1][0].tobytes() == dist[i].tobytes()
 
 
-def test_fewer_live_rows_than_k_and_the_first_n_only(hard) -> None:
+def test_fewer_live_rows_than_k_and_the_first_n_only(hard, gemm: bool) -> None:
     store = ExactVectors(48)
     store.append(hard[:50])
     gone = np.arange(3, 10)  # of the first 10 searched, 3 live

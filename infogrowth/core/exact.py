@@ -5,6 +5,11 @@ truncated to bfloat16 (the matrix one bfloat16 GEMM scans, on AMX/AVX512-BF16 un
 the CPU has them), and with the low half it gives back the float32 vector bit for bit, so
 the store costs what the float32 vectors cost and holds nothing twice.
 
+Where the CPU has no bfloat16 GEMM (AVX2: torch's bfloat16 GEMM is 5-6x slower than its
+float32 one there), each chunk's truncated vectors and the rounded queries are widened to
+float32, which is exact, and the GEMM runs in float32: the same exact products and float32
+sums, a result not rounded to bfloat16, so the same bound holds and only the speed differs.
+
 The GEMM's similarities are off from the exact ones by a bounded error: for unit x and y,
 ``x.y - xb.yb = rx.yb + x.ry`` where xb, yb are the bfloat16 vectors and rx, ry what they
 drop, so it is at most ``|rx| + |ry|`` (Cauchy-Schwarz), plus the GEMM's float32 sum over
@@ -53,6 +58,18 @@ def _torch() -> Any:
     return torch
 
 
+@functools.cache
+def bfloat16_gemm() -> bool:
+    """Whether the scan multiplies in bfloat16: where oneDNN has a bfloat16 GEMM (AVX512,
+    AMX). Else in float32 (256 x 4096 x 512 on the AVX2 VM: 86 ms in bfloat16, 14 ms
+    widened to float32). The candidates and the k nearest are exact either way."""
+    check = getattr(_torch().ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:  # a build without oneDNN
+        return False
+
+
 def load_torch() -> None:
     """Imports torch now, for a long-running process: its first scan would otherwise stall
     a batch for the import (1.2-1.3 s in the pipeline bench's measured run)."""
@@ -70,6 +87,7 @@ class ExactVectors:
         self.residual = np.zeros(0, np.float64)  # |vector - truncated|, per vector
         self.worst = 0.0  # the largest residual
         self._buffer: Any = None  # the scan's similarities (_scan_buffer)
+        self._wide: Any = None  # a chunk widened to float32 (_widened)
 
     def append(self, x: np.ndarray) -> None:
         """Stores rows of ``x`` (float32, unit norm) after those already here."""
@@ -150,13 +168,19 @@ class ExactVectors:
         query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
         query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
         eps = self._error(query_residual)
+        in_bfloat16 = bfloat16_gemm()
+        if not in_bfloat16:
+            query = query.float()
         best = torch.full((len(x), k), float("-inf"))  # the k largest group maxima so far
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, n, _CHUNK):
             width = -(-min(_CHUNK, n - start) // _LANES) * _LANES  # store rows: whole thousands
             stored = torch.from_numpy(self.high[start : start + width].view(np.int16))
-            sim = self._scan_buffer(len(x), width)
-            torch.matmul(query, stored.view(torch.bfloat16).T, out=sim)
+            stored = stored.view(torch.bfloat16)
+            if not in_bfloat16:
+                stored = self._widened(stored)
+            sim = self._scan_buffer(len(x), width, query.dtype)
+            torch.matmul(query, stored.T, out=sim)
             sim[:, n - start :] = float("-inf")  # store rows past n: zeros, or not searched
             dropped = gone[(gone >= start) & (gone < start + width)] - start
             if len(dropped):
@@ -186,12 +210,21 @@ class ExactVectors:
         keep = values >= _kth(values, rows, len(x), k)[rows] - 2 * eps[rows]
         return rows[keep], cols[keep]
 
-    def _scan_buffer(self, rows: int, columns: int) -> Any:
+    def _scan_buffer(self, rows: int, columns: int, dtype: Any) -> Any:
         """The similarities of a chunk, in memory kept from chunk to chunk."""
         torch = _torch()
-        if self._buffer is None or self._buffer.numel() < rows * columns:
-            self._buffer = torch.empty(max(rows, 256) * _CHUNK, dtype=torch.bfloat16)
-        return self._buffer[: rows * columns].view(rows, columns)
+        buffer = self._buffer
+        if buffer is None or buffer.numel() < rows * columns or buffer.dtype != dtype:
+            buffer = self._buffer = torch.empty(max(rows, 256) * _CHUNK, dtype=dtype)
+        return buffer[: rows * columns].view(rows, columns)
+
+    def _widened(self, stored: Any) -> Any:
+        """A chunk of bfloat16 vectors as float32 (exact), in memory kept from chunk to chunk."""
+        torch = _torch()
+        if self._wide is None or self._wide.numel() < stored.numel():
+            self._wide = torch.empty(_CHUNK * self.dim, dtype=torch.float32)
+        wide = self._wide[: stored.numel()].view(stored.shape)
+        return wide.copy_(stored)
 
     def _error(self, query_residual: np.ndarray) -> np.ndarray:
         """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row."""
