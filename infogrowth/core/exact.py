@@ -45,10 +45,15 @@ _LANES = 32
 _LOW_HALF = 0 if sys.byteorder == "little" else 1  # where a float32's low 16 bits lie
 
 
+def float32_sum_error(dim: int) -> float:
+    """The most a float32 sum of ``dim`` products of unit vectors can be off."""
+    return dim * 2.0**-24
+
+
 def float32_dot_error(dim: int) -> float:
     """The most a float32 dot product of two unit vectors of ``dim`` dims (norms a little
     above 1 included) is off from the exact one: a float32 sum of ``dim`` products."""
-    return _NORM_SLACK * (dim * 2.0**-24)
+    return _NORM_SLACK * float32_sum_error(dim)
 
 
 @functools.cache
@@ -230,12 +235,8 @@ class ExactVectors:
 
     def _error(self, query_residual: np.ndarray) -> np.ndarray:
         """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row."""
-        return _NORM_SLACK * (query_residual + self.worst + self._sum_error + _RESULT_ROUNDING)
-
-    @property
-    def _sum_error(self) -> float:
-        """The most a float32 sum of ``dim`` products of unit vectors can be off."""
-        return self.dim * 2.0**-24
+        sum_error = float32_sum_error(self.dim)
+        return _NORM_SLACK * (query_residual + self.worst + sum_error + _RESULT_ROUNDING)
 
     def _closest(
         self,
