@@ -114,3 +114,10 @@ def test_importing_the_package_makes_helper_threads_sleep_unless_told_otherwise(
             [sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == expected
+
+
+def test_a_worker_says_which_gemm_its_scans_use(gemm: bool, caplog) -> None:
+    with caplog.at_level("INFO", logger="infogrowth.core.exact"):
+        exact.load_torch()
+    said = "bfloat16 GEMM" if gemm else "float32 (this CPU has no bfloat16 GEMM) GEMM"
+    assert f"exact gain search: {said} scans" in caplog.text

@@ -24,6 +24,7 @@ k-th place goes to the earliest position): no recall to trade, no margin to tune
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Any
 
@@ -43,6 +44,7 @@ _INITIAL_ROWS = 1024  # a multiple of _LANES, as every size after it
 # Columns per group of the scan: a group is looked into only when its maximum is high enough.
 _LANES = 32
 _LOW_HALF = 0 if sys.byteorder == "little" else 1  # where a float32's low 16 bits lie
+log = logging.getLogger(__name__)
 
 
 def float32_sum_error(dim: int) -> float:
@@ -78,8 +80,11 @@ def bfloat16_gemm() -> bool:
 
 def load_torch() -> None:
     """Imports torch now, for a long-running process: its first scan would otherwise stall
-    a batch for the import (1.2-1.3 s in the pipeline bench's measured run)."""
+    a batch for the import (1.2-1.3 s in the pipeline bench's measured run). Logs which
+    GEMM the scans use: the speed of the exact search depends on it."""
     _torch()
+    kind = "bfloat16" if bfloat16_gemm() else "float32 (this CPU has no bfloat16 GEMM)"
+    log.info("exact gain search: %s GEMM scans", kind)
 
 
 class ExactVectors:
