@@ -184,8 +184,8 @@ def rss_bytes() -> int:
 
 def warm_up_scan(dim: int) -> None:
     """Loads torch and runs one small exact scan, so that the GEMM library's code and
-    per-thread buffers (~25 MB for MKL's float32 GEMM on an AVX2 CPU), which a worker that
-    runs the models has anyway, are not counted as the index's."""
+    per-thread buffers (44 MiB for torch's float32 GEMM on the AVX2 VM), which a worker
+    that runs the models has anyway, are not counted as the index's."""
     store = exact.ExactVectors(dim)
     x = np.eye(4, dim, dtype=np.float32)
     store.append(x)
