@@ -203,7 +203,7 @@ def test_a_worker_ends_them_on_its_own(hanging_broker, monkeypatch, caplog) -> N
     broker, where = hanging_broker
     topic = where["topic"]
     monkeypatch.setattr(hanging, "CHECK_S", 0.2)
-    caplog.set_level("WARNING", logger="infogrowth.agents")
+    caplog.set_level("WARNING", logger="infogrowth.kafka")
     thread = threading.Thread(target=hanging._watch, args=(broker.bootstrap, [topic]), daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

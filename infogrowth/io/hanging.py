@@ -156,7 +156,7 @@ async def close_hanging(
 ) -> list[Found]:
     """Ends every decided transaction left open on the topics' partitions for longer than its
     timeout (+ ``MARGIN_MS``) with the coordinator's decision. Returns each transaction found
-    left open, ended or not; one still running is not left open."""
+    left open, ended or not (each also logged); one still running is not left open."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     client = await _client(bootstrap)
     try:
@@ -164,8 +164,11 @@ async def close_hanging(
         if not stale:
             return []
         known = list(entries((m.key(), m.value()) for m in read_topic(bootstrap, TXN_LOG)))
-        found = [await _close(client, txn, last_entry(txn, known), now_ms) for txn in stale]
-        return [f for f in found if f is not None]
+        closed = [await _close(client, txn, last_entry(txn, known), now_ms) for txn in stale]
+        found = [f for f in closed if f is not None]
+        for f in found:
+            log.warning("transaction left open by Kafka: %s", f)
+        return found
     finally:
         await client.close()
 
@@ -243,7 +246,6 @@ def settled_end(bootstrap: str, topic: str, partition: int, timeout_s: float = 1
         if stable >= written or time.monotonic() > deadline:
             return stable
         if time.monotonic() >= repair_at:
-            for found in asyncio.run(close_hanging(bootstrap, [topic])):
-                log.warning("transaction left open by Kafka: %s", found)
+            asyncio.run(close_hanging(bootstrap, [topic]))
             repair_at = time.monotonic() + REPAIR_EVERY_S
         time.sleep(0.2)
