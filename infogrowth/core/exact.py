@@ -179,8 +179,7 @@ class ExactVectors:
         query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
         query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
         eps = self._error(query_residual)
-        in_bfloat16 = bfloat16_gemm()
-        wide_query = None if in_bfloat16 else query.float().numpy()
+        wide_query = None if bfloat16_gemm() else query.float().numpy()  # float32 GEMM
         best = torch.full((len(x), k), float("-inf"))  # the k largest group maxima so far
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, n, _CHUNK):
