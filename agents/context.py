@@ -110,7 +110,8 @@ class Context:
         inference would write them to `scored` twice). A rebalance commits them too, before
         the partitions are given up (``atomic.commit_before_revocation``)."""
         sources = {event.message.tp for event in events}
-        async with self.commits.hold(sources) as held:
+        caught_up = len(events) < self.settings.batch_size
+        async with self.commits.hold(sources, caught_up) as held:
             yield held
             await self.confirm(sources)
             for event in events:

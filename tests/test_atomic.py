@@ -247,3 +247,24 @@ def test_a_long_batch_commits_its_partition_at_its_end_whatever_other_batches_co
     assert held.committed
     assert ["scored-0"] in [[tp for tp in tps if tp == "scored-0"] for tps in consumer.commits]
     assert len([tps for tps in consumer.commits if "raw-0" in tps]) >= 2
+
+
+def test_a_batch_that_caught_up_with_its_input_commits_at_once() -> None:
+    """A full batch waits for the commit interval; a short one (nothing more was waiting)
+    commits at its end, so the last outputs before a pause become visible at once."""
+    app = _App()
+    consumer = _Consumer(app, {"raw-0"})
+    app.consumer, app.conf = consumer, SimpleNamespace(broker_commit_interval=60.0)  # type: ignore[attr-defined]
+    commits = atomic.BatchCommits(app)  # type: ignore[arg-type]
+
+    async def run() -> tuple[atomic.Held, atomic.Held]:
+        async with commits.hold({"raw-0"}) as full:
+            pass
+        async with commits.hold({"raw-0"}, caught_up=True) as short:
+            pass
+        return full, short
+
+    full, short = asyncio.run(run())
+    assert not full.committed
+    assert short.committed
+    assert consumer.commits == [["raw-0"]]
