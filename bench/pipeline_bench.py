@@ -21,7 +21,9 @@
 
 Samples in 1-3 carry precomputed embeddings (no model runs). Workers are started and
 warmed up first (Faust start-up, the first rebalance and model loading are not
-throughput); each clock runs from the first produced record to the last committed outcome.
+throughput), and so are the clients of the bare loop and the feed's producer (see
+``ready_producer``); each clock runs from the first produced record to the last committed
+outcome.
 
 Uses the local broker and S3 of `make up` (started if not running).
 
@@ -45,9 +47,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from subprocess import Popen
+from threading import Barrier
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from gain_bench import clustered
 from PIL import Image, ImageEnhance
@@ -97,8 +100,23 @@ def timed(step: Callable[[], object]) -> float:
 
 
 # --- 2. the bare transactional loop ---------------------------------------------------
-def bare_hop(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
-    """Moves ``n`` records from ``src`` to ``dst``, one transaction per batch."""
+PROBE = "bench-probe"  # where a new producer delivers once before a clock starts
+
+
+def ready_producer(bootstrap: str) -> Producer:
+    """A producer that has delivered a record. librdkafka's idempotent producer asks for its
+    producer id ~0.5 s after it starts (its first try finds no broker connection yet):
+    the first delivery of a new one took 0.505 s here, 0.002 s without idempotence. A
+    crawler's producer is long-lived, so the feed's is made ready before the clock."""
+    producer = make_producer(bootstrap)
+    producer.produce(PROBE, b"ready")
+    producer.flush(30)
+    return producer
+
+
+def bare_hop(bootstrap: str, src: str, dst: str, n: int, batch: int, ready: Barrier) -> None:
+    """Moves ``n`` records from ``src`` to ``dst``, one transaction per batch. Its clients
+    are set up, and its transactional id registered, before ``ready`` lets the clock start."""
     name = f"bare-{src}-{dst}"
     consumer = Consumer(
         {
@@ -112,6 +130,7 @@ def bare_hop(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
     producer = make_producer(bootstrap, **{"transactional.id": name})
     producer.init_transactions()
     consumer.subscribe([src])
+    ready.wait()
     moved = 0
     while moved < n:
         msgs = [m for m in consumer.consume(batch, timeout=0.5) if not m.error()]
@@ -134,11 +153,10 @@ def encode_rows(rows: Path) -> list[tuple[bytes, bytes]]:
     return [(r["id"].encode(), serde.encode(r)) for r in records]
 
 
-def feed(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+def feed(producer: Producer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     """Produces pre-encoded records, as a crawler's producer would: the same feed for the
     bare loop and the pipelines (JSON parsing and Avro encoding are ``ingest``'s work, timed
     on their own)."""
-    producer = make_producer(bootstrap)
     for key, value in messages:
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
@@ -151,14 +169,17 @@ def bare_kafka(run: Settings, messages: list[tuple[bytes, bytes]], batch: int) -
     tag = uuid.uuid4().hex[:6]
     src, mid, out = (f"bare-{tag}.{t}" for t in ("src", "mid", "out"))
     ensure_topics(run.kafka_bootstrap, [src, mid, out])
+    producer = ready_producer(run.kafka_bootstrap)
+    ready = Barrier(3)
     hops = [
-        threading.Thread(target=bare_hop, args=(run.kafka_bootstrap, a, b, n, batch))
+        threading.Thread(target=bare_hop, args=(run.kafka_bootstrap, a, b, n, batch, ready))
         for a, b in ((src, mid), (mid, out))
     ]
-    started = time.perf_counter()
     for hop in hops:
         hop.start()
-    feed(run.kafka_bootstrap, src, messages)
+    ready.wait()
+    started = time.perf_counter()
+    feed(producer, src, messages)
     for hop in hops:
         hop.join()
     elapsed = time.perf_counter() - started
@@ -194,9 +215,10 @@ def pipeline(
         watch.until(warm_ids, timeout, procs)
         before = step_seconds(workers)
         broker = services(run)[0].pid()
+        producer = ready_producer(run.kafka_bootstrap)
         cpu_before = cpu_use([p.pid for p in procs], broker)
         started = time.perf_counter()
-        feed(run.kafka_bootstrap, run.topic_raw, messages)
+        feed(producer, run.topic_raw, messages)
         produced_s = time.perf_counter() - started
         steady = watch.until(ids, timeout, procs)
         elapsed = time.perf_counter() - started
@@ -219,6 +241,7 @@ def pipeline(
         "steps": steps,
         "steady": steady,
         "cpu": cpu,
+        "arrived": [t - started for t in watch.arrived],
     }
 
 
@@ -230,6 +253,15 @@ def print_cpu(cpu: dict[str, float]) -> None:
         f" {cpu['workers'] / total:.0%}, broker {cpu['broker'] / total:.0%}, producer and"
         f" outcome watch {cpu['bench'] / total:.0%}, other {other / total:.0%},"
         f" idle {cpu['idle'] / total:.0%}"
+    )
+
+
+def print_arrivals(arrived: list[float]) -> None:
+    """When the outcomes came: how long the pipeline took to fill and to drain."""
+    at = [arrived[min(len(arrived) - 1, len(arrived) * q // 10)] for q in (0, 1, 5, 9)]
+    print(
+        "  outcomes committed (s after the first record): first {:.2f}, 10% {:.2f},"
+        " half {:.2f}, 90% {:.2f}, last {:.2f}".format(*at, arrived[-1])
     )
 
 
@@ -289,6 +321,7 @@ class OutcomeWatch:
                 raise RuntimeError("a worker exited before the outcomes were in")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(ids - self.seen)} samples without an outcome")
+        self.arrived = arrived
         first, last = len(arrived) // 10, len(arrived) * 9 // 10
         span = arrived[last - 1] - arrived[first] if last - 1 > first else 0.0
         return (last - 1 - first) / span if span > 0 else float("nan")
@@ -381,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder="precomputed", batch_size=args.batch, take_within=0.2, policy="threshold"
     )
     cmd_up(base)
+    ensure_topics(base.kafka_bootstrap, [PROBE])
     vectors = clustered(args.n + WARM, args.dim, args.clusters, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -408,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             w: inference_workers(base, work, args.images, w, args.timeout)
             for w in ((1, 2) if args.images else ())
         }
+        drop_topics(base.kafka_bootstrap, PROBE)
 
     n, stream_s = args.n, streamed["seconds"]
     bare_rates = (n / bare_s, n / bare_after_s)
@@ -429,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     for step, seconds in sorted(streamed["steps"].items(), key=lambda kv: -kv[1]):
         print(f"    {step:<24} {seconds:7.1f} s  ({seconds / stream_s:.0%})")
     print_cpu(streamed["cpu"])
+    print_arrivals(streamed["arrived"])
     split_s = split["seconds"]
     print(
         f"pipeline (inference | curator) {n / split_s:6.0f} samples/s"
@@ -436,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  full (10th to 90th percentile of the outcomes) {split['steady']:8.0f} samples/s")
     print_cpu(split["cpu"])
+    print_arrivals(split["arrived"])
     for workers, seconds in encoded.items():
         print(
             f"packaged encoder, {workers} inference worker(s), 4 raw partitions: "
