@@ -96,7 +96,7 @@ class Settings:
     topic_runs: str = "runs"  # compacted: the settings of each run (infogrowth/io/runs.py)
     app_id: str = "infogrowth"
     take_within: float = 1.0  # seconds an agent waits to fill a batch
-    commit_interval_s: float = 0.5  # seconds between a worker's transaction commits
+    commit_interval_s: float = 0.5  # seconds between commits under load (caught up: at once)
     # One produce batch per partition at a time: a full batch waits for the broker's answer.
     producer_batch_bytes: int = 524_288  # below the broker's message.max.bytes (~1 MB)
     fetch_wait_s: float = 0.1  # longest broker-side wait of a fetch that finds nothing new
