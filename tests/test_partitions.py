@@ -207,10 +207,14 @@ def test_a_worker_joining_the_group_does_not_make_the_first_send_its_batches_twi
     settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", commit_interval_s=60.0)
     ensure_pipeline_topics(settings)
     # Aligned captions only: a recaptioned sample would wait for the first worker's commit.
-    rows = [r for i, r in enumerate(embedding_rows(64)) if i % 17 != 5]
+    rows = [r for i, r in enumerate(embedding_rows(68)) if i % 17 != 5]
     source = write_jsonl(tmp_path / "rows.jsonl", rows)
     n = len(rows)
-    first = Supervised(with_settings(settings, worker_roles="inference"), tmp_path / "inf.log", n)
+    assert n % settings.batch_size == 0
+    # Full batches only (a batch short of full, caught up with its input, commits at once):
+    # 64 rows in batches of 16, each waiting for its 16 rows.
+    held = with_settings(settings, worker_roles="inference", take_within=10.0)
+    first = Supervised(held, tmp_path / "inf.log", n)
     second = Supervised(
         with_settings(settings, worker_roles="captioner,curator", commit_interval_s=1.0),
         tmp_path / "cur.log",
