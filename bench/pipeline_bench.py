@@ -170,7 +170,7 @@ def bare_kafka(run: Settings, messages: list[tuple[bytes, bytes]], batch: int) -
     src, mid, out = (f"bare-{tag}.{t}" for t in ("src", "mid", "out"))
     ensure_topics(run.kafka_bootstrap, [src, mid, out])
     producer = ready_producer(run.kafka_bootstrap)
-    ready = Barrier(3)
+    ready = Barrier(3, timeout=120)  # a hop that fails to start breaks it: no endless wait
     hops = [
         threading.Thread(target=bare_hop, args=(run.kafka_bootstrap, a, b, n, batch, ready))
         for a, b in ((src, mid), (mid, out))
@@ -294,6 +294,7 @@ class OutcomeWatch:
 
     def __init__(self, run: Settings) -> None:
         self.seen: set[str] = set()
+        self.arrived: list[float] = []  # perf_counter() of each expected outcome, by until()
         self.consumer = Consumer(
             {
                 "bootstrap.servers": run.kafka_bootstrap,
