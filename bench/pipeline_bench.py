@@ -14,7 +14,10 @@
    Avro and asyncio.
    Then the same with the stages in two worker processes (`--worker-roles inference,captioner`
    and `--worker-roles curator`): does one interpreter (one GIL) for both stages hold the
-   pipeline back?
+   pipeline back? Then with the curator in ``--shards`` shards, one process each (centroids
+   fitted on the first samples; README "Sharded curator"): an approximation of the
+   unsharded curation, so the share of decisions that differ from it (both curated
+   offline) is printed beside.
 4. **inference workers** (``--images``, 0 skips): the packaged encoder on real photos over
    4 partitions of `raw-samples`, with one worker process, then with two (a second process
    running only the inference agent).
@@ -59,6 +62,8 @@ from infogrowth.commands.demo import _package_images, demo_settings
 from infogrowth.commands.ingest import ingest_file
 from infogrowth.commands.offline import curate_file
 from infogrowth.commands.pipeline import ensure_pipeline_topics, start_worker, stop_worker
+from infogrowth.commands.shards import save
+from infogrowth.core.shards import fit
 from infogrowth.io.avro import AvroSerde
 from infogrowth.io.kafka_io import ensure_topics, make_producer, read_topic
 from infogrowth.io.messages import raw_record
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
     p.add_argument("--clusters", type=int, default=500, help="clusters (default 500)")
     p.add_argument("--images", type=int, default=300, help="photos for 1 vs 2 inference workers")
+    p.add_argument(
+        "--shards", type=int, default=2, help="curator shards of the last run (0 skips; default 2)"
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait (default 900)")
     return p.parse_args(argv)
 
@@ -191,6 +199,7 @@ def bare_kafka(run: Settings, messages: list[tuple[bytes, bytes]], batch: int) -
 # --- 3. the pipeline, with a profile from the worker's metrics ------------------------
 ONE_PROCESS = ("inference,captioner,curator",)
 TWO_PROCESSES = ("inference,captioner", "curator")  # each stage its own interpreter
+BOOTSTRAP = 2_000  # samples the sharded run's centroids are fitted on
 
 
 def pipeline(
@@ -243,6 +252,13 @@ def pipeline(
         "cpu": cpu,
         "arrived": [t - started for t in watch.arrived],
     }
+
+
+def print_details(result: dict) -> None:
+    """A pipeline run's full rate, where the machine's CPU went, and its fill and drain."""
+    print(f"  full (10th to 90th percentile of the outcomes) {result['steady']:8.0f} samples/s")
+    print_cpu(result["cpu"])
+    print_arrivals(result["arrived"])
 
 
 def print_cpu(cpu: dict[str, float]) -> None:
@@ -398,6 +414,25 @@ def inference_workers(
         drop_topics(run.kafka_bootstrap, tag)
 
 
+def differing(unsharded: Path, sharded: Path) -> str:
+    """How many decisions (accepted, or the rejection's reason) and gains differ. Nearly
+    every sample of this bench's data is kept, so its decisions say little; the gains say
+    how often a sample's nearest kept samples lay in another shard (bench/shard_bench.py
+    measures the approximation on data made for it)."""
+    rows = zip(map(json.loads, unsharded.open()), map(json.loads, sharded.open()), strict=True)
+    decisions = gains = both = total = 0
+    for a, b in rows:
+        total += 1
+        decisions += (a["decision"], a["reason"]) != (b["decision"], b["reason"])
+        if a["gain"] is not None and b["gain"] is not None:
+            both += 1
+            gains += abs(a["gain"] - b["gain"]) > 1e-9
+    return (
+        f"against the unsharded curation (offline): {decisions} of {total} decisions and"
+        f" {gains / max(both, 1):.1%} of the gains differ"
+    )
+
+
 def drop_topics(bootstrap: str, tag: str) -> None:
     """Deletes the topics of one bench run (those whose name holds ``tag``): `raw-samples`
     and `scored` keep everything forever, and left behind a few runs of 45,000 samples had
@@ -436,6 +471,15 @@ def main(argv: list[str] | None = None) -> int:
         bare_s = bare_kafka(run, messages, args.batch)
         streamed = pipeline(run, warm, messages, set(ids), args.timeout, ONE_PROCESS)
         split = pipeline(run, warm, messages, set(ids), args.timeout, TWO_PROCESSES)
+        sharded = None
+        if args.shards > 1:
+            bootstrap = vectors[WARM : WARM + BOOTSTRAP]
+            centroids = save(fit(bootstrap, args.shards), str(work), run)
+            by_shard = replace(run, shards=args.shards, centroids=centroids)
+            roles = (TWO_PROCESSES[0],) + ("curator",) * args.shards
+            sharded = pipeline(by_shard, warm, messages, set(ids), args.timeout, roles)
+            curate_file(rows, work / "sharded.jsonl", by_shard, progress=False)
+            sharded["differ"] = differing(work / "offline.jsonl", work / "sharded.jsonl")
         # Again after the pipelines: this VM's speed swings within minutes (bare Kafka ran
         # 1.7k-4.8k records/s), so the ratios are taken to the mean of the two.
         bare_after_s = bare_kafka(run, messages, args.batch)
@@ -460,20 +504,23 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline (1 worker)          {n / stream_s:8.0f} samples/s"
         f"  = {bare_s / stream_s:.1%} of bare Kafka (producing took {streamed['produced_s']:.1f} s)"
     )
-    print(f"  full (10th to 90th percentile of the outcomes) {streamed['steady']:8.0f} samples/s")
+    print_details(streamed)
     print(f"  of its {stream_s:.1f} s, in the model/gain executor:")
     for step, seconds in sorted(streamed["steps"].items(), key=lambda kv: -kv[1]):
         print(f"    {step:<24} {seconds:7.1f} s  ({seconds / stream_s:.0%})")
-    print_cpu(streamed["cpu"])
-    print_arrivals(streamed["arrived"])
     split_s = split["seconds"]
     print(
         f"pipeline (inference | curator) {n / split_s:6.0f} samples/s"
         f"  = {bare_s / split_s:.1%} of bare Kafka, {stream_s / split_s:.2f}x one worker"
     )
-    print(f"  full (10th to 90th percentile of the outcomes) {split['steady']:8.0f} samples/s")
-    print_cpu(split["cpu"])
-    print_arrivals(split["arrived"])
+    print_details(split)
+    if sharded is not None:
+        print(
+            f"pipeline (inference | {args.shards} curator shards) {n / sharded['seconds']:6.0f}"
+            f" samples/s, {stream_s / sharded['seconds']:.2f}x one worker"
+        )
+        print(f"  {sharded['differ']}")
+        print_details(sharded)
     for workers, seconds in encoded.items():
         print(
             f"packaged encoder, {workers} inference worker(s), 4 raw partitions: "
