@@ -39,10 +39,12 @@ def hard() -> np.ndarray:
     return x
 
 
-@pytest.fixture(params=[True, False], ids=["bfloat16-gemm", "float32-gemm"])
-def gemm(request, monkeypatch) -> bool:
-    """Both scans, whatever this CPU would choose: bfloat16 (AVX512/AMX), float32 (AVX2)."""
-    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: request.param)
+@pytest.fixture(params=["bfloat16", "float32", "small"], ids=lambda p: f"{p}-gemm")
+def gemm(request, monkeypatch) -> str:
+    """Every scan, whatever this CPU and the store's size would choose: the chunked scan in
+    bfloat16 (AVX512/AMX) or in float32 (AVX2), and a small store's numpy GEMM."""
+    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: request.param == "bfloat16")
+    monkeypatch.setattr(exact, "_SMALL", 10**9 if request.param == "small" else 0)
     return request.param
 
 
@@ -58,7 +60,7 @@ def test_rows_come_back_bit_for_bit(hard) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 4, 30])
-def test_nearest_equals_a_float64_brute_force(hard, k: int, gemm: bool) -> None:
+def test_nearest_equals_a_float64_brute_force(hard, k: int, gemm: str) -> None:
     n = 2000
     store = ExactVectors(48)
     store.append(hard[:n])
@@ -70,7 +72,7 @@ def test_nearest_equals_a_float64_brute_force(hard, k: int, gemm: bool) -> None:
     assert dist.tobytes() == want_dist.tobytes()
 
 
-def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard, gemm: bool) -> None:
+def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard, gemm: str) -> None:
     store = ExactVectors(48)
     store.append(hard[:1500])
     gone = np.arange(0, 1500, 7)
@@ -81,7 +83,7 @@ def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard, gemm: bool) -> None:
         assert alone[1][0].tobytes() == dist[i].tobytes()
 
 
-def test_fewer_live_rows_than_k_and_the_first_n_only(hard, gemm: bool) -> None:
+def test_fewer_live_rows_than_k_and_the_first_n_only(hard, gemm: str) -> None:
     store = ExactVectors(48)
     store.append(hard[:50])
     gone = np.arange(3, 10)  # of the first 10 searched, 3 live
@@ -116,8 +118,30 @@ def test_importing_the_package_makes_helper_threads_sleep_unless_told_otherwise(
         assert out.stdout.strip() == expected
 
 
-def test_a_worker_says_which_gemm_its_scans_use(gemm: bool, caplog) -> None:
+def test_a_worker_says_which_gemm_its_scans_use(gemm: str, caplog) -> None:
     with caplog.at_level("INFO", logger="infogrowth.core.exact"):
         exact.load_torch()
-    said = "bfloat16 GEMM" if gemm else "float32 (this CPU has no bfloat16 GEMM) GEMM"
+    said = "bfloat16 GEMM" if gemm == "bfloat16" else "float32 (this CPU has no bfloat16 GEMM) GEMM"
     assert f"exact gain search: {said} scans" in caplog.text
+
+
+def test_a_small_store_is_searched_without_importing_torch() -> None:
+    """A short run (`curate` of a few rows) does not pay torch's import (1.3 s of 2.5 s for 50
+    rows); a store past _SMALL rows does."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, numpy as np\n"
+        "from infogrowth.core.exact import ExactVectors, _SMALL\n"
+        "x = np.random.default_rng(0).normal(size=(_SMALL + 1, 16)).astype(np.float32)\n"
+        "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
+        "store = ExactVectors(16)\n"
+        "store.append(x)\n"
+        "store.nearest(x[:5], 4, _SMALL, np.zeros(0, np.int64))\n"
+        "print('torch' in sys.modules)\n"
+        "store.nearest(x[:5], 4, _SMALL + 1, np.zeros(0, np.int64))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
