@@ -9,6 +9,7 @@ Where the CPU has no bfloat16 GEMM (AVX2: torch's bfloat16 GEMM is 5-6x slower t
 float32 one there), each chunk's truncated vectors and the rounded queries are widened to
 float32, which is exact, and the GEMM runs in float32: the same exact products and float32
 sums, a result not rounded to bfloat16, so the same bound holds and only the speed differs.
+A small store is scanned in numpy without torch (``_SMALL``), by the same rule.
 
 The GEMM's similarities are off from the exact ones by a bounded error: for unit x and y,
 ``x.y - xb.yb = rx.yb + x.ry`` where xb, yb are the bfloat16 vectors and rx, ry what they
