@@ -57,14 +57,16 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from gain_bench import clustered
 from PIL import Image, ImageEnhance
+from shard_bench import compare
 
 from infogrowth.commands.demo import _package_images, demo_settings
 from infogrowth.commands.ingest import ingest_file
-from infogrowth.commands.offline import curate_file
+from infogrowth.commands.offline import curate_file, curate_outcomes, make_curator
 from infogrowth.commands.pipeline import ensure_pipeline_topics, start_worker, stop_worker
 from infogrowth.commands.shards import save
 from infogrowth.core.shards import fit
 from infogrowth.io.avro import AvroSerde
+from infogrowth.io.files import read_rows
 from infogrowth.io.kafka_io import ensure_topics, make_producer, read_topic
 from infogrowth.io.messages import raw_record
 from infogrowth.settings import Settings
@@ -414,22 +416,18 @@ def inference_workers(
         drop_topics(run.kafka_bootstrap, tag)
 
 
-def differing(unsharded: Path, sharded: Path) -> str:
-    """How many decisions (accepted, or the rejection's reason) and gains differ. Nearly
-    every sample of this bench's data is kept, so its decisions say little; the gains say
-    how often a sample's nearest kept samples lay in another shard (bench/shard_bench.py
-    measures the approximation on data made for it)."""
-    rows = zip(map(json.loads, unsharded.open()), map(json.loads, sharded.open()), strict=True)
-    decisions = gains = both = total = 0
-    for a, b in rows:
-        total += 1
-        decisions += (a["decision"], a["reason"]) != (b["decision"], b["reason"])
-        if a["gain"] is not None and b["gain"] is not None:
-            both += 1
-            gains += abs(a["gain"] - b["gain"]) > 1e-9
+def against_unsharded(rows: Path, unsharded: Settings, sharded: Settings) -> str:
+    """How far the sharded curation is from the unsharded one, both offline, measured as
+    bench/shard_bench.py does. Nearly every sample of this bench's data is kept, so its
+    verdicts say little; the gains say how often a sample's nearest kept samples lay in
+    another shard (shard_bench measures the approximation on data made for it)."""
+    exact, by_shard = (
+        curate_outcomes(read_rows(rows), make_curator(s), None, False) for s in (unsharded, sharded)
+    )
+    result = compare(exact, by_shard)
     return (
-        f"against the unsharded curation (offline): {decisions} of {total} decisions and"
-        f" {gains / max(both, 1):.1%} of the gains differ"
+        f"against the unsharded curation (offline): {sum(result.flips.values())} of"
+        f" {len(exact)} verdicts and {np.mean(result.gain_error >= 1e-6):.1%} of the gains differ"
     )
 
 
@@ -478,8 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             by_shard = replace(run, shards=args.shards, centroids=centroids)
             roles = (TWO_PROCESSES[0],) + ("curator",) * args.shards
             sharded = pipeline(by_shard, warm, messages, set(ids), args.timeout, roles)
-            curate_file(rows, work / "sharded.jsonl", by_shard, progress=False)
-            sharded["differ"] = differing(work / "offline.jsonl", work / "sharded.jsonl")
+            sharded["differ"] = against_unsharded(rows, run, by_shard)
         # Again after the pipelines: this VM's speed swings within minutes (bare Kafka ran
         # 1.7k-4.8k records/s), so the ratios are taken to the mean of the two.
         bare_after_s = bare_kafka(run, messages, args.batch)
