@@ -9,6 +9,7 @@ Bad input → rejected (with a reason); undecodable messages → dead-letter.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import faust
@@ -82,6 +83,10 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         load_torch()  # the exact store's scans: at start, not inside the first batches
     metrics.start(ctx)
     hanging.start(ctx)
+    # What start-up made (torch, Faust, the models: ~240,000 objects) lives as long as the
+    # worker: out of the collector's way, or each full collection stalls the event loop and
+    # the gain step for ~0.15 s (about one per 5,000 curated samples).
+    gc.freeze()
     return app, ctx
 
 
