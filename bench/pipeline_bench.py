@@ -227,13 +227,14 @@ def pipeline(
         before = step_seconds(workers)
         broker = services(run)[0].pid()
         producer = ready_producer(run.kafka_bootstrap)
-        cpu_before = cpu_use([p.pid for p in procs], broker)
+        pids = {role_name(r, i): p.pid for i, (r, p) in enumerate(zip(roles, procs, strict=True))}
+        cpu_before = cpu_use(pids, broker)
         started = time.perf_counter()
         feed(producer, run.topic_raw, messages)
         produced_s = time.perf_counter() - started
         steady = watch.until(ids, timeout, procs)
         elapsed = time.perf_counter() - started
-        cpu = {k: v - cpu_before[k] for k, v in cpu_use([p.pid for p in procs], broker).items()}
+        cpu = {k: v - cpu_before[k] for k, v in cpu_use(pids, broker).items()}
         after = step_seconds(workers)
     except RuntimeError:  # a worker exited: why
         for log in logs:
@@ -263,12 +264,19 @@ def print_details(result: dict) -> None:
     print_arrivals(result["arrived"])
 
 
+def role_name(roles: str, i: int) -> str:
+    """A worker's name in the CPU line: its agents, numbered when several run the same."""
+    return "worker" if roles == ONE_PROCESS[0] else f"{roles.replace(',captioner', '')} {i}"
+
+
 def print_cpu(cpu: dict[str, float]) -> None:
     total = cpu["busy"] + cpu["idle"]
-    other = cpu["busy"] - cpu["workers"] - cpu["broker"] - cpu["bench"]
+    workers = {k[len("worker:") :]: v for k, v in cpu.items() if k.startswith("worker:")}
+    other = cpu["busy"] - sum(workers.values()) - cpu["broker"] - cpu["bench"]
+    each = ", ".join(f"{name} {s / total:.0%} ({s:.1f} s)" for name, s in workers.items())
     print(
-        f"  CPU of the machine over that time ({total:.1f} core-s): worker(s)"
-        f" {cpu['workers'] / total:.0%}, broker {cpu['broker'] / total:.0%}, producer and"
+        f"  CPU of the machine over that time ({total:.1f} core-s): {each},"
+        f" broker {cpu['broker'] / total:.0%}, producer and"
         f" outcome watch {cpu['bench'] / total:.0%}, other {other / total:.0%},"
         f" idle {cpu['idle'] / total:.0%}"
     )
@@ -283,7 +291,7 @@ def print_arrivals(arrived: list[float]) -> None:
     )
 
 
-def cpu_use(workers: list[int], broker: int | None) -> dict[str, float]:
+def cpu_use(workers: dict[str, int], broker: int | None) -> dict[str, float]:
     """CPU seconds so far: the workers, the broker, this process (producer and outcome
     watch), and the whole machine's busy and idle time (Linux /proc)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
@@ -292,7 +300,7 @@ def cpu_use(workers: list[int], broker: int | None) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     mine = os.times()
     return {
-        "workers": sum(_process_cpu(pid) for pid in workers),
+        **{f"worker:{name}": _process_cpu(pid) for name, pid in workers.items()},
         "broker": _process_cpu(broker) if broker else 0.0,
         "bench": mine.user + mine.system,
         "busy": (sum(ticks[:8]) - idle) / tick,
