@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
     flow.use_fetch_wait(settings.fetch_wait_s)
+    flow.deliver_directly()
     datadir = Path(settings.data_dir).resolve() / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

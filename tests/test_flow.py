@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+from typing import Any
 
 import faust
 import pytest
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from agents import flow
@@ -48,3 +51,93 @@ def test_a_stream_buffer_that_faust_refills_covers_the_fetchers_one_second_sleep
     high, drop = asyncio.run(queue())
     assert drop >= 1.0 * 3_000
     assert high >= drop + 4 * batch_size
+
+
+@pytest.fixture
+def direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flow.deliver_directly``, undone after the test."""
+    monkeypatch.setattr(Consumer, "wait_first", Consumer.wait_first)
+    flow.deliver_directly()
+
+
+async def _consumer() -> Any:
+    app = faust.App("flow-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    return app.consumer  # not started: no broker
+
+
+def test_a_record_whose_delivery_need_not_wait_is_delivered_without_tasks(direct: None) -> None:
+    """Faust races each record's delivery against ``suspend_flow`` in four tasks (33 us a
+    record); a delivery that can run to its end at once now does, before wait_first
+    returns, and the ``suspend_flow.wait()`` it was raced against is closed, not left."""
+    delivered: list[int] = []
+
+    async def deliver(n: int) -> int:
+        delivered.append(n)
+        return n * 2
+
+    async def run() -> tuple[Any, int]:
+        consumer = await _consumer()
+        tasks = len(asyncio.all_tasks())
+        raced = consumer.suspend_flow.wait()
+        result = await consumer.wait_first(deliver(3), raced)
+        assert len(asyncio.all_tasks()) == tasks
+        assert inspect.getcoroutinestate(raced) == inspect.CORO_CLOSED  # not "never awaited"
+        return result, delivered[0]
+
+    result, seen = asyncio.run(run())
+    assert (result.results, result.stopped, seen) == ([6], False, 3)
+
+
+def test_a_delivery_that_waits_finishes_in_a_task_with_what_it_awaited(direct: None) -> None:
+
+    async def run() -> list[Any]:
+        consumer = await _consumer()
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        queue.put_nowait(0)  # full: the delivery waits for room
+
+        async def deliver() -> str:
+            await queue.put(1)
+            await asyncio.sleep(0)  # a bare yield on its way
+            return f"put, {queue.qsize()} queued"
+
+        async def take_later() -> None:
+            await asyncio.sleep(0.05)
+            queue.get_nowait()
+
+        taker = asyncio.ensure_future(take_later())
+        result = await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
+        await taker
+        return result.results
+
+    assert asyncio.run(run()) == ["put, 1 queued"]
+
+
+def test_a_delivery_that_waits_is_cut_short_by_a_rebalance_as_in_faust(direct: None) -> None:
+    """A delivery stuck on a full stream buffer must not hold the consumer when its
+    partitions are revoked: ``suspend_flow`` wins the race and the delivery is cancelled."""
+    cancelled: list[bool] = []
+
+    async def run() -> Any:
+        consumer = await _consumer()
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        queue.put_nowait(0)
+
+        async def deliver() -> None:
+            try:
+                await queue.put(1)  # never any room
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        async def revoke_later() -> None:
+            await asyncio.sleep(0.05)
+            consumer.suspend_flow.set()
+
+        revoker = asyncio.ensure_future(revoke_later())
+        result = await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
+        await revoker
+        await asyncio.sleep(0)  # the cancelled delivery runs its except clause
+        return result
+
+    result = asyncio.run(run())
+    assert result.results == [True] and cancelled == [True]  # Event.wait() returns True
