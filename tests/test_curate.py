@@ -185,6 +185,15 @@ def test_select_rejects_a_sample_of_other_sizes_as_bad_input_in_its_place() -> N
         "bad_input",
         "text embedding is zero or not finite",
     )
+    zero = curator.score([sample("zero", image_on_arc(8, 0.2))])[0]
+    zero.encoded.image_emb = zero.encoded.image_emb * 0
+    good = curator.score([sample("good", image_on_arc(7, 0.2))])
+    out = curator.select([zero, *good, nan])  # each in its place, among fitting rows
+    assert [(o.id, o.reason, o.detail) for o in out] == [
+        ("zero", "bad_input", "image embedding is zero or not finite"),
+        ("good", None, None),
+        ("nan", "bad_input", "text embedding is zero or not finite"),
+    ]
     # the first sample of a run sets the sizes, as in inference
     first = make_curator(Settings(encoder="precomputed")).select(
         elsewhere.score([small]) + scored[:1]

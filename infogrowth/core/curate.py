@@ -332,11 +332,11 @@ class Curator:
             return []
         dims = [self._vector_dims(it) for it in items]
         run_dims = self.index.dims or next((d for d in dims if all(d.values())), None)
-        misfits = {
-            row: detail
-            for row, it in enumerate(items)
-            if (detail := self._misfit(it, dims[row], run_dims))
-        }
+        misfits = {row: detail for row, d in enumerate(dims) if (detail := _misfit(d, run_dims))}
+        fitting = [row for row in range(len(items)) if row not in misfits]
+        if fitting:
+            assert run_dims is not None  # the fitting rows have the run's sizes
+            misfits.update(_unusable(items, fitting, list(run_dims)))
         if not misfits:
             return self._select(items)
         chosen = iter(self._select([it for row, it in enumerate(items) if row not in misfits]))
@@ -351,25 +351,6 @@ class Curator:
         if self.settings.mode != "single":
             dims["text"] = _size(item.encoded.text_emb)
         return dims
-
-    def _misfit(
-        self, item: Scored, dims: dict[str, int], run_dims: dict[str, int] | None
-    ) -> str | None:
-        missing = [mod for mod, size in dims.items() if not size]
-        if missing:  # `scored` takes a null text embedding (single-modal runs write them)
-            return f"no {' or '.join(missing)} embedding, which this run indexes"
-        if dims != run_dims:
-            assert run_dims is not None  # a sample with every embedding sets them
-            return ", ".join(
-                f"{mod} embedding of {dims[mod]} dims, this run's are {run_dims[mod]}"
-                for mod in run_dims
-                if dims[mod] != run_dims[mod]
-            )
-        for mod in dims:  # inference rejects these; a record written to `scored` may not
-            norm = float(np.linalg.norm(getattr(item.encoded, f"{mod}_emb")))
-            if not (np.isfinite(norm) and norm > 0):
-                return f"{mod} embedding is zero or not finite"
-        return None
 
     def _select(self, items: Sequence[Scored]) -> list[Outcome]:
         if not items:
@@ -547,3 +528,32 @@ def _single_modal_input(sample: Sample) -> Sample:
 
 def _size(vector: np.ndarray | None) -> int:
     return 0 if vector is None else len(vector)
+
+
+def _misfit(dims: dict[str, int], run_dims: dict[str, int] | None) -> str | None:
+    """Why a sample's embeddings cannot enter this run's index, by their sizes (None: they can)."""
+    missing = [mod for mod, size in dims.items() if not size]
+    if missing:  # `scored` takes a null text embedding (single-modal runs write them)
+        return f"no {' or '.join(missing)} embedding, which this run indexes"
+    if dims != run_dims:
+        assert run_dims is not None  # a sample with every embedding sets them
+        return ", ".join(
+            f"{mod} embedding of {dims[mod]} dims, this run's are {run_dims[mod]}"
+            for mod in run_dims
+            if dims[mod] != run_dims[mod]
+        )
+    return None
+
+
+def _unusable(items: Sequence[Scored], rows: list[int], modalities: list[str]) -> dict[int, str]:
+    """The ``rows`` (of the run's sizes) with an indexed embedding that is zero or not
+    finite, which inference rejects and a record written to `scored` by anyone else may
+    still carry; one norm call per modality for all of them (one per vector: ~5 us each)."""
+    found: dict[int, str] = {}
+    for mod in modalities:
+        vectors = np.stack([getattr(items[r].encoded, f"{mod}_emb") for r in rows])
+        norms = np.linalg.norm(vectors, axis=1)
+        for row, usable in zip(rows, np.isfinite(norms) & (norms > 0), strict=True):
+            if not usable:
+                found.setdefault(row, f"{mod} embedding is zero or not finite")
+    return found
