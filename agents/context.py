@@ -41,6 +41,7 @@ class Context:
         self.index_executor = ThreadPoolExecutor(1, thread_name_prefix="infogrowth-index")
         self.commits = BatchCommits(app)
         self.unconfirmed: dict[TP, list[asyncio.Future[Any]]] = {}  # by source partition
+        self.producer_ids: dict[TP, str | None] = {}  # transactional id, by source partition
         self.store_down = False  # a batch is waiting out an object-store outage
 
     def topic(self, *names: str) -> faust.TopicT:
@@ -144,7 +145,9 @@ class Context:
     ) -> asyncio.Future[Any]:
         """Sends ``value`` in ``source``'s transaction; returns the future of its delivery
         (``confirm`` waits for it)."""
-        tid = transactional_id(self.app, source)
+        tid = self.producer_ids.get(source)
+        if tid is None:  # a few us of Faust settings lookups: once per partition, not per send
+            tid = self.producer_ids[source] = transactional_id(self.app, source)
         delivery = await self.app.producer.send(
             topic_name, key, value, partition, None, None, transactional_id=tid
         )
