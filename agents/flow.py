@@ -72,14 +72,23 @@ def deliver_directly() -> None:
             try:
                 awaited = first.send(None)
             except StopIteration as done:
-                for other in others:  # not raced: never started
-                    if asyncio.iscoroutine(other):
-                        other.close()
+                _close(others)
                 return WaitResults([first], [done.value], False)
+            except BaseException:  # the delivery failed: Faust's race would raise it too
+                _close(others)
+                raise
             coros = (asyncio.ensure_future(_resume(first, awaited)), *others)
         return await Service.wait_first(self, *coros, timeout=timeout)
 
     Consumer.wait_first = wait_first  # type: ignore[method-assign]
+
+
+def _close(others: tuple[Any, ...]) -> None:
+    """The coroutines a delivery was to be raced against, never started: closed, not left
+    to warn that they were never awaited."""
+    for other in others:
+        if asyncio.iscoroutine(other):
+            other.close()
 
 
 def _held_up(consumer: Consumer) -> bool:

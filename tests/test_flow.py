@@ -141,3 +141,20 @@ def test_a_delivery_that_waits_is_cut_short_by_a_rebalance_as_in_faust(direct: N
 
     result = asyncio.run(run())
     assert result.results == [True] and cancelled == [True]  # Event.wait() returns True
+
+
+def test_a_delivery_that_fails_at_once_raises_as_in_faust(direct: None) -> None:
+    """Faust's race re-raises a failed delivery's error; so does the direct path, and the
+    ``suspend_flow.wait()`` it was to be raced against is closed."""
+
+    async def deliver() -> None:
+        raise ValueError("undecodable")
+
+    async def run() -> Any:
+        consumer = await _consumer()
+        raced = consumer.suspend_flow.wait()
+        with pytest.raises(ValueError, match="undecodable"):
+            await consumer.wait_first(deliver(), raced)
+        return inspect.getcoroutinestate(raced)
+
+    assert asyncio.run(run()) == inspect.CORO_CLOSED
