@@ -65,22 +65,22 @@ def deliver_directly() -> None:
     waits (a full stream buffer, a flow stopped for a rebalance) goes on as a task, raced
     against the others as Faust does; so does every call while the consumer is stopping
     or its flow is suspended."""
+    Consumer.wait_first = _wait_first  # type: ignore[method-assign]
 
-    async def wait_first(self: Consumer, *coros: Any, timeout: Any = None) -> WaitResults:
-        first, others = coros[0], coros[1:]
-        if timeout is None and asyncio.iscoroutine(first) and not _held_up(self):
-            try:
-                awaited = first.send(None)
-            except StopIteration as done:
-                _close(others)
-                return WaitResults([first], [done.value], False)
-            except BaseException:  # the delivery failed: Faust's race would raise it too
-                _close(others)
-                raise
-            coros = (asyncio.ensure_future(_resume(first, awaited)), *others)
-        return await Service.wait_first(self, *coros, timeout=timeout)
 
-    Consumer.wait_first = wait_first  # type: ignore[method-assign]
+async def _wait_first(self: Consumer, *coros: Any, timeout: Any = None) -> WaitResults:
+    first, others = coros[0], coros[1:]
+    if timeout is None and asyncio.iscoroutine(first) and not _held_up(self):
+        try:
+            awaited = first.send(None)
+        except StopIteration as done:
+            _close(others)
+            return WaitResults([first], [done.value], False)
+        except BaseException:  # the delivery failed: Faust's race would raise it too
+            _close(others)
+            raise
+        coros = (asyncio.ensure_future(_resume(first, awaited)), *others)
+    return await Service.wait_first(self, *coros, timeout=timeout)
 
 
 def _close(others: tuple[Any, ...]) -> None:
