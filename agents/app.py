@@ -19,6 +19,7 @@ from agents.atomic import (
     commit_before_revocation,
     commit_in_a_transaction,
     commit_only_settled_partitions,
+    gaps_end_before_the_next_record,
     keep_open_transactions,
     name_producers_by_topic,
     no_commits_after_a_failed_batch,
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     no_commits_after_a_failed_batch()
     commit_in_a_transaction()
     commit_only_settled_partitions()
+    gaps_end_before_the_next_record()
     diagnose.install()  # SIGUSR1 logs each task's await chain
     name_producers_by_topic()
     flow.use_fetch_wait(settings.fetch_wait_s)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import faust
 import pytest
 from aiokafka.producer.transaction_manager import TransactionState
+from faust.transport.consumer import Consumer
+from faust.types import TP
 
 from agents import atomic
 from agents.context import Context
@@ -268,3 +271,38 @@ def test_a_batch_that_caught_up_with_its_input_commits_at_once() -> None:
     assert not full.committed
     assert short.committed
     assert consumer.commits == [["raw-0"]]
+
+
+def _commit_offset_after(records: list[int], committed: int) -> int | None:
+    """The offset Faust's consumer would commit for a partition of a transactional topic
+    after acking ``records``: where their offsets jump, transaction markers lie between
+    them, which its fetch loop (``_drain_messages``) records as a gap."""
+
+    async def run() -> int | None:
+        app = faust.App("gap-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+        consumer = app.consumer  # not started: no broker
+        tp = TP("recaption", 0)
+        consumer._committed_offset[tp] = committed
+        last = None
+        for offset in records:
+            if last is not None and offset - last > 1:
+                await consumer._add_gap(tp, last + 1, offset)  # as _drain_messages does
+            last = offset
+            consumer._acked[tp].append(offset)
+        return consumer._new_offset(tp)
+
+    return asyncio.run(run())
+
+
+def test_a_batch_after_a_transaction_marker_commits_all_its_offsets(monkeypatch) -> None:  # noqa: ANN001
+    """The offsets of `recaption` seen in a kill test: a batch 464..509 with a marker at 508,
+    then 510..572. Faust 0.15.3 counted the record after a marker into the gap too, acked
+    it twice, and its commit stopped there (510): a batch whose outputs the same transaction
+    committed was read again by the next owner after a kill (63 copies in `recaptioned`)."""
+    monkeypatch.setattr(Consumer, "_add_gap", Consumer._add_gap)  # undone after the test
+    atomic.gaps_end_before_the_next_record()
+    records = [*range(464, 508), *range(509, 573)]
+    assert _commit_offset_after(records, committed=464) == 573  # a marker at 508
+    # A marker at the committed offset; two markers back to back (501, 502).
+    assert _commit_offset_after([*range(509, 520)], committed=508) == 520
+    assert _commit_offset_after([500, *range(503, 510)], committed=500) == 510
