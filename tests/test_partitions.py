@@ -3,7 +3,8 @@ of `raw-samples`, one curator process reads the single partition of `scored`. Th
 inference worker joins mid-stream, the first is then killed with SIGKILL and its partitions
 move to the second. Every sample ends with exactly one committed outcome (read_committed),
 and the decisions equal an offline run over the samples in the order of `scored`. The same
-with two curator shards (two `scored` partitions) in two full workers."""
+with two curator shards (two `scored` partitions) in two full workers, and with two full
+workers killed in turn four times: no record reaches `scored` or `recaptioned` twice."""
 
 from __future__ import annotations
 
