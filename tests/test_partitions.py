@@ -96,6 +96,14 @@ def test_inference_worker_killed_on_four_partitions_loses_and_duplicates_nothing
     assert_nothing_twice_as_offline_and_replayed(settings, rows, curator, outcomes, tmp_path)
 
 
+def assert_scored_once(settings: Settings, rows: list[dict]) -> None:
+    """Every row but the NaN one is in `scored` (read_committed), none twice."""
+    copies = scored_copies(settings)
+    twice = sorted(key for key, values in copies.items() if len(values) > 1)
+    assert not twice, f"in `scored` twice: {twice[:5]} ({len(twice)})"
+    assert {key[0] for key in copies} == {r["id"] for r in rows} - {"s0007"}  # s0007: NaN
+
+
 def assert_nothing_twice_as_offline_and_replayed(
     settings: Settings,
     rows: list[dict],
@@ -108,10 +116,7 @@ def assert_nothing_twice_as_offline_and_replayed(
     # A rebalance commits first (see the joining test below), and a batch after a
     # transaction marker commits its offsets with its outputs (agents/atomic.py,
     # gaps_end_before_the_next_record).
-    copies = scored_copies(settings)
-    twice = sorted(key for key, values in copies.items() if len(values) > 1)
-    assert not twice, f"in `scored` twice: {twice[:5]} ({len(twice)})"
-    assert {key[0] for key in copies} == {r["id"] for r in rows} - {"s0007"}  # s0007: NaN
+    assert_scored_once(settings, rows)
     # The curator's order is the order of `scored`: offline, in that order, must agree.
     position = {sample_id: i for i, sample_id in enumerate(scored_order(settings))}
     in_scored_order = sorted(rows, key=lambda r: position.get(r["id"], -1))
@@ -254,10 +259,7 @@ def test_a_worker_joining_the_group_does_not_make_the_first_send_its_batches_twi
     finally:
         first.stop()
         second.stop()
-    copies = scored_copies(settings)
-    twice = sorted(key for key, values in copies.items() if len(values) > 1)
-    assert not twice, f"in `scored` twice: {twice[:5]} ({len(twice)})"
-    assert {key[0] for key in copies} == {r["id"] for r in rows} - {"s0007"}  # s0007: NaN
+    assert_scored_once(settings, rows)
     assert all(len(found) == 1 for found in outcomes.values())
 
 
