@@ -290,10 +290,13 @@ def print_rounds(rounds: list[Round], n: int) -> None:
         shares = f"({one / bare:4.0%}) {two:7.0f}/s ({two / bare:4.0%})"
         print(f"  {i:5d} {bare:7.0f}/s {one:7.0f}/s {shares}")
     for name, key in (("one worker", "one"), ("two processes", "two")):
-        rates = sorted(n / getattr(r, key)["seconds"] for r in rounds)
-        shares = [n / getattr(r, key)["seconds"] / (n / r.bare_s) for r in rounds]
+        # (samples/s, its share of the round's bare loop): a share is a ratio of seconds
+        runs = [
+            (n / getattr(r, key)["seconds"], r.bare_s / getattr(r, key)["seconds"]) for r in rounds
+        ]
+        rates = sorted(rate for rate, _ in runs)
         met = sum(1 for rate in rates if rate >= TARGET)
-        held = sum(1 for share in shares if share >= TARGET_SHARE)
+        held = sum(1 for _, share in runs if share >= TARGET_SHARE)
         median = rates[len(rates) // 2]
         print(
             f"  {name}: min {rates[0]:.0f}, median {median:.0f}, max {rates[-1]:.0f} samples/s;"
