@@ -4,11 +4,14 @@ inference worker joins mid-stream, the first is then killed with SIGKILL and its
 move to the second. Every sample ends with exactly one committed outcome (read_committed),
 and the decisions equal an offline run over the samples in the order of `scored`. The same
 with two curator shards (two `scored` partitions) in two full workers, and with two full
-workers killed in turn four times: no record reaches `scored` or `recaptioned` twice."""
+workers killed in turn four times, or one of them paused past its session and resumed: no
+record reaches `scored` or `recaptioned` twice."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -102,6 +105,13 @@ def assert_scored_once(settings: Settings, rows: list[dict]) -> None:
     twice = sorted(key for key, values in copies.items() if len(values) > 1)
     assert not twice, f"in `scored` twice: {twice[:5]} ({len(twice)})"
     assert {key[0] for key in copies} == {r["id"] for r in rows} - {"s0007"}  # s0007: NaN
+
+
+def assert_recaptioned_once(settings: Settings) -> None:
+    recaptioned = [
+        decode_any(v)[1]["id"] for v in topic_values(settings, settings.topic_recaptioned)
+    ]
+    assert recaptioned and len(set(recaptioned)) == len(recaptioned), "in `recaptioned` twice"
 
 
 def assert_nothing_twice_as_offline_and_replayed(
@@ -290,8 +300,42 @@ def test_a_kill_loop_over_two_full_workers_writes_nothing_twice(kafka, s3, tmp_p
     finally:
         for worker in workers:
             worker.stop()
-    recaptioned = [
-        decode_any(v)[1]["id"] for v in topic_values(settings, settings.topic_recaptioned)
-    ]
-    assert recaptioned and len(set(recaptioned)) == len(recaptioned), "in `recaptioned` twice"
+    assert_recaptioned_once(settings)
     assert_nothing_twice_as_offline_and_replayed(settings, rows, workers[0], outcomes, tmp_path)
+
+
+def test_a_worker_paused_past_its_session_writes_nothing_once_it_resumes(kafka, s3, tmp_path):  # noqa: ANN001
+    """A zombie: one of two full workers stops (SIGSTOP: a VM stall, a long GC pause) with
+    batches in flight, for longer than its session. The other takes its partitions over, and
+    its transactional producers fence the stopped one's. Then the stopped worker resumes
+    (SIGCONT) where it stopped, its transactions still open: none of what it then sends or
+    commits may reach a reader. (In 4 of 4 runs it resumed with transactions open: its
+    next sends and its commit failed with ProducerFenced, it committed nothing more and
+    stopped, as after any failed batch.)"""
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
+        dup_distance=0.02, raw_partitions=4,
+    )  # fmt: skip
+    ensure_pipeline_topics(settings)
+    rows = embedding_rows(N)
+    full = with_settings(settings, worker_roles="inference,captioner,curator")
+    workers = [Supervised(full, tmp_path / f"worker-{i}.log", len(rows)) for i in range(2)]
+    feeder = threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True)
+    for worker in workers:
+        worker.start()
+    try:
+        feeder.start()
+        paused = wait_for_share(settings, 0.25, len(rows))
+        zombie = workers[0].worker
+        assert zombie is not None
+        os.killpg(zombie.pid, signal.SIGSTOP)
+        try:  # the other worker goes on alone once the session (10 s) has expired
+            wait_for_share(settings, min(0.9, paused / len(rows) + 0.3), len(rows))
+        finally:
+            os.killpg(zombie.pid, signal.SIGCONT)
+        outcomes = drain(workers[1], {r["id"] for r in rows}, timeout_s=300)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert_recaptioned_once(settings)
+    assert_nothing_twice_as_offline_and_replayed(settings, rows, workers[1], outcomes, tmp_path)
