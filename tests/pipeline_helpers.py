@@ -97,5 +97,10 @@ def trickle(settings: Settings, rows: list[dict], tmp_path: Path, chunk: int = 1
     still mid-stream when a fault test strikes)."""
     for start in range(0, len(rows), chunk):
         path = write_jsonl(tmp_path / f"chunk{start}.jsonl", rows[start : start + chunk])
-        ingest_file(path, settings, progress=False)
+        while True:
+            try:
+                ingest_file(path, settings, progress=False)
+                break
+            except ConnectionError:  # ingest's check that the broker answers, before it
+                time.sleep(1.0)  # sends anything: a crawler tries the chunk again
         time.sleep(0.5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -266,6 +267,27 @@ def test_broker_killed_and_restarted_mid_stream(own_broker, s3, tmp_path):  # no
 
     settings = run_settings(own_broker.bootstrap, s3, tmp_path, encoder="precomputed", tau=0.08)
     _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64))
+
+
+def test_broker_stalled_mid_stream(own_broker, s3, tmp_path):  # noqa: ANN001
+    """The broker's process stops for 20 s mid-stream (SIGSTOP: a VM or disk stall) and
+    goes on: its connections stay open, every request waits, and when it resumes the
+    worker's session has expired (in 4 of 5 runs: "Heartbeat failed ... re-joining group"),
+    so it rejoins with batches and a commit in flight. The feed retries while the broker
+    does not answer, as a crawler would."""
+
+    def fault(run: Supervised) -> None:
+        wait_for_share(run.settings, 0.4, N)
+        pid = own_broker.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(20)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    settings = run_settings(own_broker.bootstrap, s3, tmp_path, encoder="precomputed", tau=0.08)
+    _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64), trickled=True)
 
 
 def image_rows(tmp_path: Path, n: int) -> list[dict]:
