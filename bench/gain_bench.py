@@ -186,11 +186,7 @@ def warm_up_scan(dim: int) -> None:
     """Loads torch and runs one small exact scan, so that the GEMM library's code and
     per-thread buffers (44 MiB for torch's float32 GEMM on the AVX2 VM), which a worker
     that runs the models has anyway, are not counted as the index's."""
-    store = exact.ExactVectors(dim)
-    x = np.eye(4, dim, dtype=np.float32)
-    store.append(x)
-    # The chunked scan itself: nearest() searches a store this small in numpy, without torch.
-    store._candidates(x, 1, len(x), np.zeros(0, np.int64))
+    exact.warm_up_scan(dim)
 
 
 def memory_child(args: argparse.Namespace) -> None:

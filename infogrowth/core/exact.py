@@ -91,6 +91,16 @@ def load_torch() -> None:
     log.info("exact gain search: %s GEMM scans", kind)
 
 
+def warm_up_scan(dim: int) -> None:
+    """One tiny scan of ``dim``-d vectors through the chunked GEMM path (the one a store
+    past ``_SMALL`` vectors takes): torch, its GEMM code and per-thread buffers loaded
+    before something is measured."""
+    store = ExactVectors(dim)
+    x = np.eye(4, dim, dtype=np.float32)
+    store.append(x)
+    store._candidates(x, 1, len(x), np.zeros(0, np.int64))
+
+
 class ExactVectors:
     """The stored vectors of one modality, in insertion order, and their exact search."""
 
