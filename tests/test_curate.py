@@ -214,3 +214,27 @@ def test_select_rejects_a_sample_without_the_text_embedding_a_pair_run_indexes()
     assert curator.index.dims == {"image": 8, "text": 8}
     single = make_curator(Settings(encoder="precomputed", mode="single", k=1))
     assert [o.reason for o in single.select(scored)] == [None, None, None]
+
+
+def test_select_of_more_than_a_thousand_samples_decides_each_in_its_place() -> None:
+    """The curator's gate can release more than 1,024 samples at once (a long wait for one
+    recaption, or a restart with that many queued): the gain stage walks them in chunks of
+    1,024, and the outcomes of the second chunk went to the first chunk's samples (1,094
+    released in a kill loop: 64 of them rejected as "misaligned" at alignment 0.97, others
+    indexed but reported rejected). Each outcome must be its own sample's, as in batches."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, DIM))
+    rows = [
+        sample(f"s{i}", unit(centres[i % 40] + 0.4 * rng.normal(size=DIM))) for i in range(1200)
+    ]
+    settings = Settings(encoder="precomputed", policy="threshold", tau=0.3, dup_distance=0.02)
+    at_once = make_curator(settings)
+    out = at_once.select(at_once.score(rows))
+    assert [o.id for o in out] == [r.id for r in rows]
+    batched = make_curator(settings)
+    scored = batched.score(rows)
+    in_batches = [o for s in range(0, len(rows), 256) for o in batched.select(scored[s : s + 256])]
+    assert [(o.id, o.decision, o.reason, o.gain) for o in out] == [
+        (o.id, o.decision, o.reason, o.gain) for o in in_batches
+    ]
+    assert len(at_once.index) == sum(o.decision == "accepted" for o in out)

@@ -658,3 +658,33 @@ def test_an_index_saved_in_format_1_still_loads(data, monkeypatch, n: int) -> No
     got = loaded.gain_and_add(ids[n : n + 150], tail)
     assert got.gain.tobytes() == want.gain.tobytes()
     assert got.neighbours == want.neighbours
+
+
+def test_a_batch_past_one_chunk_tells_decide_each_rows_place_in_the_batch(data) -> None:
+    """gain_and_add walks a batch in chunks of 1,024 rows. ``decide`` must be told each
+    row's place in the whole batch: it was told its place in the chunk, so in a batch of
+    1,300 rows 1,024-1,299 were decided as rows 0-275 (the curator's outcomes of a gate that
+    released 1,158 samples at once went to the wrong samples). The decisions and gains must
+    be those of the same rows in batches of 100."""
+    n = 1300
+    ids, vecs = data[0][:n], {m: v[:n] for m, v in data[1].items()}
+
+    def keep_two_in_three(seen: list[int]):
+        def decide(row: int, gain: float | None, *_: object) -> Verdict:
+            seen.append(row)
+            return Verdict(insert=row % 3 != 0)
+
+        return decide
+
+    told: list[int] = []
+    whole = GainIndex(k=4).gain_and_add(ids, vecs, decide=keep_two_in_three(told))
+    assert told == list(range(n))
+
+    parts, index, again = [], GainIndex(k=4), keep_two_in_three([])
+    for s in range(0, n, 100):
+        sub = {m: v[s : s + 100] for m, v in vecs.items()}
+        decide = lambda r, g, *rest, s=s: again(s + r, g, *rest)  # noqa: E731
+        parts.append(index.gain_and_add(ids[s : s + 100], sub, decide=decide))
+    np.testing.assert_array_equal(whole.gain, np.concatenate([p.gain for p in parts]))
+    assert whole.inserted == [i for p in parts for i in p.inserted]
+    assert whole.neighbours == [nb for p in parts for nb in p.neighbours]

@@ -147,6 +147,22 @@ def _insert_all(row: int, gain: float | None, *_: object) -> Verdict:
     return Verdict()
 
 
+def _rows_from(start: int, decide: Decide) -> Decide:
+    """``decide`` for a chunk of a batch that starts at row ``start``: it is told each row's
+    place in the whole batch. Until 2026-12-07 it was told the row's place in its chunk of
+    _CHUNK rows, so a batch of more than 1,024 samples (the curator's gate releasing a long
+    wait at once) had the second chunk's rows decided as the first chunk's samples."""
+    if start == 0 or decide is _insert_all:  # _insert_all: the walk's fast path
+        return decide
+
+    def shifted(
+        row: int, gain: float | None, nearest: dict[str, Neighbour | None], labels: list
+    ) -> Verdict:
+        return decide(start + row, gain, nearest, labels)
+
+    return shifted
+
+
 @dataclass
 class GainBatch:
     """Gains of one batch, in input order.
@@ -268,7 +284,9 @@ class GainIndex:
         ids, labels, mats = self._validate(ids, vectors, labels)
         decide = decide or _insert_all
         parts = [
-            self._gain_and_add_chunk(ids[s : s + _CHUNK], labels[s : s + _CHUNK], mats, s, decide)
+            self._gain_and_add_chunk(
+                ids[s : s + _CHUNK], labels[s : s + _CHUNK], mats, s, _rows_from(s, decide)
+            )
             for s in range(0, len(ids), _CHUNK)
         ]
         return _concat(parts, self.modalities)
