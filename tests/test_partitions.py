@@ -14,7 +14,10 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -273,12 +276,12 @@ def test_a_worker_joining_the_group_does_not_make_the_first_send_its_batches_twi
     assert all(len(found) == 1 for found in outcomes.values())
 
 
-def test_a_kill_loop_over_two_full_workers_writes_nothing_twice(kafka, s3, tmp_path):  # noqa: ANN001
+@contextmanager
+def two_full_workers(
+    kafka: str, s3: Any, tmp_path: Path
+) -> Iterator[tuple[Settings, list[dict], list[Supervised]]]:
     """Two full workers (inference, captioner and curator) over 4 partitions of
-    `raw-samples`, killed in turn with SIGKILL at each further fifth of the outcomes and
-    started again. Each stage after the first reads a topic written in transactions, so
-    kills land after transaction markers: before `gaps_end_before_the_next_record`, a kill
-    loop of 40,000 samples left 64 records in `recaptioned` twice and 127 in `scored`."""
+    `raw-samples`, running while the rows trickle in; stopped on the way out."""
     settings = run_settings(
         kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
         dup_distance=0.02, raw_partitions=4,
@@ -287,19 +290,28 @@ def test_a_kill_loop_over_two_full_workers_writes_nothing_twice(kafka, s3, tmp_p
     rows = embedding_rows(N)
     full = with_settings(settings, worker_roles="inference,captioner,curator")
     workers = [Supervised(full, tmp_path / f"worker-{i}.log", len(rows)) for i in range(2)]
-    feeder = threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True)
-    for worker in workers:
-        worker.start()
     try:
-        feeder.start()
+        for worker in workers:
+            worker.start()
+        threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True).start()
+        yield settings, rows, workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def test_a_kill_loop_over_two_full_workers_writes_nothing_twice(kafka, s3, tmp_path):  # noqa: ANN001
+    """Two full workers (inference, captioner and curator) over 4 partitions of
+    `raw-samples`, killed in turn with SIGKILL at each further fifth of the outcomes and
+    started again. Each stage after the first reads a topic written in transactions, so
+    kills land after transaction markers: before `gaps_end_before_the_next_record`, a kill
+    loop of 40,000 samples left 64 records in `recaptioned` twice and 127 in `scored`."""
+    with two_full_workers(kafka, s3, tmp_path) as (settings, rows, workers):
         for i, share in enumerate((0.2, 0.4, 0.6, 0.8)):
             wait_for_share(settings, share, len(rows))
             workers[i % 2].kill()
             workers[i % 2].start()
         outcomes = drain(workers[0], {r["id"] for r in rows}, timeout_s=300)
-    finally:
-        for worker in workers:
-            worker.stop()
     assert_recaptioned_once(settings)
     assert_nothing_twice_as_offline_and_replayed(settings, rows, workers[0], outcomes, tmp_path)
 
@@ -312,19 +324,7 @@ def test_a_worker_paused_past_its_session_writes_nothing_once_it_resumes(kafka, 
     commits may reach a reader. (In 4 of 4 runs it resumed with transactions open: its
     next sends and its commit failed with ProducerFenced, it committed nothing more and
     stopped, as after any failed batch.)"""
-    settings = run_settings(
-        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
-        dup_distance=0.02, raw_partitions=4,
-    )  # fmt: skip
-    ensure_pipeline_topics(settings)
-    rows = embedding_rows(N)
-    full = with_settings(settings, worker_roles="inference,captioner,curator")
-    workers = [Supervised(full, tmp_path / f"worker-{i}.log", len(rows)) for i in range(2)]
-    feeder = threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True)
-    for worker in workers:
-        worker.start()
-    try:
-        feeder.start()
+    with two_full_workers(kafka, s3, tmp_path) as (settings, rows, workers):
         paused = wait_for_share(settings, 0.25, len(rows))
         zombie = workers[0].worker
         assert zombie is not None
@@ -334,8 +334,5 @@ def test_a_worker_paused_past_its_session_writes_nothing_once_it_resumes(kafka, 
         finally:
             os.killpg(zombie.pid, signal.SIGCONT)
         outcomes = drain(workers[1], {r["id"] for r in rows}, timeout_s=300)
-    finally:
-        for worker in workers:
-            worker.stop()
     assert_recaptioned_once(settings)
     assert_nothing_twice_as_offline_and_replayed(settings, rows, workers[1], outcomes, tmp_path)
