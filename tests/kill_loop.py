@@ -21,31 +21,20 @@ import random
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chaos import (  # noqa: E402
-    Supervised,
-    assert_exactly_once_and_offline_equal,
-    drain,
-    scored_order,
-)
+from chaos import Supervised, drain  # noqa: E402
 from conftest import S3Server  # noqa: E402
-from pipeline_helpers import (  # noqa: E402
-    embedding_rows,
-    run_settings,
-    topic_values,
-    trickle,
-    with_settings,
-    write_jsonl,
+from test_partitions import (  # noqa: E402
+    assert_nothing_twice_as_offline_and_replayed,
+    assert_recaptioned_once,
+    two_full_workers,
 )
-from test_partitions import assert_recaptioned_once, assert_scored_once  # noqa: E402
 
-from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count  # noqa: E402
-from infogrowth.commands.replay import replay  # noqa: E402
+from infogrowth.commands.pipeline import outcome_count  # noqa: E402
 from infogrowth.settings import Settings  # noqa: E402
 from infra.__main__ import cmd_up  # noqa: E402
 
@@ -82,23 +71,12 @@ def main() -> None:
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix=f"kill-loop-{args.seed}-"))
     s3 = S3Server(local.s3_endpoint, local.s3_access_key, local.s3_secret_key)
-    settings = run_settings(
-        local.kafka_bootstrap, s3, tmp, encoder="precomputed", policy="threshold", tau=0.08,
-        dup_distance=0.02, raw_partitions=4,
-    )  # fmt: skip
-    settings = with_settings(settings, batch_size=64)
-    ensure_pipeline_topics(settings)
-    rows = embedding_rows(args.samples, seed=args.seed)
-    full = with_settings(settings, worker_roles="inference,captioner,curator")
-    workers = [Supervised(full, tmp / f"worker-{i}.log", len(rows)) for i in range(2)]
     print(f"{args.samples} samples, seed {args.seed}, logs in {tmp}", flush=True)
     started = time.monotonic()
     faults: dict[str, int] = {"kill": 0, "stall": 0}
-    try:
-        for worker in workers:
-            worker.start()
-        feed = threading.Thread(target=trickle, args=(settings, rows, tmp, 200), daemon=True)
-        feed.start()
+    with two_full_workers(
+        local.kafka_bootstrap, s3, tmp, n=args.samples, seed=args.seed, batch_size=64
+    ) as (settings, rows, workers):
         while outcome_count(settings) < len(rows):
             if time.monotonic() - started > args.minutes * 60:
                 break
@@ -109,23 +87,14 @@ def main() -> None:
             elapsed = time.monotonic() - started
             print(f"{elapsed:6.1f} s  {faults}  {outcome_count(settings)} outcomes", flush=True)
         outcomes = drain(workers[0], {r["id"] for r in rows}, timeout_s=300)
-    finally:
-        for worker in workers:
-            worker.stop()
     fenced = sum(w.log_path.read_text().count("ProducerFenced: There") for w in workers)
     print(f"all outcomes after {time.monotonic() - started:.0f} s; {faults}; fenced {fenced}")
     assert_recaptioned_once(settings)
-    assert_scored_once(settings, rows)
-    print("no record twice in `scored` or `recaptioned`")
-    position = {sample_id: i for i, sample_id in enumerate(scored_order(settings))}
-    ordered = sorted(rows, key=lambda r: position.get(r["id"], -1))
-    in_order = write_jsonl(tmp / "scored-order.jsonl", ordered)
-    assert_exactly_once_and_offline_equal(workers[0], outcomes, in_order, tmp)
-    print("one outcome per sample, equal to offline in the order of `scored`")
-    streamed = topic_values(settings, settings.topic_accepted)
-    replayed = replay(settings, "loop", progress=False)
-    assert sorted(topic_values(settings, replayed.accepted_topic)) == sorted(streamed)
-    print("replay rebuilds the accepted records")
+    assert_nothing_twice_as_offline_and_replayed(settings, rows, workers[0], outcomes, tmp)
+    print(
+        "passed: no record twice in `scored` or `recaptioned`, one outcome per sample, equal"
+        " to offline in the order of `scored`, and replay rebuilds the accepted records"
+    )
 
 
 if __name__ == "__main__":

@@ -278,22 +278,27 @@ def test_a_worker_joining_the_group_does_not_make_the_first_send_its_batches_twi
 
 @contextmanager
 def two_full_workers(
-    kafka: str, s3: Any, tmp_path: Path
+    kafka: str, s3: Any, tmp_path: Path, n: int = N, seed: int = 0, **settings_: Any
 ) -> Iterator[tuple[Settings, list[dict], list[Supervised]]]:
     """Two full workers (inference, captioner and curator) over 4 partitions of
-    `raw-samples`, running while the rows trickle in; stopped on the way out."""
+    `raw-samples`, running while ``n`` rows trickle in (100 every half second, or
+    ``n // 200``: a longer run keeps the same duration per fault); stopped on the way out.
+    ``settings_`` overrides the run's settings (``batch_size``...)."""
     settings = run_settings(
         kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
         dup_distance=0.02, raw_partitions=4,
     )  # fmt: skip
+    settings = with_settings(settings, **settings_)
     ensure_pipeline_topics(settings)
-    rows = embedding_rows(N)
+    rows = embedding_rows(n, seed=seed)
     full = with_settings(settings, worker_roles="inference,captioner,curator")
     workers = [Supervised(full, tmp_path / f"worker-{i}.log", len(rows)) for i in range(2)]
+    chunk = max(100, n // 200)
     try:
         for worker in workers:
             worker.start()
-        threading.Thread(target=trickle, args=(settings, rows, tmp_path), daemon=True).start()
+        feed = threading.Thread(target=trickle, args=(settings, rows, tmp_path, chunk), daemon=True)
+        feed.start()
         yield settings, rows, workers
     finally:
         for worker in workers:
