@@ -182,18 +182,13 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def warm_up_scan(dim: int) -> None:
-    """Loads torch and runs one small exact scan, so that the GEMM library's code and
-    per-thread buffers (44 MiB for torch's float32 GEMM on the AVX2 VM), which a worker
-    that runs the models has anyway, are not counted as the index's."""
-    exact.warm_up_scan(dim)
-
-
 def memory_child(args: argparse.Namespace) -> None:
     """Builds one index in this fresh process and prints its resident-set growth."""
     x = clustered(args.n, args.dim, args.clusters, args.seed)
     ids = [f"s{i}" for i in range(args.n)]
-    warm_up_scan(args.dim)
+    # torch's GEMM code and per-thread buffers (44 MiB for its float32 GEMM on the AVX2 VM),
+    # which a worker that runs the models has anyway, are not counted as the index's
+    exact.warm_up_scan(args.dim)
     before = rss_bytes()
     if args.memory_child == "ours":
         index = make_ours(args)

@@ -155,10 +155,8 @@ def _rows_from(start: int, decide: Decide) -> Decide:
     if start == 0 or decide is _insert_all:  # _insert_all: the walk's fast path
         return decide
 
-    def shifted(
-        row: int, gain: float | None, nearest: dict[str, Neighbour | None], labels: list
-    ) -> Verdict:
-        return decide(start + row, gain, nearest, labels)
+    def shifted(row: int, *rest: Any) -> Verdict:  # gain, nearest, labels as given
+        return decide(start + row, *rest)
 
     return shifted
 
