@@ -94,6 +94,30 @@ def test_fewer_live_rows_than_k_and_the_first_n_only(hard, gemm: str) -> None:
     assert (none == -1).all()
 
 
+def test_the_float32_scan_leaves_only_its_sums_error_to_re_score(monkeypatch) -> None:
+    """A float32 GEMM's result is not rounded to bfloat16, so its candidates are those within
+    twice the float32 sum's error of the k-th: on vectors bfloat16 holds exactly (nothing
+    dropped by the rounding), k per row where no two similarities are that close. With the
+    bfloat16 result's 2^-8 in the bound, this neighbourhood gave six times as many."""
+    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: False)
+    monkeypatch.setattr(exact, "_SMALL", 0)  # the chunked scan, as a large store has
+    rng = np.random.default_rng(5)
+    centre = unit(rng, 1, 64)
+    near = centre + 0.35 * unit(rng, 3000, 64)  # similarities to the centre ~0.94, dense
+    x = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
+    x = (x.view(np.uint32) & 0xFFFF0000).view(np.float32)  # bfloat16 values, kept exactly
+    store = ExactVectors(64)
+    store.append(x[:2900])
+    assert store.worst == 0.0
+    queries, k = x[2900:], 4
+    rows, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64))
+    per_row = np.bincount(rows, minlength=len(queries))
+    assert per_row.min() >= k
+    assert np.median(per_row) == k and per_row.max() <= k + 2
+    pos, _ = store.nearest(queries, k, 2900, np.zeros(0, np.int64))
+    np.testing.assert_array_equal(pos, brute(queries, x[:2900], k, np.zeros(0, np.int64))[0])
+
+
 @pytest.mark.parametrize(
     ("variable", "default", "users"),
     [("OMP_WAIT_POLICY", "PASSIVE", "ACTIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4", "28")],

@@ -8,7 +8,8 @@ the store costs what the float32 vectors cost and holds nothing twice.
 Where the CPU has no bfloat16 GEMM (AVX2: torch's bfloat16 GEMM is 5-6x slower than its
 float32 one there), each chunk's truncated vectors and the rounded queries are widened to
 float32, which is exact, and the GEMM runs in float32: the same exact products and float32
-sums, a result not rounded to bfloat16, so the same bound holds and only the speed differs.
+sums, and a result not rounded to bfloat16, so the bound leaves that rounding out (more
+than a third of it) and about half as many candidates need a re-score.
 A small store is scanned in numpy without torch (``_SMALL``), by the same rule.
 
 The GEMM's similarities are off from the exact ones by a bounded error: for unit x and y,
@@ -32,10 +33,10 @@ from typing import Any
 import numpy as np
 
 # |r| of a vector rounded (query) or truncated (stored) to bfloat16 is measured per vector;
-# on top: the float32 sum of d exact bfloat16 products (at most d * 2^-24 relative), and the
+# on top: the float32 sum of d exact bfloat16 products (at most d * 2^-24 relative), and a
 # bfloat16 result (half a unit in the last place: 2^-8 relative, so 2^-8 for a similarity
-# up to 1 and a bit), with room for norms a bit above 1 (the gain index leaves norms within
-# 1e-6 of 1 as they are).
+# up to 1 and a bit; a float32 GEMM's result has no such rounding), with room for norms a
+# bit above 1 (the gain index leaves norms within 1e-6 of 1 as they are).
 _RESULT_ROUNDING = 2.0**-8
 _NORM_SLACK = 1.01
 _SUM_SLACK = 1.001
@@ -215,10 +216,11 @@ class ExactVectors:
             peaks = lanes.amax(dim=1)
             best = torch.topk(torch.cat([best, peaks.float()], dim=1), k, dim=1).values
             floor = best[:, -1].numpy().astype(np.float64)
-            # Lowered a little so that its bfloat16 rounding cannot lift it above a
-            # candidate, and kept above -inf so that removed rows never are candidates.
+            # Lowered a little so that its rounding to the similarities' type cannot lift
+            # it above a candidate, and kept above -inf so that removed rows never are.
             cut = np.maximum(floor - 2 * eps, -2.0)
-            cut_t = torch.from_numpy(cut - np.abs(cut) * 2.0**-7).to(torch.bfloat16)
+            lower = 2.0**-7 if sim.dtype == torch.bfloat16 else 2.0**-22
+            cut_t = torch.from_numpy(cut - np.abs(cut) * lower).to(sim.dtype)
             group_rows, group_ids = torch.nonzero(peaks >= cut_t[:, None], as_tuple=True)
             picked = lanes[group_rows, :, group_ids]  # (groups picked, _LANES)
             at, lane = torch.nonzero(picked >= cut_t[group_rows][:, None], as_tuple=True)
@@ -268,9 +270,11 @@ class ExactVectors:
         return wide.copy_(stored).numpy()
 
     def _error(self, query_residual: np.ndarray) -> np.ndarray:
-        """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row."""
+        """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row
+        (a float32 GEMM's result is not rounded further)."""
         sum_error = float32_sum_error(self.dim)
-        return _NORM_SLACK * (query_residual + self.worst + sum_error + _RESULT_ROUNDING)
+        rounding = _RESULT_ROUNDING if bfloat16_gemm() else 0.0
+        return _NORM_SLACK * (query_residual + self.worst + sum_error + rounding)
 
     def _closest(
         self,
