@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -44,6 +45,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=40_000, help="samples (default 40000)")
     p.add_argument("--seed", type=int, default=6, help="faults and data (default 6)")
     p.add_argument("--minutes", type=float, default=15, help="faults stop after (default 15)")
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="curator snapshots to S3 every B batches (default 0: none), so kills also land"
+        " during uploads and restarts restore from a snapshot and the changelog after it",
+    )
     return p.parse_args()
 
 
@@ -71,11 +79,18 @@ def main() -> None:
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix=f"kill-loop-{args.seed}-"))
     s3 = S3Server(local.s3_endpoint, local.s3_access_key, local.s3_secret_key)
-    print(f"{args.samples} samples, seed {args.seed}, logs in {tmp}", flush=True)
+    snapshots = f", a snapshot every {args.snapshot_every} batches" if args.snapshot_every else ""
+    print(f"{args.samples} samples, seed {args.seed}{snapshots}, logs in {tmp}", flush=True)
     started = time.monotonic()
     faults: dict[str, int] = {"kill": 0, "stall": 0}
     with two_full_workers(
-        local.kafka_bootstrap, s3, tmp, n=args.samples, seed=args.seed, batch_size=64
+        local.kafka_bootstrap,
+        s3,
+        tmp,
+        n=args.samples,
+        seed=args.seed,
+        batch_size=64,
+        snapshot_every=args.snapshot_every,
     ) as (settings, rows, workers):
         while outcome_count(settings) < len(rows):
             if time.monotonic() - started > args.minutes * 60:
@@ -87,8 +102,13 @@ def main() -> None:
             elapsed = time.monotonic() - started
             print(f"{elapsed:6.1f} s  {faults}  {outcome_count(settings)} outcomes", flush=True)
         outcomes = drain(workers[0], {r["id"] for r in rows}, timeout_s=300)
-    fenced = sum(w.log_path.read_text().count("ProducerFenced: There") for w in workers)
+    logs = [w.log_path.read_text() for w in workers]
+    fenced = sum(text.count("ProducerFenced: There") for text in logs)
     print(f"all outcomes after {time.monotonic() - started:.0f} s; {faults}; fenced {fenced}")
+    if args.snapshot_every:
+        found = [re.findall(r"(\d+) indexed from a snapshot", text) for text in logs]
+        loaded = [int(n) for each in found for n in each if int(n) > 0]
+        print(f"restores: {sum(map(len, found))}, {len(loaded)} from a snapshot ({loaded})")
     assert_recaptioned_once(settings)
     assert_nothing_twice_as_offline_and_replayed(settings, rows, workers[0], outcomes, tmp)
     print(
