@@ -44,6 +44,7 @@ def gemm(request, monkeypatch) -> str:
     """Every scan, whatever this CPU and the store's size would choose: the chunked scan in
     bfloat16 (AVX512/AMX) or in float32 (AVX2), and a small store's numpy GEMM."""
     monkeypatch.setattr(exact, "bfloat16_gemm", lambda: request.param == "bfloat16")
+    monkeypatch.setattr(exact, "_MEASURED", False)  # the scan the CPU has, every time
     monkeypatch.setattr(exact, "_SMALL", 10**9 if request.param == "small" else 0)
     return request.param
 
@@ -99,7 +100,6 @@ def test_the_float32_scan_leaves_only_its_sums_error_to_re_score(monkeypatch) ->
     twice the float32 sum's error of the k-th: on vectors bfloat16 holds exactly (nothing
     dropped by the rounding), k per row where no two similarities are that close. With the
     bfloat16 result's 2^-8 in the bound, this neighbourhood gave six times as many."""
-    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: False)
     monkeypatch.setattr(exact, "_SMALL", 0)  # the chunked scan, as a large store has
     rng = np.random.default_rng(5)
     centre = unit(rng, 1, 64)
@@ -110,7 +110,7 @@ def test_the_float32_scan_leaves_only_its_sums_error_to_re_score(monkeypatch) ->
     store.append(x[:2900])
     assert store.worst == 0.0
     queries, k = x[2900:], 4
-    rows, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64))
+    rows, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64), bfloat16=False)
     per_row = np.bincount(rows, minlength=len(queries))
     assert per_row.min() >= k
     assert np.median(per_row) == k and per_row.max() <= k + 2
@@ -145,8 +145,36 @@ def test_importing_the_package_makes_helper_threads_sleep_unless_told_otherwise(
 def test_a_worker_says_which_gemm_its_scans_use(gemm: str, caplog) -> None:
     with caplog.at_level("INFO", logger="infogrowth.core.exact"):
         exact.load_torch()
-    said = "bfloat16 GEMM" if gemm == "bfloat16" else "float32 (this CPU has no bfloat16 GEMM) GEMM"
-    assert f"exact gain search: {said} scans" in caplog.text
+    both = "bfloat16 or float32 (whichever measures faster)"
+    said = both if gemm == "bfloat16" else "float32 (this CPU has no bfloat16 GEMM)"
+    assert f"exact gain search: {said} GEMM scans" in caplog.text
+
+
+def test_a_store_scans_with_the_gemm_measured_cheaper_and_tries_the_other_again(
+    monkeypatch,
+) -> None:
+    """Where the CPU has both GEMMs, each is tried once, then the cheaper per query row and
+    stored vector is used, and the other measured again every _RETRY_EVERY scans: a change
+    in the data (denser neighbourhoods, more to re-score) or the machine turns the choice."""
+    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: True)
+    choice = exact.ScanChoice()
+    cost = {True: 3.0, False: 2.0}
+    used = []
+    for scan in range(1, 4 * exact._RETRY_EVERY + 1):
+        if scan == 2 * exact._RETRY_EVERY:
+            cost[True] = 1.0  # bfloat16 becomes the cheaper
+        bfloat16 = choice.bfloat16()
+        used.append(bfloat16)
+        choice.measured(bfloat16, cost[bfloat16] * 100, 100)
+    every = exact._RETRY_EVERY
+    assert used[:2] == [True, False]  # each measured once
+    # float32 preferred; bfloat16 tried again at scans 16 and 32, found cheaper at 32
+    assert [i + 1 for i, b in enumerate(used[: 2 * every]) if b] == [1, every, 2 * every]
+    # then bfloat16 preferred, float32 tried again at scans 48 and 64
+    assert [i + 1 for i, b in enumerate(used) if not b][-2:] == [3 * every, 4 * every]
+    assert sum(not b for b in used[2 * every :]) == 2
+    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: False)
+    assert exact.ScanChoice().bfloat16() is False  # no bfloat16 GEMM: never
 
 
 def test_a_small_store_is_searched_without_importing_torch() -> None:

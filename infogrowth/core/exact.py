@@ -9,7 +9,8 @@ Where the CPU has no bfloat16 GEMM (AVX2: torch's bfloat16 GEMM is 5-6x slower t
 float32 one there), each chunk's truncated vectors and the rounded queries are widened to
 float32, which is exact, and the GEMM runs in float32: the same exact products and float32
 sums, and a result not rounded to bfloat16, so the bound leaves that rounding out (more
-than a third of it) and about half as many candidates need a re-score.
+than a third of it) and about half as many candidates need a re-score. Where the CPU has
+both, each store uses the one measured faster on its data (``ScanChoice``).
 A small store is scanned in numpy without torch (``_SMALL``), by the same rule.
 
 The GEMM's similarities are off from the exact ones by a bounded error: for unit x and y,
@@ -28,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,10 @@ _LANES = 32
 # ExactVectors._small_candidates).
 _SMALL = 2048
 _LOW_HALF = 0 if sys.byteorder == "little" else 1  # where a float32's low 16 bits lie
+# Where the CPU has both GEMMs: every _RETRY_EVERY-th chunked scan takes the one not
+# preferred, to measure it again (ScanChoice). Tests turn the choice off (_MEASURED).
+_RETRY_EVERY = 16
+_MEASURED = True
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +94,11 @@ def load_torch() -> None:
     a batch for the import (1.2-1.3 s in the pipeline bench's measured run). Logs which
     GEMM the scans use: the speed of the exact search depends on it."""
     _torch()
-    kind = "bfloat16" if bfloat16_gemm() else "float32 (this CPU has no bfloat16 GEMM)"
+    kind = (
+        "bfloat16 or float32 (whichever measures faster)"
+        if bfloat16_gemm()
+        else "float32 (this CPU has no bfloat16 GEMM)"
+    )
     log.info("exact gain search: %s GEMM scans", kind)
 
 
@@ -99,7 +109,38 @@ def warm_up_scan(dim: int) -> None:
     store = ExactVectors(dim)
     x = np.eye(4, dim, dtype=np.float32)
     store.append(x)
-    store._candidates(x, 1, len(x), np.zeros(0, np.int64))
+    for bfloat16 in {bfloat16_gemm(), False}:
+        store._candidates(x, 1, len(x), np.zeros(0, np.int64), bfloat16)
+
+
+class ScanChoice:
+    """Which GEMM a store's scans use where the CPU has both. The bfloat16 one multiplies
+    about twice as fast (AVX512-BF16; more on AMX), but its result's rounding widens the
+    bound, so it leaves about twice the candidates to re-score: on dense neighbourhoods the
+    float32 scan was the faster (this VM, Zen 4: a batch of 256 against 10k stored, 40
+    against 55 ms), on sparse ones the bfloat16 one (gain_bench's set at 100k: 2,936
+    against 2,216 samples/s). Each scan's cost per query row and stored vector (search and
+    re-score) is measured; the cheaper one is used, and the other tried again every
+    ``_RETRY_EVERY`` scans. Both find the same k nearest, so the choice changes no result."""
+
+    def __init__(self) -> None:
+        self.cost: dict[bool, float] = {}  # bfloat16 or not -> seconds per row x vector
+        self.scans = 0
+
+    def bfloat16(self) -> bool:
+        if not bfloat16_gemm():
+            return False
+        if not _MEASURED:
+            return True
+        self.scans += 1
+        for untried in (True, False):
+            if untried not in self.cost:
+                return untried
+        best = self.cost[True] <= self.cost[False]
+        return best if self.scans % _RETRY_EVERY else not best
+
+    def measured(self, bfloat16: bool, seconds: float, work: int) -> None:
+        self.cost[bfloat16] = seconds / max(work, 1)
 
 
 class ExactVectors:
@@ -114,6 +155,7 @@ class ExactVectors:
         self.worst = 0.0  # the largest residual
         self._buffer: Any = None  # the scan's similarities (_scan_buffer)
         self._wide: Any = None  # a chunk widened to float32 (_widened)
+        self.choice = ScanChoice()
 
     def append(self, x: np.ndarray) -> None:
         """Stores rows of ``x`` (float32, unit norm) after those already here."""
@@ -173,16 +215,21 @@ class ExactVectors:
         live = n - len(gone)
         if live <= 0:
             return pos, dist
-        scan = self._small_candidates if n <= _SMALL else self._candidates
-        candidates = scan(x, min(k, live), n, gone)
-        self._closest(x, *candidates, pos, dist)
+        if n <= _SMALL:
+            self._closest(x, *self._small_candidates(x, min(k, live), n, gone), pos, dist)
+            return pos, dist
+        bfloat16 = self.choice.bfloat16()
+        started = time.perf_counter()
+        self._closest(x, *self._candidates(x, min(k, live), n, gone, bfloat16), pos, dist)
+        self.choice.measured(bfloat16, time.perf_counter() - started, len(x) * n)
         return pos, dist
 
     def _candidates(
-        self, x: np.ndarray, k: int, n: int, gone: np.ndarray
+        self, x: np.ndarray, k: int, n: int, gone: np.ndarray, bfloat16: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """(row, position) of every stored vector that can be among each row's k most
-        similar (see the module docstring), grouped by row.
+        similar (see the module docstring), grouped by row; the GEMM in bfloat16 or, widened,
+        in float32.
 
         The store is scanned in chunks of _CHUNK vectors (temporaries of one size, which
         malloc reuses: a similarity matrix a little larger every batch grew the heap by
@@ -194,8 +241,8 @@ class ExactVectors:
         torch = _torch()
         query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
         query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
-        eps = self._error(query_residual)
-        wide_query = None if bfloat16_gemm() else query.float().numpy()  # float32 GEMM
+        eps = self._error(query_residual, bfloat16)
+        wide_query = None if bfloat16 else query.float().numpy()  # float32 GEMM
         best = torch.full((len(x), k), float("-inf"))  # the k largest group maxima so far
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, n, _CHUNK):
@@ -269,11 +316,11 @@ class ExactVectors:
         wide = self._wide[: stored.numel()].view(stored.shape)
         return wide.copy_(stored).numpy()
 
-    def _error(self, query_residual: np.ndarray) -> np.ndarray:
+    def _error(self, query_residual: np.ndarray, bfloat16: bool) -> np.ndarray:
         """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row
         (a float32 GEMM's result is not rounded further)."""
         sum_error = float32_sum_error(self.dim)
-        rounding = _RESULT_ROUNDING if bfloat16_gemm() else 0.0
+        rounding = _RESULT_ROUNDING if bfloat16 else 0.0
         return _NORM_SLACK * (query_residual + self.worst + sum_error + rounding)
 
     def _closest(
