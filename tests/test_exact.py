@@ -163,9 +163,9 @@ def test_a_store_scans_with_the_gemm_measured_cheaper_and_tries_the_other_again(
     for scan in range(1, 4 * exact._RETRY_EVERY + 1):
         if scan == 2 * exact._RETRY_EVERY:
             cost[True] = 1.0  # bfloat16 becomes the cheaper
-        bfloat16 = choice.bfloat16()
+        bfloat16 = choice.bfloat16(10)
         used.append(bfloat16)
-        choice.measured(bfloat16, cost[bfloat16] * 100, 100)
+        choice.measured(bfloat16, cost[bfloat16] * 10 * 100, 10, 100)
     every = exact._RETRY_EVERY
     assert used[:2] == [True, False]  # each measured once
     # float32 preferred; bfloat16 tried again at scans 16 and 32, found cheaper at 32
@@ -174,7 +174,24 @@ def test_a_store_scans_with_the_gemm_measured_cheaper_and_tries_the_other_again(
     assert [i + 1 for i, b in enumerate(used) if not b][-2:] == [3 * every, 4 * every]
     assert sum(not b for b in used[2 * every :]) == 2
     monkeypatch.setattr(exact, "bfloat16_gemm", lambda: False)
-    assert exact.ScanChoice().bfloat16() is False  # no bfloat16 GEMM: never
+    assert exact.ScanChoice().bfloat16(10) is False  # no bfloat16 GEMM: never
+
+
+def test_a_one_row_re_search_neither_counts_nor_times_a_scan(monkeypatch) -> None:
+    """A budget eviction's one-row re-search pays a scan's fixed costs for one row: timed
+    per row, it would make its GEMM look dearer for the next 16 batches. It takes the
+    preferred GEMM and leaves the costs and the retry count alone."""
+    monkeypatch.setattr(exact, "bfloat16_gemm", lambda: True)
+    choice = exact.ScanChoice()
+    for bfloat16, seconds in ((True, 1.0), (False, 2.0)):  # each tried once: bfloat16 cheaper
+        assert choice.bfloat16(10) is bfloat16
+        choice.measured(bfloat16, seconds, 10, 100)
+    before = (dict(choice.cost), choice.scans)
+    for _ in range(3 * exact._RETRY_EVERY):
+        assert choice.bfloat16(1) is True  # the preferred, never the retry
+        choice.measured(True, 50.0, 1, 100)  # 50x dearer per row: fixed costs
+    assert (choice.cost, choice.scans) == before
+    assert [choice.bfloat16(10) for _ in range(exact._RETRY_EVERY)].count(False) == 1
 
 
 def test_a_small_store_is_searched_without_importing_torch() -> None:

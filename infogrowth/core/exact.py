@@ -55,6 +55,9 @@ _LOW_HALF = 0 if sys.byteorder == "little" else 1  # where a float32's low 16 bi
 # preferred, to measure it again (ScanChoice). Tests turn the choice off (_MEASURED).
 _RETRY_EVERY = 16
 _MEASURED = True
+# Scans of fewer query rows (a one-row re-search after a budget eviction) use the preferred
+# GEMM and are not timed: the call's fixed costs would inflate their per-row cost.
+_TIMED_ROWS = 8
 log = logging.getLogger(__name__)
 
 
@@ -127,20 +130,27 @@ class ScanChoice:
         self.cost: dict[bool, float] = {}  # bfloat16 or not -> seconds per row x vector
         self.scans = 0
 
-    def bfloat16(self) -> bool:
+    def bfloat16(self, rows: int) -> bool:
+        """The GEMM for a scan of ``rows`` query rows."""
         if not bfloat16_gemm():
             return False
         if not _MEASURED:
             return True
+        if rows < _TIMED_ROWS:
+            return self._preferred()
         self.scans += 1
         for untried in (True, False):
             if untried not in self.cost:
                 return untried
-        best = self.cost[True] <= self.cost[False]
+        best = self._preferred()
         return best if self.scans % _RETRY_EVERY else not best
 
-    def measured(self, bfloat16: bool, seconds: float, work: int) -> None:
-        self.cost[bfloat16] = seconds / max(work, 1)
+    def _preferred(self) -> bool:
+        return self.cost.get(True, 0.0) <= self.cost.get(False, float("inf"))
+
+    def measured(self, bfloat16: bool, seconds: float, rows: int, stored: int) -> None:
+        if rows >= _TIMED_ROWS:
+            self.cost[bfloat16] = seconds / max(rows * stored, 1)
 
 
 class ExactVectors:
@@ -218,10 +228,10 @@ class ExactVectors:
         if n <= _SMALL:
             self._closest(x, *self._small_candidates(x, min(k, live), n, gone), pos, dist)
             return pos, dist
-        bfloat16 = self.choice.bfloat16()
+        bfloat16 = self.choice.bfloat16(len(x))
         started = time.perf_counter()
         self._closest(x, *self._candidates(x, min(k, live), n, gone, bfloat16), pos, dist)
-        self.choice.measured(bfloat16, time.perf_counter() - started, len(x) * n)
+        self.choice.measured(bfloat16, time.perf_counter() - started, len(x), n)
         return pos, dist
 
     def _candidates(
