@@ -52,6 +52,13 @@ def parse_args() -> argparse.Namespace:
         help="curator snapshots to S3 every B batches (default 0: none), so kills also land"
         " during uploads and restarts restore from a snapshot and the changelog after it",
     )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="curator shards (default 1); 2 or more route `scored` by centroids fitted on the"
+        " samples, and the checks compare each shard with the offline sharded curation",
+    )
     return p.parse_args()
 
 
@@ -80,7 +87,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"kill-loop-{args.seed}-"))
     s3 = S3Server(local.s3_endpoint, local.s3_access_key, local.s3_secret_key)
     snapshots = f", a snapshot every {args.snapshot_every} batches" if args.snapshot_every else ""
-    print(f"{args.samples} samples, seed {args.seed}{snapshots}, logs in {tmp}", flush=True)
+    shards = f", {args.shards} curator shards" if args.shards > 1 else ""
+    print(f"{args.samples} samples, seed {args.seed}{snapshots}{shards}, logs in {tmp}", flush=True)
     started = time.monotonic()
     faults: dict[str, int] = {"kill": 0, "stall": 0}
     with two_full_workers(
@@ -91,6 +99,7 @@ def main() -> None:
         seed=args.seed,
         batch_size=64,
         snapshot_every=args.snapshot_every,
+        shards=args.shards,
     ) as (settings, rows, workers):
         while outcome_count(settings) < len(rows):
             if time.monotonic() - started > args.minutes * 60:

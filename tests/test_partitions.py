@@ -283,14 +283,18 @@ def two_full_workers(
     """Two full workers (inference, captioner and curator) over 4 partitions of
     `raw-samples`, running while ``n`` rows trickle in (100 every half second, or
     ``n // 200``: a longer run keeps the same duration per fault); stopped on the way out.
-    ``settings_`` overrides the run's settings (``batch_size``...)."""
+    ``settings_`` overrides the run's settings (``batch_size``...); with ``shards`` of 2 or
+    more, the curator's shards route by centroids fitted on the rows, stored in S3."""
     settings = run_settings(
         kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
         dup_distance=0.02, raw_partitions=4,
     )  # fmt: skip
     settings = with_settings(settings, **settings_)
-    ensure_pipeline_topics(settings)
     rows = embedding_rows(n, seed=seed)
+    if settings.shards > 1:
+        centroids = fit_centroids(str(write_jsonl(tmp_path / "input.jsonl", rows)), 500, settings)
+        settings = with_settings(settings, centroids=save(centroids, "s3://pipeline/c", settings))
+    ensure_pipeline_topics(settings)
     full = with_settings(settings, worker_roles="inference,captioner,curator")
     workers = [Supervised(full, tmp_path / f"worker-{i}.log", len(rows)) for i in range(2)]
     chunk = max(100, n // 200)
