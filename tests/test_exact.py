@@ -96,24 +96,26 @@ def test_fewer_live_rows_than_k_and_the_first_n_only(hard, gemm: str) -> None:
 
 
 def test_the_float32_scan_leaves_only_its_sums_error_to_re_score(monkeypatch) -> None:
-    """A float32 GEMM's result is not rounded to bfloat16, so its candidates are those within
-    twice the float32 sum's error of the k-th: on vectors bfloat16 holds exactly (nothing
-    dropped by the rounding), k per row where no two similarities are that close. With the
-    bfloat16 result's 2^-8 in the bound, this neighbourhood gave six times as many."""
+    """The float32 scan multiplies the query and the stored vectors as they are (the two
+    halves joined), so its candidates are those within twice the float32 sum's error of the
+    k-th: k per row where no two similarities are that close. Scanning the truncated
+    vectors with a rounded query (what the bfloat16 GEMM must) puts both residuals in the
+    bound: on this dense neighbourhood, over three times as many candidates."""
     monkeypatch.setattr(exact, "_SMALL", 0)  # the chunked scan, as a large store has
     rng = np.random.default_rng(5)
     centre = unit(rng, 1, 64)
     near = centre + 0.35 * unit(rng, 3000, 64)  # similarities to the centre ~0.94, dense
     x = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
-    x = (x.view(np.uint32) & 0xFFFF0000).view(np.float32)  # bfloat16 values, kept exactly
     store = ExactVectors(64)
     store.append(x[:2900])
-    assert store.worst == 0.0
+    assert store.worst > 0.0  # vectors bfloat16 does not hold
     queries, k = x[2900:], 4
     rows, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64), bfloat16=False)
     per_row = np.bincount(rows, minlength=len(queries))
     assert per_row.min() >= k
     assert np.median(per_row) == k and per_row.max() <= k + 2
+    wide, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64), bfloat16=True)
+    assert np.median(np.bincount(wide, minlength=len(queries))) > 3 * k
     pos, _ = store.nearest(queries, k, 2900, np.zeros(0, np.int64))
     np.testing.assert_array_equal(pos, brute(queries, x[:2900], k, np.zeros(0, np.int64))[0])
 

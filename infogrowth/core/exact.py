@@ -6,17 +6,18 @@ the CPU has them), and with the low half it gives back the float32 vector bit fo
 the store costs what the float32 vectors cost and holds nothing twice.
 
 Where the CPU has no bfloat16 GEMM (AVX2: torch's bfloat16 GEMM is 5-6x slower than its
-float32 one there), each chunk's truncated vectors and the rounded queries are widened to
-float32, which is exact, and the GEMM runs in float32: the same exact products and float32
-sums, and a result not rounded to bfloat16, so the bound leaves that rounding out (more
-than a third of it) and about half as many candidates need a re-score. Where the CPU has
-both, each store uses the one measured faster on its data (``ScanChoice``).
+float32 one there), the scan is a float32 GEMM of the query and the stored vectors as they
+are (each chunk's two halves joined, ~1 ms per 4,096 vectors): off only by a float32 dot
+product's error, so about k candidates a row are left to re-score, where the bfloat16 scan's
+bound (both vectors' rounding and its result's) leaves tens in a dense neighbourhood.
+Where the CPU has both, each store uses the one measured faster on its data (``ScanChoice``).
 A small store is scanned in numpy without torch (``_SMALL``), by the same rule.
 
-The GEMM's similarities are off from the exact ones by a bounded error: for unit x and y,
-``x.y - xb.yb = rx.yb + x.ry`` where xb, yb are the bfloat16 vectors and rx, ry what they
-drop, so it is at most ``|rx| + |ry|`` (Cauchy-Schwarz), plus the GEMM's float32 sum over
-exact bfloat16 products and its bfloat16 result. With ``eps`` that bound for a row, every
+The bfloat16 GEMM's similarities are off from the exact ones by a bounded error: for unit
+x and y, ``x.y - xb.yb = rx.yb + x.ry`` where xb, yb are the bfloat16 vectors and rx, ry
+what they drop, so it is at most ``|rx| + |ry|`` (Cauchy-Schwarz), plus the GEMM's float32
+sum over exact bfloat16 products and its bfloat16 result (the float32 GEMM's: that of a
+float32 dot product, ``float32_dot_error``). With ``eps`` that bound for a row, every
 stored vector that can be among the row's k most similar has a GEMM similarity within
 ``2 eps`` of the k-th largest GEMM similarity; all of those are candidates and are re-scored
 in float64 from the exact vectors. The k nearest are therefore exact whatever the GEMM's
@@ -118,13 +119,14 @@ def warm_up_scan(dim: int) -> None:
 
 class ScanChoice:
     """Which GEMM a store's scans use where the CPU has both. The bfloat16 one multiplies
-    about twice as fast (AVX512-BF16; more on AMX), but its result's rounding widens the
-    bound, so it leaves about twice the candidates to re-score: on dense neighbourhoods the
-    float32 scan was the faster (this VM, Zen 4: a batch of 256 against 10k stored, 40
-    against 55 ms), on sparse ones the bfloat16 one (gain_bench's set at 100k: 2,936
-    against 2,216 samples/s). Each scan's cost per query row and stored vector (search and
-    re-score) is measured; the cheaper one is used, and the other tried again every
-    ``_RETRY_EVERY`` scans. Both find the same k nearest, so the choice changes no result."""
+    about twice as fast (AVX512-BF16; more on AMX), but its bound holds both vectors'
+    rounding and its result's, where the float32 scan's holds only its sums' error, so it
+    leaves many more candidates to re-score: on dense neighbourhoods the float32 scan is
+    the faster (this VM, Zen 4: a batch of 256 against 10k stored of the pipeline bench's
+    set, 26 against 39 ms, 4 against 72 candidates a row), on sparse ones the bfloat16 one
+    can be. Each scan's cost per query row and stored vector (search and re-score) is
+    measured; the cheaper one is used, and the other tried again every ``_RETRY_EVERY``
+    scans. Both find the same k nearest, so the choice changes no result."""
 
     def __init__(self) -> None:
         self.cost: dict[bool, float] = {}  # bfloat16 or not -> seconds per row x vector
@@ -163,8 +165,8 @@ class ExactVectors:
         self.low = np.zeros((0, dim), np.uint16)  # the rest of each float32
         self.residual = np.zeros(0, np.float64)  # |vector - truncated|, per vector
         self.worst = 0.0  # the largest residual
-        self._buffer: Any = None  # the scan's similarities (_scan_buffer)
-        self._wide: Any = None  # a chunk widened to float32 (_widened)
+        self._buffers: dict[Any, Any] = {}  # the scan's similarities, by type (_scan_buffer)
+        self._wide: Any = None  # a chunk's float32 bits, the halves joined (_exact_rows)
         self.choice = ScanChoice()
 
     def append(self, x: np.ndarray) -> None:
@@ -249,10 +251,14 @@ class ExactVectors:
         row, so no higher than the row's own k-th largest: only groups whose maximum reaches
         it, less twice the error, are looked into."""
         torch = _torch()
-        query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
-        query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
-        eps = self._error(query_residual, bfloat16)
-        wide_query = None if bfloat16 else query.float().numpy()  # float32 GEMM
+        if bfloat16:
+            query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
+            query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
+            wide_query = None
+            eps = self._error(query_residual)
+        else:  # the float32 GEMM takes the query and the stored vectors as they are
+            wide_query = np.ascontiguousarray(x, np.float32)
+            eps = np.full(len(x), float32_dot_error(self.dim))
         best = torch.full((len(x), k), float("-inf"))  # the k largest group maxima so far
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, n, _CHUNK):
@@ -264,7 +270,7 @@ class ExactVectors:
                 torch.matmul(query, stored.T, out=sim)
             else:  # numpy's float32 GEMM (OpenBLAS): ~20% faster than torch's (MKL) on AVX2
                 sim = self._scan_buffer(len(x), width, torch.float32)
-                np.matmul(wide_query, self._widened(stored).T, out=sim.numpy())
+                np.matmul(wide_query, self._exact_rows(start, width).T, out=sim.numpy())
             sim[:, n - start :] = float("-inf")  # store rows past n: zeros, or not searched
             dropped = gone[(gone >= start) & (gone < start + width)] - start
             if len(dropped):
@@ -311,27 +317,31 @@ class ExactVectors:
         return np.nonzero(sim >= floor[:, None])  # grouped by row
 
     def _scan_buffer(self, rows: int, columns: int, dtype: Any) -> Any:
-        """The similarities of a chunk, in memory kept from chunk to chunk."""
+        """The similarities of a chunk, in memory kept from chunk to chunk; one per type, so
+        that a scan with the other GEMM (ScanChoice's retry) is not timed with a fresh
+        buffer's page faults."""
         torch = _torch()
-        buffer = self._buffer
-        if buffer is None or buffer.numel() < rows * columns or buffer.dtype != dtype:
-            buffer = self._buffer = torch.empty(max(rows, 256) * _CHUNK, dtype=dtype)
+        buffer = self._buffers.get(dtype)
+        if buffer is None or buffer.numel() < rows * columns:
+            buffer = self._buffers[dtype] = torch.empty(max(rows, 256) * _CHUNK, dtype=dtype)
         return buffer[: rows * columns].view(rows, columns)
 
-    def _widened(self, stored: Any) -> np.ndarray:
-        """A chunk of bfloat16 vectors as float32 (exact), in memory kept from chunk to chunk."""
-        torch = _torch()
+    def _exact_rows(self, start: int, width: int) -> np.ndarray:
+        """Stored rows ``start`` to ``start + width`` as float32, bit for bit (the two halves
+        joined), in memory kept from chunk to chunk."""
         if self._wide is None:
-            self._wide = torch.empty(_CHUNK * self.dim, dtype=torch.float32)
-        wide = self._wide[: stored.numel()].view(stored.shape)
-        return wide.copy_(stored).numpy()
+            self._wide = np.empty(_CHUNK * self.dim, np.uint32)
+        bits = self._wide[: width * self.dim].reshape(width, self.dim)
+        rows = slice(start, start + width)
+        np.left_shift(self.high[rows], 16, out=bits, dtype=np.uint32, casting="unsafe")
+        np.bitwise_or(bits, self.low[rows], out=bits, casting="unsafe")
+        return bits.view(np.float32)
 
-    def _error(self, query_residual: np.ndarray, bfloat16: bool) -> np.ndarray:
-        """Per query row, a bound on |GEMM similarity - exact similarity| for any stored row
-        (a float32 GEMM's result is not rounded further)."""
+    def _error(self, query_residual: np.ndarray) -> np.ndarray:
+        """Per query row, a bound on |bfloat16 GEMM similarity - exact similarity| for any
+        stored row."""
         sum_error = float32_sum_error(self.dim)
-        rounding = _RESULT_ROUNDING if bfloat16 else 0.0
-        return _NORM_SLACK * (query_residual + self.worst + sum_error + rounding)
+        return _NORM_SLACK * (query_residual + self.worst + sum_error + _RESULT_ROUNDING)
 
     def _closest(
         self,
