@@ -12,7 +12,11 @@ Served on ``metrics_port`` (``/metrics``; 0 turns it off):
 * ``infogrowth_consumer_lag{topic, partition}``: the app's consumer group, refreshed every
   ``LAG_INTERVAL_S`` from the broker (committed offsets against last stable offsets);
 * ``infogrowth_transactions_left_open_total{end}``: transactions Kafka decided but left open,
-  found by agents/hanging.py (``end``: commit, abort, undecided, failed).
+  found by agents/hanging.py (``end``: commit, abort, undecided, failed);
+* ``infogrowth_thread_cpu_seconds_total{thread}``: CPU seconds of each live thread, by its
+  Python name (``MainThread``: the event loop; ``infogrowth-index_0``: the curator's gain
+  and policy; ``infogrowth-model_0``: the models): which part of a busy worker is the
+  bottleneck (Linux).
 
 The agents call ``sent``, ``timed`` and ``batch_done`` from one place each (agents/context.py);
 every ``log_every`` batches one INFO line gives the outcome rate, the index size and the lag.
@@ -28,8 +32,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from agents.liveness import LIVENESS, restart
+from infogrowth.io.cpu import cpu_seconds
 from infogrowth.io.kafka_io import group_lag
 
 if TYPE_CHECKING:
@@ -88,6 +95,27 @@ LEFT_OPEN = Counter(
     registry=REGISTRY,
 )
 OUTCOME_SCHEMAS = {"AcceptedSample": "accepted", "RejectedSample": "rejected"}
+
+
+class ThreadCPU(Collector):
+    """``infogrowth_thread_cpu_seconds_total{thread}``, read from /proc when scraped;
+    threads of one name (a pool's) are summed."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "infogrowth_thread_cpu_seconds", "CPU seconds of each live thread", labels=["thread"]
+        )
+        by_name: dict[str, float] = {}
+        for thread in threading.enumerate():
+            seconds = cpu_seconds(tid=thread.native_id) if thread.native_id else None
+            if seconds is not None:
+                by_name[thread.name] = by_name.get(thread.name, 0.0) + seconds
+        for name, seconds in sorted(by_name.items()):
+            family.add_metric([name], seconds)
+        yield family
+
+
+REGISTRY.register(ThreadCPU())
 
 
 class Progress:

@@ -69,6 +69,7 @@ from infogrowth.commands.pipeline import ensure_pipeline_topics, start_worker, s
 from infogrowth.commands.shards import save
 from infogrowth.core.shards import fit
 from infogrowth.io.avro import AvroSerde
+from infogrowth.io.cpu import cpu_seconds
 from infogrowth.io.files import read_rows
 from infogrowth.io.kafka_io import ensure_topics, make_producer, read_topic
 from infogrowth.io.messages import raw_record
@@ -234,7 +235,7 @@ def pipeline(
         warm_ids = {json.loads(line)["id"] for line in warm.open()}
         ingest_file(warm, run, progress=False)
         watch.until(warm_ids, timeout, procs)
-        before = step_seconds(workers)
+        before, threads_before = step_seconds(workers), thread_seconds(workers)
         broker = services(run)[0].pid()
         producer = ready_producer(run.kafka_bootstrap)
         pids = {role_name(r, i): p.pid for i, (r, p) in enumerate(zip(roles, procs, strict=True))}
@@ -245,7 +246,7 @@ def pipeline(
         steady = watch.until(ids, timeout, procs)
         elapsed = time.perf_counter() - started
         cpu = {k: v - cpu_before[k] for k, v in cpu_use(pids, broker).items()}
-        after = step_seconds(workers)
+        after, threads_after = step_seconds(workers), thread_seconds(workers)
     except RuntimeError:  # a worker exited: why
         for log in logs:
             errors = [line for line in log.read_text().splitlines() if "] [ERROR] " in line]
@@ -257,7 +258,12 @@ def pipeline(
             stop_worker(proc)
         drop_topics(run.kafka_bootstrap, tag)
     steps = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    threads = {
+        name: {t: v - was.get(t, 0.0) for t, v in now.items()}
+        for name, was, now in zip(pids, threads_before, threads_after, strict=True)
+    }
     return {
+        "threads": threads,
         "seconds": elapsed,
         "produced_s": produced_s,
         "steps": steps,
@@ -309,6 +315,7 @@ def print_details(result: dict) -> None:
     """A pipeline run's full rate, where the machine's CPU went, and its fill and drain."""
     print(f"  full (10th to 90th percentile of the outcomes) {result['steady']:8.0f} samples/s")
     print_cpu(result["cpu"])
+    print_threads(result["threads"])
     print_arrivals(result["arrived"])
 
 
@@ -328,6 +335,15 @@ def print_cpu(cpu: dict[str, float]) -> None:
         f" outcome watch {cpu['bench'] / total:.0%}, other {other / total:.0%},"
         f" idle {cpu['idle'] / total:.0%}"
     )
+
+
+def print_threads(threads: dict[str, dict[str, float]]) -> None:
+    """Where each worker's CPU went, by thread (MainThread: the event loop; the index
+    thread: the curator's gain and policy; the model thread: the encoder)."""
+    for worker, seconds in threads.items():
+        busy = sorted(((s, t) for t, s in seconds.items() if s >= 0.05), reverse=True)
+        each = ", ".join(f"{t} {s:.1f} s" for s, t in busy) or "none above 0.05 s"
+        print(f"  {worker}, CPU by thread: {each}")
 
 
 def print_arrivals(arrived: list[float]) -> None:
@@ -358,8 +374,10 @@ def cpu_use(workers: dict[str, int], broker: int | None) -> dict[str, float]:
 
 def _process_cpu(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    seconds = cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"no /proc entry for process {pid}")
+    return seconds
 
 
 class OutcomeWatch:
@@ -402,16 +420,26 @@ class OutcomeWatch:
         return (last - 1 - first) / span if span > 0 else float("nan")
 
 
+def worker_metric(worker: Settings, name: str, label: str) -> dict[str, float]:
+    """A worker's metric ``name`` by the value of its ``label`` (its /metrics page)."""
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    pattern = name + r"\{" + label + r'="([^"]+)"\} ([0-9.e+-]+)'
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text)}
+
+
 def step_seconds(workers: list[Settings]) -> dict[str, float]:
     """Seconds spent per executor step so far (infogrowth_batch_seconds_sum), all workers."""
-    pattern = r'infogrowth_batch_seconds_sum\{step="([^"]+)"\} ([0-9.e+-]+)'
     steps: dict[str, float] = {}
     for w in workers:
-        url = f"http://127.0.0.1:{w.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
-        for m in re.finditer(pattern, text):
-            steps[m[1]] = steps.get(m[1], 0.0) + float(m[2])
+        for step, seconds in worker_metric(w, "infogrowth_batch_seconds_sum", "step").items():
+            steps[step] = steps.get(step, 0.0) + seconds
     return steps
+
+
+def thread_seconds(workers: list[Settings]) -> list[dict[str, float]]:
+    """Each worker's CPU seconds so far by thread (infogrowth_thread_cpu_seconds_total)."""
+    return [worker_metric(w, "infogrowth_thread_cpu_seconds_total", "thread") for w in workers]
 
 
 # --- 4. the packaged encoder on one and on two inference workers ----------------------

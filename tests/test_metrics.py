@@ -127,3 +127,43 @@ def test_a_step_is_timed_from_when_it_runs_not_from_when_it_was_queued() -> None
     assert after[1] == before[1] + 1  # one observation
     assert after[0] - before[0] < 0.2  # its 10 ms, not the 400 ms it queued behind
     assert observed("long_step")[0] >= 0.4
+
+
+def test_each_thread_reports_its_own_cpu_seconds() -> None:
+    """infogrowth_thread_cpu_seconds_total{thread}: a thread that computes shows the CPU it
+    used under its own name, one that sleeps shows next to none, so a busy worker's /metrics
+    tells whether the event loop or the index thread is its bottleneck."""
+    import threading
+
+    from prometheus_client import generate_latest
+
+    from agents import metrics
+
+    def spin() -> None:
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+
+    def scraped() -> dict[str, float]:
+        text = generate_latest(metrics.REGISTRY).decode()
+        pattern = r'infogrowth_thread_cpu_seconds_total\{thread="([^"]+)"\} ([0-9.e+-]+)'
+        return {m[1]: float(m[2]) for m in re.finditer(pattern, text)}
+
+    release = threading.Event()
+    busy = threading.Thread(target=lambda: (spin(), release.wait()), name="test-busy")
+    idle = threading.Thread(target=release.wait, name="test-idle")
+    busy.start()
+    idle.start()
+    try:
+        deadline = time.monotonic() + 10
+        while scraped().get("test-busy", 0.0) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = scraped()
+    finally:
+        release.set()
+        busy.join()
+        idle.join()
+    assert seen["test-busy"] >= 0.25
+    assert seen["test-idle"] < 0.1
+    assert "MainThread" in seen
+    assert "test-busy" not in scraped()  # a finished thread leaves the page
