@@ -94,3 +94,32 @@ def test_auto_created_topic(kafka: str) -> None:
     _produce(kafka, topic, [serde.encode(record)])
     (value,) = asyncio.run(_consume(kafka, topic, 1))
     assert serde.decode(value)["original"] == b"\xff"
+
+
+def test_an_offset_request_is_asked_again_after_a_transient_error() -> None:
+    """After a broker stall librdkafka tears its connections down and remakes them: an
+    offset request in between fails with "Broker handle destroyed without termination"
+    (CI, 2026-12-07, `infogrowth status` and the tests' outcome counts). It is asked
+    again until the deadline; an error that will not pass is raised at once."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    from infogrowth.io.kafka_io import _watermarks
+
+    class Flaky:
+        def __init__(self, errors: list[int]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+            self.calls += 1
+            if self.errors:
+                raise KafkaException(KafkaError(self.errors.pop(0)))
+            return (0, 5)
+
+    tp = TopicPartition("t", 0)
+    flaky = Flaky([KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT])
+    assert _watermarks(flaky, tp, timeout=5.0) == (0, 5)  # type: ignore[arg-type]
+    assert flaky.calls == 3
+    refused = Flaky([KafkaError.TOPIC_AUTHORIZATION_FAILED])
+    with pytest.raises(KafkaException):
+        _watermarks(refused, tp, timeout=5.0)  # type: ignore[arg-type]
+    assert refused.calls == 1

@@ -299,6 +299,12 @@ def _partitions(consumer: Consumer, bootstrap: str, topic: str, timeout: float) 
 # A partition just created can be in the metadata with its leader before that broker serves
 # it: offset requests fail with these for a moment.
 _ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+# The connection to the broker went away and is being made again: a broker that stalled and
+# came back had its connections torn down ("Broker handle destroyed without termination",
+# an offset request in CI, 2026-12-07). Reads and offset requests try again.
+_TRANSIENT = frozenset(
+    {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._DESTROY_BROKER}
+)
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int] | None:
@@ -307,7 +313,8 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple
         try:
             return consumer.get_watermark_offsets(tp, timeout=timeout)
         except KafkaException as exc:
-            if exc.args[0].code() not in _ELECTING or time.monotonic() > deadline:
+            code = exc.args[0].code()
+            if code not in _ELECTING | _TRANSIENT or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
@@ -416,9 +423,6 @@ def _drain(
         consumer.store_offsets(message=msg)
         if until_end and msg.offset() + 1 >= stop[msg.partition()]:
             done.add(msg.partition())
-
-
-_TRANSIENT = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
 
 
 def _reached(consumer: Consumer, topic: str, stop: dict[int, int]) -> set[int]:
