@@ -297,8 +297,15 @@ def _partitions(consumer: Consumer, bootstrap: str, topic: str, timeout: float) 
 
 
 # A partition just created can be in the metadata with its leader before that broker serves
-# it: offset requests fail with these for a moment.
-_ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+# it, and a client whose broker came back may not know the partition again yet ("Local:
+# Unknown partition", CI 2026-12-07): offset requests fail with these for a moment.
+_ELECTING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
 # The connection to the broker went away and is being made again: a broker that stalled and
 # came back had its connections torn down ("Broker handle destroyed without termination",
 # an offset request in CI, 2026-12-07). Reads and offset requests try again.
