@@ -125,3 +125,32 @@ def test_an_offset_request_is_asked_again_after_a_transient_error() -> None:
     with pytest.raises(KafkaException):
         _watermarks(refused, tp, timeout=5.0)  # type: ignore[arg-type]
     assert refused.calls == 1
+
+
+def test_topic_metadata_is_asked_again_while_a_connection_is_remade() -> None:
+    """`ensure_topics` (every `ingest`, every worker start) lists the topics first: a
+    connection being remade ("Broker transport failure", an `ingest` feed in CI,
+    2026-12-07) is asked again until the deadline, an error that will not pass is not."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from infogrowth.io.kafka_io import _topics
+
+    class Admin:
+        def __init__(self, errors: list[int]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def list_topics(self, timeout: float) -> SimpleNamespace:
+            self.calls += 1
+            if self.errors:
+                raise KafkaException(KafkaError(self.errors.pop(0)))
+            return SimpleNamespace(topics={"t": "meta"})
+
+    admin = Admin([KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN])
+    assert _topics(admin, timeout=5.0) == {"t": "meta"}  # type: ignore[arg-type]
+    assert admin.calls == 3
+    refused = Admin([KafkaError.CLUSTER_AUTHORIZATION_FAILED])
+    with pytest.raises(KafkaException):
+        _topics(refused, timeout=5.0)  # type: ignore[arg-type]
+    assert refused.calls == 1

@@ -74,7 +74,7 @@ def ensure_topics(
     """
     admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
     wanted = list(dict.fromkeys(names))
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    existing = set(_topics(admin, timeout))
     missing = [n for n in wanted if n not in existing]
     if missing:
         new = [NewTopic(n, partitions, 1, config=dict(config or {})) for n in missing]
@@ -88,10 +88,23 @@ def ensure_topics(
     return missing
 
 
+def _topics(admin: AdminClient, timeout: float) -> dict[str, Any]:
+    """The cluster's topic metadata, asked again while a connection is being remade
+    (``_TRANSIENT``: an `ingest` feed in CI, 2026-12-07, stopped on one) until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin.list_topics(timeout=timeout).topics
+        except KafkaException as exc:
+            if exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        topics = admin.list_topics(timeout=timeout).topics
+        topics = _topics(admin, timeout)
         if all(_ready(topics.get(n)) for n in names):
             return
         if time.monotonic() > deadline:
