@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from infogrowth.io.avro import AvroSerde, SchemaError
 
 log = logging.getLogger("infogrowth.kafka")
+T = TypeVar("T")
 
 
 def _silent_logger() -> logging.Logger:
@@ -91,14 +92,7 @@ def ensure_topics(
 def _topics(admin: AdminClient, timeout: float) -> dict[str, Any]:
     """The cluster's topic metadata, asked again while a connection is being remade
     (``_TRANSIENT``: an `ingest` feed in CI, 2026-12-07, stopped on one) until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return admin.list_topics(timeout=timeout).topics
-        except KafkaException as exc:
-            if exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return _asked_again(lambda: admin.list_topics(timeout=timeout).topics, _TRANSIENT, timeout)
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
@@ -327,16 +321,23 @@ _TRANSIENT = frozenset(
 )
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int] | None:
+def _asked_again(ask: Callable[[], T], codes: frozenset[int], timeout: float) -> T:
+    """``ask()``, asked again every 0.2 s while it fails with one of ``codes``, until
+    ``timeout`` seconds have passed; any other error at once."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return consumer.get_watermark_offsets(tp, timeout=timeout)
+            return ask()
         except KafkaException as exc:
-            code = exc.args[0].code()
-            if code not in _ELECTING | _TRANSIENT or time.monotonic() > deadline:
+            if exc.args[0].code() not in codes or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int] | None:
+    return _asked_again(
+        lambda: consumer.get_watermark_offsets(tp, timeout=timeout), _ELECTING | _TRANSIENT, timeout
+    )
 
 
 def _ends(consumer: Consumer, topic: str, partitions: list[int], timeout: float) -> dict[int, int]:
