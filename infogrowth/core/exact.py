@@ -240,8 +240,8 @@ class ExactVectors:
         self, x: np.ndarray, k: int, n: int, gone: np.ndarray, bfloat16: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """(row, position) of every stored vector that can be among each row's k most
-        similar (see the module docstring), grouped by row; the GEMM in bfloat16 or, widened,
-        in float32.
+        similar (see the module docstring), grouped by row; the GEMM in bfloat16 on the
+        truncated vectors, or in float32 on the exact ones.
 
         The store is scanned in chunks of _CHUNK vectors (temporaries of one size, which
         malloc reuses: a similarity matrix a little larger every batch grew the heap by
@@ -254,23 +254,21 @@ class ExactVectors:
         if bfloat16:
             query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
             query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
-            wide_query = None
             eps = self._error(query_residual)
         else:  # the float32 GEMM takes the query and the stored vectors as they are
-            wide_query = np.ascontiguousarray(x, np.float32)
+            query = np.ascontiguousarray(x, np.float32)
             eps = np.full(len(x), float32_dot_error(self.dim))
         best = torch.full((len(x), k), float("-inf"))  # the k largest group maxima so far
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, n, _CHUNK):
             width = -(-min(_CHUNK, n - start) // _LANES) * _LANES  # store rows: whole thousands
-            stored = torch.from_numpy(self.high[start : start + width].view(np.int16))
-            stored = stored.view(torch.bfloat16)
-            if wide_query is None:
+            if bfloat16:
+                stored = torch.from_numpy(self.high[start : start + width].view(np.int16))
                 sim = self._scan_buffer(len(x), width, torch.bfloat16)
-                torch.matmul(query, stored.T, out=sim)
+                torch.matmul(query, stored.view(torch.bfloat16).T, out=sim)
             else:  # numpy's float32 GEMM (OpenBLAS): ~20% faster than torch's (MKL) on AVX2
                 sim = self._scan_buffer(len(x), width, torch.float32)
-                np.matmul(wide_query, self._exact_rows(start, width).T, out=sim.numpy())
+                np.matmul(query, self._exact_rows(start, width).T, out=sim.numpy())
             sim[:, n - start :] = float("-inf")  # store rows past n: zeros, or not searched
             dropped = gone[(gone >= start) & (gone < start + width)] - start
             if len(dropped):
