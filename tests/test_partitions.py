@@ -43,6 +43,7 @@ from infogrowth.commands.ingest import ingest_file
 from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count
 from infogrowth.commands.replay import replay
 from infogrowth.commands.shards import fit_centroids, save
+from infogrowth.core.shards import Centroids
 from infogrowth.io.avro import decode_any
 from infogrowth.io.kafka_io import end_offsets, read_topic
 from infogrowth.settings import Settings
@@ -160,13 +161,11 @@ def test_two_curator_shards_with_a_worker_killed_lose_and_duplicate_nothing(
     sharded curation (`curate --centroids`) of the same centroid file. With snapshots, the
     shards that move restore from the snapshot another worker wrote and its changelog tail."""
     rows = embedding_rows(N)
-    source = write_jsonl(tmp_path / "input.jsonl", rows)
     settings = run_settings(
         kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08,
         dup_distance=0.02, raw_partitions=2, shards=2, snapshot_every=snapshot_every,
     )  # fmt: skip
-    centroids = fit_centroids(str(source), 500, settings)
-    settings = with_settings(settings, centroids=save(centroids, "s3://pipeline/c", settings))
+    settings, centroids = with_fitted_centroids(settings, rows, tmp_path)
     assert settings.centroids.startswith("s3://pipeline/c/centroids-")
     ensure_pipeline_topics(settings)
     assert len(end_offsets(kafka, settings.topic_scored)) == 2
@@ -276,6 +275,16 @@ def test_a_worker_joining_the_group_does_not_make_the_first_send_its_batches_twi
     assert all(len(found) == 1 for found in outcomes.values())
 
 
+def with_fitted_centroids(
+    settings: Settings, rows: list[dict], tmp_path: Path
+) -> tuple[Settings, Centroids]:
+    """``settings`` with centroids for its shards, fitted on ``rows`` as `shards fit` does
+    and stored in S3, and the centroids."""
+    centroids = fit_centroids(str(write_jsonl(tmp_path / "input.jsonl", rows)), 500, settings)
+    stored = save(centroids, "s3://pipeline/c", settings)
+    return with_settings(settings, centroids=stored), centroids
+
+
 @contextmanager
 def two_full_workers(
     kafka: str, s3: Any, tmp_path: Path, n: int = N, seed: int = 0, **settings_: Any
@@ -292,8 +301,7 @@ def two_full_workers(
     settings = with_settings(settings, **settings_)
     rows = embedding_rows(n, seed=seed)
     if settings.shards > 1:
-        centroids = fit_centroids(str(write_jsonl(tmp_path / "input.jsonl", rows)), 500, settings)
-        settings = with_settings(settings, centroids=save(centroids, "s3://pipeline/c", settings))
+        settings, _ = with_fitted_centroids(settings, rows, tmp_path)
     ensure_pipeline_topics(settings)
     full = with_settings(settings, worker_roles="inference,captioner,curator")
     workers = [Supervised(full, tmp_path / f"worker-{i}.log", len(rows)) for i in range(2)]
