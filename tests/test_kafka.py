@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -154,3 +155,59 @@ def test_topic_metadata_is_asked_again_while_a_connection_is_remade() -> None:
     with pytest.raises(KafkaException):
         _topics(refused, timeout=5.0)  # type: ignore[arg-type]
     assert refused.calls == 1
+
+
+def test_waiting_for_leaders_ends_near_its_deadline() -> None:
+    """Each topic listing of `_wait_for_leaders` gets what is left of the wait, not the
+    whole wait again: a broker that stops answering near the deadline no longer makes the
+    wait run one full timeout past it."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from infogrowth.io.kafka_io import _wait_for_leaders
+
+    class Admin:
+        """Answers "no leader yet" for a second, then hangs for each listing's timeout."""
+
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+
+        def list_topics(self, timeout: float) -> SimpleNamespace:
+            if time.monotonic() - self.started < 1.0:
+                return SimpleNamespace(topics={})
+            time.sleep(timeout)
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    started = time.monotonic()
+    with pytest.raises((KafkaException, RuntimeError)):
+        _wait_for_leaders(Admin(), ["t"], timeout=2.0)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 2.6  # the whole timeout again: past 3 s
+
+
+def test_the_topic_check_of_replay_asks_again_while_a_connection_is_remade(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`existing_topics` (replay's check of its output topics) lists through `_topics`, so
+    a connection being remade is asked again instead of failing the replay."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from infogrowth.io import kafka_io
+
+    errors = [KafkaError._TRANSPORT]
+
+    class Admin:
+        def __init__(self, conf: dict) -> None:
+            pass
+
+        def list_topics(self, timeout: float) -> SimpleNamespace:
+            if errors:
+                raise KafkaException(KafkaError(errors.pop()))
+            return SimpleNamespace(topics={"accepted": "meta", "rejected": "meta"})
+
+    monkeypatch.setattr(kafka_io, "AdminClient", Admin)
+    names = ["rejected", "recaption", "accepted"]
+    assert kafka_io.existing_topics("127.0.0.1:1", names, timeout=5.0) == ["rejected", "accepted"]
+    assert not errors

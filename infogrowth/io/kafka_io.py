@@ -95,10 +95,16 @@ def _topics(admin: AdminClient, timeout: float) -> dict[str, Any]:
     return _asked_again(lambda: admin.list_topics(timeout=timeout).topics, _TRANSIENT, timeout)
 
 
+_LAST_LISTING_S = 1.0  # a listing at the deadline still gets this long to answer
+
+
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Returns once every one of ``names`` has a leader for each partition; each listing
+    gets only what is left of ``timeout``, so the wait ends near its deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        topics = _topics(admin, timeout)
+        left = deadline - time.monotonic()
+        topics = _topics(admin, max(left, _LAST_LISTING_S))
         if all(_ready(topics.get(n)) for n in names):
             return
         if time.monotonic() > deadline:
@@ -538,5 +544,5 @@ def _first_record_offset(
 def existing_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> list[str]:
     """Those of ``names`` that exist on the broker, in the order given."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _silent_logger()})
-    present = set(admin.list_topics(timeout=timeout).topics)
+    present = set(_topics(admin, timeout))  # asked again while a connection is remade
     return [n for n in names if n in present]
