@@ -293,6 +293,12 @@ class BatchCommits:
             if held.committed:
                 self.committed_at.update(dict.fromkeys(mine, time.monotonic()))
 
+    async def commit_now(self) -> bool:
+        """A commit of everything settled, outside any batch's own (the curator's, before a
+        snapshot, with no batch in flight); whether it committed."""
+        await _no_commit_running(self.app.consumer)
+        return bool(await self.app.consumer.commit())
+
     def _due(self, sources: Iterable[TP]) -> bool:
         """Whether a commit interval has passed since a batch's own commit carried one of
         ``sources`` (or since its first batch here)."""

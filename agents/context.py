@@ -15,6 +15,7 @@ from faust.types import TP
 
 from agents import metrics
 from agents.atomic import BatchCommits, Held, refuse_commits, transactional_id
+from agents.selection_process import SelectionProcess
 from infogrowth.commands.offline import make_curator
 from infogrowth.core.curate import Curator
 from infogrowth.io.avro import AvroSerde
@@ -57,6 +58,16 @@ class Context:
     @cached_property
     def curator(self) -> Curator:
         return make_curator(self.settings)
+
+    @cached_property
+    def selection(self) -> SelectionProcess | None:
+        """The child process holding the curator's selection state (``curator_process``),
+        started by the first curated partition; None: selection on the index thread."""
+        if not self.settings.curator_process:
+            return None
+        process = SelectionProcess(self.settings)
+        log.info("curator: gain and policy in selection process %s", process.pid)
+        return process
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """A model step, off the event loop."""
@@ -116,7 +127,11 @@ class Context:
             yield held
             await self.confirm(sources)
             for event in events:
-                event.ack()
+                # Fully: the curator holds a reference to each event of a batch it keeps
+                # in flight past Faust's own ack (agents/curator.py), and the batch's
+                # offsets must be committable with its outputs, in this commit.
+                message = event.message
+                message.ack(self.app.consumer, n=max(message.refcount, 1))
         metrics.batch_done()
 
     async def send(

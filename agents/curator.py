@@ -19,7 +19,9 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -28,6 +30,7 @@ from faust.types import TP
 from agents import curator_state as state_codec
 from agents import diagnose, metrics, snapshot
 from agents.context import Context
+from agents.selection_state import fresh_selection, restore_selection
 from infogrowth.commands.pipeline import curator_changelog
 from infogrowth.core.curate import Scored, still_misaligned
 from infogrowth.core.shards import ShardedCurator
@@ -54,19 +57,18 @@ class CuratorState:
         self.ctx = ctx
         self.changelog = changelog
         self.partition = partition
-        curator = ctx.curator
         # A fresh selection state, whatever an earlier owner of the partition left here.
-        sharded = isinstance(curator, ShardedCurator)
-        if sharded:
-            self.curator = curator.reset_shard(partition)
-        else:
-            curator.reset_selection()
-            self.curator = curator
-        self.sharded = sharded
+        # With ``curator_process`` it lives in the child (restored there); this one is
+        # asked only what the settings decide (alignment, what enters the index).
+        self.curator = fresh_selection(ctx.curator, partition)
+        self.sharded = isinstance(ctx.curator, ShardedCurator)
+        self.remote = ctx.selection
+        self.indexed = 0  # the child's index size, as it last said (``curator_process``)
+        self.in_flight: set[str] = set()  # released in a batch whose outcomes are not sent
+        self.last_committed = False  # whether the last finished batch's own commit carried it
         self.restored: state_codec.Restored | None = None
         self.restoring: asyncio.Future[state_codec.Restored] | None = None
         self.light: dict[str, state_codec.Entry] = {}  # each entry without vectors or record
-        self.unsent: dict[str, state_codec.Entry] = {}  # changelog entries of this batch
         # The last changelog record sent (its delivery and key): a snapshot's mark.
         self.sent: tuple[asyncio.Future[Any], bytes] | None = None
         self.decoded: dict[str, Scored] = {}  # gate entries already decoded by _admit
@@ -83,7 +85,12 @@ class CuratorState:
         """Starts rebuilding the index, policy and gate from the committed changelog
         partition (and the newest snapshot), off the event loop; once per state."""
         if self.restoring is None:
-            self.restoring = asyncio.ensure_future(self.ctx.run_on_index(self.restore_changelog))
+            restoring = (
+                self._restore_in_child()
+                if self.remote
+                else self.ctx.run_on_index(self.restore_changelog)
+            )
+            self.restoring = asyncio.ensure_future(restoring)
             self.restoring.add_done_callback(self._report_failure)
         return self.restoring
 
@@ -107,23 +114,39 @@ class CuratorState:
             )
 
     def restore_changelog(self) -> state_codec.Restored:
-        shard = f" (shard {self.partition})" if self.sharded else ""
-        log.info("curator state%s: reading changelog partition %d", shard, self.partition)
-        settings = self.ctx.settings
-        curator = self.curator
-        latest = snapshot.read(self.store, self.snapshots) if self.store else None
-        entries, restored = state_codec.read_and_restore(
-            settings.kafka_bootstrap,
+        self._log_restore_start()
+        self.light, restored = restore_selection(
+            self.ctx.settings,
+            self.curator,
             self.changelog,
             self.partition,
-            curator.index,
-            curator.policy,
-            latest.index if latest else None,
-            latest.table if latest else None,
+            self.store,
+            self.snapshots,
         )
-        curator.index = restored.index
-        curator.hashes = restored.hashes
         self.sent = None
+        self._log_restored(restored, len(self.curator.index))
+        return restored
+
+    async def _restore_in_child(self) -> state_codec.Restored:
+        """``restore_changelog`` run by the selection process, which keeps the index."""
+        assert self.remote is not None
+        self._log_restore_start()
+        snapshots = self.snapshots if self.store else None
+        restored, self.light, self.indexed = await self.remote.call(
+            "restore", self.partition, self.changelog, snapshots
+        )
+        self.sent = None
+        self._log_restored(restored, self.indexed)
+        return restored
+
+    def _shard(self) -> str:
+        return f" (shard {self.partition})" if self.sharded else ""
+
+    def _log_restore_start(self) -> None:
+        log.info("curator state%s: reading changelog partition %d", self._shard(), self.partition)
+
+    def _log_restored(self, restored: state_codec.Restored, indexed: int) -> None:
+        shard = self._shard()
         if restored.read_from:
             log.info(
                 "curator state%s: changelog read from offset %d, the snapshot's table before it",
@@ -131,11 +154,22 @@ class CuratorState:
                 restored.read_from,
             )
         log.info("curator state%s: %d indexed from a snapshot", shard, restored.from_snapshot)
-        self.light = {key: state_codec.light(entry) for key, entry in entries.items()}
-        log.info(
-            "curator state%s: %d indexed, %d queued", shard, len(curator.index), len(restored.gate)
-        )
-        return restored
+        log.info("curator state%s: %d indexed, %d queued", shard, indexed, len(restored.gate))
+
+    def indexed_count(self) -> int:
+        return self.indexed if self.remote else len(self.curator.index)
+
+    def select(self, items: list[Scored], records: list[bytes]) -> asyncio.Future[list[Outcome]]:
+        """Starts ``select`` of a batch's aligned samples (``records``: their `scored`
+        records, which the selection process decodes itself); answered in the order asked."""
+        if self.remote is None:
+            return asyncio.ensure_future(self.ctx.run_on_index(self.curator.select, items))
+        answer = self.remote.call("select", self.partition, records)  # sent now, in order
+        return asyncio.ensure_future(self._outcomes(answer))
+
+    async def _outcomes(self, answer: asyncio.Future[tuple[list[Outcome], int]]) -> list[Outcome]:
+        outcomes, self.indexed = await answer
+        return outcomes
 
     def load(self) -> state_codec.Restored:
         assert self.restored is not None, "restore() comes before the partition's first batch"
@@ -144,9 +178,10 @@ class CuratorState:
     def seq_of(self, key: str) -> int:
         return self.light[key]["seq"]
 
-    def put(self, key: str, value: state_codec.Entry) -> None:
+    def put(self, key: str, value: state_codec.Entry, unsent: dict[str, state_codec.Entry]) -> None:
+        """A changelog entry, into ``unsent``: the entries of the batch it belongs to."""
         self.light[key] = state_codec.light(value)
-        self.unsent[key] = value  # a sample queued and finished in one batch: its last entry
+        unsent[key] = value  # a sample queued and finished in one batch: its last entry
 
     def item(self, key: str, raw: bytes) -> Scored:
         """The released gate entry as decoded on arrival (decoded here when it was queued
@@ -154,14 +189,13 @@ class CuratorState:
         item = self.decoded.pop(key, None)
         return item or scored_from_record(self.ctx.serde["ScoredSample"].decode(raw))
 
-    async def flush(self, source: TP) -> None:
+    async def flush(self, source: TP, unsent: dict[str, state_codec.Entry]) -> None:
         """Sends this batch's entries to the changelog in the batch's transaction
         (``send_changelog`` goes through a buffer that can miss it), to the changelog
         partition of the source partition (co-partitioned: one shard each). One per sample:
         a sample queued and finished in the batch needs only its last entry (the two would
         commit together, and a restore keeps a key's last value), which halves what the
         curator writes (two 4 KB records per sample before)."""
-        unsent, self.unsent = self.unsent, {}
         for key, value in unsent.items():
             # JSON key, binary value (agents/curator_state.py)
             raw_key, raw_value = json.dumps(key).encode(), state_codec.encode(value)
@@ -192,21 +226,32 @@ class CuratorState:
         (so the snapshot holds committed state only): the index to S3, uploaded in the
         background (agents/snapshot.py). A failure only delays it."""
         self.batches += 1
+        if committed and self.snapshot_due():
+            await self.snapshot()
+
+    def snapshot_due(self) -> bool:
+        """``snapshot_every`` batches or more since the last, and the last one uploaded (if
+        still uploading: ask again after the next batch)."""
         every = self.ctx.settings.snapshot_every
-        if self.uploads is None or self.batches < every or not committed:
-            return
-        if self.uploads.busy():
-            return  # the previous one is still uploading: try again after the next batch
+        return self.uploads is not None and self.batches >= every and not self.uploads.busy()
+
+    async def snapshot(self) -> None:
+        """Starts uploading the state as it is now: call it with no batch in flight."""
+        assert self.uploads is not None
         self.batches = 0
-        seq, index, mark = self.load().next_seq, self.curator.index, self.mark()
-        data = await self.ctx.run_on_index(index.to_bytes)
+        seq, mark = self.load().next_seq, self.mark()
+        if self.remote is None:
+            index = self.curator.index
+            data, indexed = await self.ctx.run_on_index(index.to_bytes), len(index)
+        else:
+            data, indexed = await self.remote.call("snapshot", self.partition)
         table = None
         if mark is not None:
             try:
                 table = await self.ctx.run_on_index(self.table, mark)
             except KeyError as exc:  # a queued entry not in the gate: should not happen
                 log.warning("curator snapshot without its table (%r not in the gate)", exc)
-        self.uploads.start(data, seq, len(index), table)
+        self.uploads.start(data, seq, indexed, table)
 
     def seq(self) -> int:
         st = self.load()
@@ -280,7 +325,7 @@ class Shards:
                 continue
             head = st.gate.head()
             lines.append(
-                f"curator partition {partition}: {len(state.curator.index)} indexed, "
+                f"curator partition {partition}: {state.indexed_count()} indexed, "
                 f"{len(st.gate)} in the gate, head {head!r} "
                 f"{'waits for its recaption' if head and st.gate.waiting(head) else ''}"
             )
@@ -303,6 +348,8 @@ class Shards:
         for partition in set(self.states) - mine:
             del self.states[partition]
             export_gate(str(partition), 0, 0.0)  # another worker's now
+            if self.ctx.selection is not None:  # its state in the child is freed
+                self.ctx.selection.call("drop", partition).add_done_callback(_ignore_result)
         for partition in sorted(mine):
             self.state(partition).start_restore()
 
@@ -318,85 +365,186 @@ def register(ctx: Context) -> None:
 
     @ctx.app.agent(ctx.topic(s.topic_scored), name="curator")
     async def curator(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(s.batch_size, within=s.take_within):
-            async with ctx.batch():
-                by_partition: dict[TP, list[faust.EventT]] = {}
-                for ev in events:  # in order within each partition, one transaction each
-                    by_partition.setdefault(ev.message.tp, []).append(ev)
-                durable = {tp: await states.of(tp.partition) for tp in by_partition}
-                async with ctx.atomic(events) as batch:
-                    for source, mine in by_partition.items():
-                        await _curate(ctx, durable[source], mine, source)
-            for source in by_partition:
-                await durable[source].maybe_snapshot(batch.committed)
+        pipeline = Pipeline(ctx) if s.curator_process else None
+        try:
+            async for events in stream.take_events(s.batch_size, within=s.take_within):
+                async with ctx.batch():
+                    if pipeline is None:
+                        await _one_at_a_time(ctx, states, events)
+                    else:
+                        await pipeline.take(states, events)
+        finally:
+            if pipeline is not None:
+                pipeline.stop()
 
 
-async def _curate(
-    ctx: Context, durable: CuratorState, events: list[faust.EventT], source: TP
-) -> None:
-    """One partition's events of a batch: gate, gain and policy of its shard."""
+def _by_partition(events: list[faust.EventT]) -> dict[TP, list[faust.EventT]]:
+    by_partition: dict[TP, list[faust.EventT]] = {}
+    for ev in events:  # in order within each partition, one transaction each
+        by_partition.setdefault(ev.message.tp, []).append(ev)
+    return by_partition
+
+
+async def _one_at_a_time(ctx: Context, states: Shards, events: list[faust.EventT]) -> None:
+    """A batch from its events to its commit, before the next one starts."""
+    by_partition = _by_partition(events)
+    durable = {tp: await states.of(tp.partition) for tp in by_partition}
+    steps = [_prepare(ctx, durable[tp], mine, tp) for tp, mine in by_partition.items()]
+    async with ctx.atomic(events) as batch:
+        for step in steps:
+            await _complete(ctx, step)
+    for source in by_partition:
+        await durable[source].maybe_snapshot(batch.committed)
+
+
+class Pipeline:
+    """``curator_process``: two batches in flight. The agent prepares a batch (gate,
+    changelog entries, its selection handed to the child) while a task of its own sends
+    the previous batch's outcomes and commits them. A batch keeps a reference to each of
+    its events, so Faust's own ack when the agent takes the next batch leaves their
+    offsets uncommittable until the batch's outputs are sent (``Context.atomic`` acks
+    them); a commit in between carries only finished batches, whose outputs it holds."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.queue: asyncio.Queue[tuple[list[faust.EventT], list[Step]]] = asyncio.Queue(1)
+        self.sender: asyncio.Future[None] | None = None
+
+    async def take(self, states: Shards, events: list[faust.EventT]) -> None:
+        for ev in events:
+            ev.message.incref()
+        by_partition = _by_partition(events)
+        durable = {tp: await states.of(tp.partition) for tp in by_partition}
+        for state in durable.values():
+            if state.snapshot_due():
+                await self._snapshot(state)
+        steps = [_prepare(self.ctx, durable[tp], mine, tp) for tp, mine in by_partition.items()]
+        if self.sender is None:
+            self.sender = asyncio.ensure_future(self._send())
+        await self.queue.put((events, steps))
+
+    async def _snapshot(self, state: CuratorState) -> None:
+        """A snapshot holds committed state and nothing selected after it: every batch
+        taken so far sent and committed first."""
+        await self.queue.join()
+        if state.last_committed or await self.ctx.commits.commit_now():
+            state.last_committed = True
+            await state.snapshot()
+
+    async def _send(self) -> None:
+        while True:
+            events, steps = await self.queue.get()
+            async with self.ctx.batch():
+                async with self.ctx.atomic(events) as batch:
+                    for step in steps:
+                        await _complete(self.ctx, step)
+                for step in steps:
+                    step.durable.batches += 1
+                    step.durable.last_committed = batch.committed
+            self.queue.task_done()
+
+    def stop(self) -> None:
+        if self.sender is not None:
+            self.sender.cancel()
+
+
+@dataclass
+class Step:
+    """One partition's part of a batch: what its gate released, the sends it owes (made in
+    the batch's transaction, after any earlier batch's), its changelog entries and its
+    selection (started when the batch is prepared)."""
+
+    durable: CuratorState
+    source: TP
+    released: list[tuple[str, bytes]]
+    items: list[Scored] = field(default_factory=list)
+    sends: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    unsent: dict[str, state_codec.Entry] = field(default_factory=dict)
+    selected: asyncio.Future[list[Outcome]] | None = None
+
+
+def _prepare(ctx: Context, durable: CuratorState, events: list[faust.EventT], source: TP) -> Step:
+    """One partition's events of a batch through the gate, and the selection of what it
+    releases started: no send and no await, so a batch still sending is not overtaken."""
     st = durable.load()
-    released, st.released = list(st.released), []
-    pending = {key for key, _ in released}  # released in this batch, finished in _finish
+    step = Step(durable, source, list(st.released))
+    st.released = []
+    # released in this batch or one still in flight, not finished yet
+    pending = durable.in_flight | {key for key, _ in step.released}
     for ev in events:
-        admitted = await _admit(ctx, durable, ev, pending)
-        released += admitted
+        admitted = _admit(ctx, step, ev, pending)
+        step.released += admitted
         pending.update(key for key, _ in admitted)
-    if released:
-        await _finish(ctx, durable, released, source)
-    await durable.flush(source)
+    durable.in_flight.update(key for key, _ in step.released)
+    step.items = [durable.item(key, raw) for key, raw in step.released]
+    aligned = [
+        (item, raw)
+        for item, (_, raw) in zip(step.items, step.released, strict=True)
+        if durable.curator.is_aligned(item)
+    ]
+    if aligned:
+        step.selected = durable.select([it for it, _ in aligned], [raw for _, raw in aligned])
+    return step
 
 
-async def _admit(
-    ctx: Context, durable: CuratorState, event: faust.EventT, pending: set[str]
+async def _complete(ctx: Context, step: Step) -> None:
+    """The step's sends, outcomes and changelog entries, in the batch's transaction."""
+    for send in step.sends:
+        await send()
+    if step.released:
+        await _finish(ctx, step)
+    await step.durable.flush(step.source, step.unsent)
+
+
+def _admit(
+    ctx: Context, step: Step, event: faust.EventT, pending: set[str]
 ) -> list[tuple[str, bytes]]:
     """Puts one scored message into the gate; returns what the gate releases. ``pending``:
-    the ids the gate released earlier in this batch (no longer in it, not finished yet)."""
+    the ids the gate released earlier and not finished yet."""
+    durable = step.durable
     try:
         record = ctx.serde["ScoredSample"].decode(event.value)
         item = scored_from_record(record)
     except NOT_A_SAMPLE as exc:
-        await ctx.dead_letter(event, STAGE, str(exc))
+        step.sends.append(partial(ctx.dead_letter, event, STAGE, str(exc)))
         return []
     st = durable.load()
     key, raw = record["id"], bytes(event.value)
     if record.get("attempt", 0) > 0:
         if not st.gate.waiting(key):
             return []  # a redelivered recaption: already handled
-        durable.put(key, state_codec.queued(durable.seq_of(key), raw))
+        durable.put(key, state_codec.queued(durable.seq_of(key), raw), step.unsent)
         durable.decoded[key] = item
         return st.gate.resolve(key, raw)
     if key in st.finished or key in st.gate or key in pending:
         return []  # sent again (a crawler's resend, an upstream retry): the first one counts
     seq = durable.seq()
     if durable.curator.is_aligned(item):
-        durable.put(key, state_codec.queued(seq, raw))
+        durable.put(key, state_codec.queued(seq, raw), step.unsent)
         durable.decoded[key] = item
         return st.gate.push(key, raw)
     request = recaption_request(item, ctx.settings.delta)
-    await ctx.send(ctx.settings.topic_recaption, "RecaptionRequest", request, event.message.tp)
-    durable.put(key, state_codec.queued(seq, None))
+    recaption = ctx.settings.topic_recaption
+    step.sends.append(partial(ctx.send, recaption, "RecaptionRequest", request, event.message.tp))
+    durable.put(key, state_codec.queued(seq, None), step.unsent)
     return st.gate.push(key, None)
 
 
-async def _finish(
-    ctx: Context, durable: CuratorState, released: list[tuple[str, bytes]], source: TP
-) -> None:
+async def _finish(ctx: Context, step: Step) -> None:
     """Gain + policy for the aligned, rejection for the still misaligned, in gate order."""
-    items = [durable.item(key, raw) for key, raw in released]
-    aligned = [it for it in items if durable.curator.is_aligned(it)]
-    outcomes = await ctx.run_on_index(durable.curator.select, aligned)
+    durable, source = step.durable, step.source
+    outcomes = await step.selected if step.selected is not None else []
     by_id: dict[str, Outcome] = {o.id: o for o in outcomes}
     st = durable.load()
-    for it in items:
+    for it in step.items:
         key = it.sample.id
         seq = durable.seq_of(key)
         outcome = by_id.get(key)
         if outcome is None:
             outcome = still_misaligned(it, ctx.settings.delta)
-            durable.put(key, state_codec.rejected(seq))
+            durable.put(key, state_codec.rejected(seq), step.unsent)
         elif not durable.curator.indexes(outcome):  # rejected: not part of the curated set
-            durable.put(key, state_codec.rejected(seq))
+            durable.put(key, state_codec.rejected(seq), step.unsent)
         else:
             vectors = {"image": it.encoded.image_emb}
             if it.encoded.text_emb is not None and "text" in durable.curator.index.modalities:
@@ -404,11 +552,17 @@ async def _finish(
             entry = state_codec.indexed(
                 seq, vectors, it.sample.label, outcome.gain, it.encoded.image_hash
             )
-            durable.put(key, entry)
+            durable.put(key, entry, step.unsent)
         st.finished.add(key)
+        durable.in_flight.discard(key)
         await _emit(ctx, outcome, it, source)
         for evicted in outcome.evicted:
             await _emit_eviction(ctx, evicted, key, source)
+
+
+def _ignore_result(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved: a child already gone is the next batch's error
 
 
 async def _emit(ctx: Context, outcome: Outcome, item: Scored, source: TP) -> None:

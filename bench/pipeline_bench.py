@@ -245,7 +245,7 @@ def pipeline(
         produced_s = time.perf_counter() - started
         steady = watch.until(ids, timeout, procs)
         elapsed = time.perf_counter() - started
-        cpu = {k: v - cpu_before[k] for k, v in cpu_use(pids, broker).items()}
+        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_use(pids, broker).items()}
         after, threads_after = step_seconds(workers), thread_seconds(workers)
     except RuntimeError:  # a worker exited: why
         for log in logs:
@@ -280,6 +280,7 @@ class Round:
     bare_s: float
     one: dict
     two: dict
+    selection: dict | None = None  # two processes, the curator's selection in a third
 
 
 TARGET = 2000  # samples/s end to end (issue 10), and a quarter of the bare loop
@@ -289,13 +290,18 @@ TARGET_SHARE = 0.25
 def print_rounds(rounds: list[Round], n: int) -> None:
     """Every round's rates, and their spread: one run per configuration swings with this
     VM's speed (its bare loop ran 2.3k-6.3k records/s within hours)."""
+    configs = [("one worker", "one"), ("two processes", "two")]
+    if all(r.selection is not None for r in rounds):
+        configs.append(("selection process", "selection"))
     print(f"\n{len(rounds)} rounds, each pipeline to the bare loop of its round:")
-    print("  round  bare loop   one worker          two processes")
+    header = "  round  bare loop   one worker          two processes"
+    print(header + ("      selection process" if len(configs) > 2 else ""))
     for i, r in enumerate(rounds, 1):
-        bare, one, two = (n / s for s in (r.bare_s, r.one["seconds"], r.two["seconds"]))
-        shares = f"({one / bare:4.0%}) {two:7.0f}/s ({two / bare:4.0%})"
-        print(f"  {i:5d} {bare:7.0f}/s {one:7.0f}/s {shares}")
-    for name, key in (("one worker", "one"), ("two processes", "two")):
+        bare = n / r.bare_s
+        rates = [n / getattr(r, key)["seconds"] for _, key in configs]
+        cells = " ".join(f"{rate:7.0f}/s ({rate / bare:4.0%})" for rate in rates)
+        print(f"  {i:5d} {bare:7.0f}/s {cells}")
+    for name, key in configs:
         # (samples/s, its share of the round's bare loop): a share is a ratio of seconds
         runs = [
             (n / getattr(r, key)["seconds"], r.bare_s / getattr(r, key)["seconds"]) for r in rounds
@@ -363,13 +369,28 @@ def cpu_use(workers: dict[str, int], broker: int | None) -> dict[str, float]:
     idle = ticks[3] + ticks[4]  # idle + iowait
     tick = os.sysconf("SC_CLK_TCK")
     mine = os.times()
+    children = {
+        f"worker:{name} selection": _process_cpu(child)
+        for name, pid in workers.items()
+        for child in _children(pid)
+    }
     return {
         **{f"worker:{name}": _process_cpu(pid) for name, pid in workers.items()},
+        **children,
         "broker": _process_cpu(broker) if broker else 0.0,
         "bench": mine.user + mine.system,
         "busy": (sum(ticks[:8]) - idle) / tick,
         "idle": idle / tick,
     }
+
+
+def _children(pid: int) -> list[int]:
+    """The processes a worker started (``--curator-process``: its selection process)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def _process_cpu(pid: int) -> float:
@@ -550,11 +571,13 @@ def main(argv: list[str] | None = None) -> int:
         drop_topics(run.kafka_bootstrap, ingest_topic)
         messages = encode_rows(rows)  # the feed of the bare loops and the pipelines
         bare_kafka(run, encode_rows(warm), args.batch)  # loads the transaction coordinator
+        in_a_process = replace(run, curator_process=True)
         rounds = [
             Round(
                 bare_kafka(run, messages, args.batch),
                 pipeline(run, warm, messages, set(ids), args.timeout, ONE_PROCESS),
                 pipeline(run, warm, messages, set(ids), args.timeout, TWO_PROCESSES),
+                pipeline(in_a_process, warm, messages, set(ids), args.timeout, TWO_PROCESSES),
             )
             for _ in range(max(1, args.repeat))
         ]
@@ -601,6 +624,14 @@ def main(argv: list[str] | None = None) -> int:
         f"  = {bare_s / split_s:.1%} of bare Kafka, {stream_s / split_s:.2f}x one worker"
     )
     print_details(split)
+    selected = rounds[0].selection
+    assert selected is not None
+    print(
+        f"pipeline (inference | curator, --curator-process) {n / selected['seconds']:6.0f}"
+        f" samples/s  = {bare_s / selected['seconds']:.1%} of bare Kafka,"
+        f" {split_s / selected['seconds']:.2f}x the curator in one process"
+    )
+    print_details(selected)
     if sharded is not None:
         print(
             f"pipeline (inference | {args.shards} curator shards) {n / sharded['seconds']:6.0f}"

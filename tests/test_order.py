@@ -42,3 +42,15 @@ def test_item_shows_what_a_snapshot_keeps_of_a_held_entry():
     assert gate.item("a") is None and gate.item("b") == "B"
     with pytest.raises(KeyError):
         gate.item("zzz")
+
+
+def test_a_pickled_gate_still_holds_what_waits():
+    """The curator's selection process restores the gate and sends it to the worker."""
+    import pickle
+
+    gate = OrderedGate()
+    gate.push("a", None)
+    gate.push("b", b"B")
+    copy = pickle.loads(pickle.dumps(gate))
+    assert copy.waiting("a") and copy.head() == "a"
+    assert copy.resolve("a", b"A") == [("a", b"A"), ("b", b"B")]

@@ -44,12 +44,22 @@ def _ids(path):
     return {json.loads(line)["id"] for line in path.read_text().splitlines()}
 
 
+@pytest.mark.parametrize("in_a_process", [False, True], ids=["selection-here", "selection-process"])
 def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matches(
-    kafka, s3, tmp_path
+    in_a_process, kafka, s3, tmp_path
 ):
+    """``selection-process`` (``curator_process``): the gain and policy in a child process,
+    two batches in flight; the same outcomes as offline, and replay rebuilds them."""
     # dup_distance 0.02: the exact re-crawls are duplicates, cluster neighbours redundant.
     settings = run_settings(
-        kafka, s3, tmp_path, encoder="precomputed", policy="threshold", tau=0.08, dup_distance=0.02
+        kafka,
+        s3,
+        tmp_path,
+        encoder="precomputed",
+        policy="threshold",
+        tau=0.08,
+        dup_distance=0.02,
+        curator_process=in_a_process,
     )
     ensure_pipeline_topics(settings)
     first = write_jsonl(tmp_path / "first.jsonl", embedding_rows(600)[:300])

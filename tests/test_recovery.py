@@ -136,8 +136,21 @@ def test_worker_killed(fault, kafka, s3, tmp_path):  # noqa: ANN001
     _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64))
 
 
-def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(kafka, s3, tmp_path):  # noqa: ANN001
-    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08, snapshot_every=3)
+@pytest.mark.parametrize("in_a_process", [False, True], ids=["selection-here", "selection-process"])
+def test_worker_killed_recovers_from_a_snapshot_and_the_changelog_tail(
+    in_a_process, kafka, s3, tmp_path
+):  # noqa: ANN001
+    """``selection-process``: the snapshot is taken by the child that holds the index, with
+    every batch before it sent and committed and none after it selected."""
+    settings = run_settings(
+        kafka,
+        s3,
+        tmp_path,
+        encoder="precomputed",
+        tau=0.08,
+        snapshot_every=3,
+        curator_process=in_a_process,
+    )
     fault = kill_after_snapshots("curator snapshot written")
     _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64), trickled=True)
     log = (tmp_path / "worker.log").read_text(errors="replace")
@@ -175,16 +188,48 @@ def fail_from(step: str, call: int):  # noqa: ANN201 - a Fault
     return fault
 
 
-@pytest.mark.parametrize("step", ["score", "select"])
-def test_a_failed_batch_is_read_again_not_lost(step, kafka, s3, tmp_path):  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("step", "in_a_process"),
+    [("score", False), ("select", False), ("select", True)],
+    ids=["score", "select", "select-in-the-selection-process"],
+)
+def test_a_failed_batch_is_read_again_not_lost(step, in_a_process, kafka, s3, tmp_path):  # noqa: ANN001
     """Faust acks every event of a batch its agent leaves, even by an error, and the next
     commit used to carry them: a failure of the model step lost its batch while the worker
-    went on, one of the curator's gain step lost samples too."""
-    settings = run_settings(kafka, s3, tmp_path, encoder="precomputed", tau=0.08)
+    went on, one of the curator's gain step lost samples too. With ``curator_process`` the
+    gain step raises in the child, and the batch waiting for its answer fails."""
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", tau=0.08, curator_process=in_a_process
+    )
     rows = embedding_rows(N, dim=64)
     _curate_under(fail_from(step, 3), settings, tmp_path, rows, worker_first=False)
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "a batch failed; committing nothing more, stopping the worker" in log
+
+
+def test_the_selection_process_killed_stops_its_worker_and_the_next_restores(kafka, s3, tmp_path):  # noqa: ANN001
+    """``curator_process``: the child that holds the gain index, hashes and policy killed
+    with SIGKILL mid-stream. The batch waiting for it fails, its worker stops without
+    committing it, and the next worker restores the committed state into a child of its
+    own: one outcome per sample, the offline decisions and gains."""
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", tau=0.08, curator_process=True
+    )
+
+    def fault(run: Supervised) -> None:
+        wait_for_share(run.settings, 0.3, N)
+        log = run.log_path.read_text(errors="replace")
+        child = int(re.findall(r"gain and policy in selection process (\d+)", log)[-1])
+        os.kill(child, signal.SIGKILL)
+        assert run.worker is not None
+        assert run.worker.wait(timeout=120) != 0
+        if outcome_count(run.settings) >= N:
+            pytest.skip("the worker finished before its selection process was killed")
+        run.start()
+
+    _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64))
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert re.search(r"the curator's selection process \d+ exited", log)
 
 
 def _one_worker_with_fault(spec: str, settings, tmp_path: Path, n: int = 400):  # noqa: ANN001, ANN202

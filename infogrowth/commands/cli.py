@@ -72,6 +72,9 @@ SETTING_HELP = {
     "shards": "curator shards (1: one exact curator); more needs --centroids with as many",
     "centroids": "centroid file (path or s3://) from `infogrowth shards fit`: each sample is "
     "curated in the shard of its nearest centroid",
+    "curator_process": "the curator's gain index and policy in a child process of the worker, "
+    "so the next batch is selected while this one's outcomes are sent (same outcomes; "
+    "~+20%% end to end on 2 cores, docs/pipeline-throughput.md)",
     "schema_registry_url": "Confluent Schema Registry: register the schemas there and write "
     "its ids into records (default: the fixed ids of schemas/registry.json)",
 }

@@ -13,7 +13,17 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-_WAITING = object()
+
+
+class _Waiting:
+    """The mark of an id that waits for its recaption: one instance, also after pickling
+    (a gate restored by the curator's selection process crosses a pipe)."""
+
+    def __reduce__(self) -> str:
+        return "_WAITING"
+
+
+_WAITING = _Waiting()
 
 
 class OrderedGate(Generic[T]):
