@@ -357,6 +357,10 @@ class Shards:
 def register(ctx: Context) -> None:
     s = ctx.settings
     states = Shards(ctx, curator_changelog(s))
+    if s.curator_process:
+        # Started with the worker: its Python and torch load beside Faust's start-up
+        # instead of holding the first restore (~2 s) into the group's first rebalance.
+        ctx.selection  # noqa: B018 (a cached property: the child starts here)
 
     @ctx.app.timer(interval=GATE_CHECK_S)
     async def watch_gates() -> None:
