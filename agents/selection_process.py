@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +125,11 @@ def _settle(answer: asyncio.Future[Any], reply: Any) -> None:
 
 def _serve(settings: Settings, conn: Any) -> None:
     """The child: runs requests one at a time until the parent closes its end."""
+    # A process group of its own: a signal to the worker's group (a graceful stop's
+    # SIGTERM, Ctrl-C) is the worker's to handle, and the worker still needs this process
+    # until it has stopped; it goes when the worker's end of the pipe closes (EOF), also
+    # when the worker is killed.
+    os.setpgrp()
     import infogrowth  # noqa: F401  (BLAS thread settings before numpy loads)
     from agents.selection_state import SelectionState
 

@@ -218,10 +218,9 @@ def test_the_selection_process_killed_stops_its_worker_and_the_next_restores(kaf
 
     def fault(run: Supervised) -> None:
         wait_for_share(run.settings, 0.3, N)
-        log = run.log_path.read_text(errors="replace")
-        child = int(re.findall(r"gain and policy in selection process (\d+)", log)[-1])
-        os.kill(child, signal.SIGKILL)
         assert run.worker is not None
+        (child,) = _spawned(run.worker.pid)  # the selection process
+        os.kill(child, signal.SIGKILL)
         assert run.worker.wait(timeout=120) != 0
         if outcome_count(run.settings) >= N:
             pytest.skip("the worker finished before its selection process was killed")
@@ -230,6 +229,17 @@ def test_the_selection_process_killed_stops_its_worker_and_the_next_restores(kaf
     _curate_under(fault, settings, tmp_path, embedding_rows(N, dim=64))
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert re.search(r"the curator's selection process \d+ exited", log)
+
+
+def _spawned(pid: int) -> list[int]:
+    """The processes ``pid`` started with multiprocessing's spawn (not its resource
+    tracker)."""
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").glob("*")
+        for child in (task / "children").read_text().split()
+    ]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _one_worker_with_fault(spec: str, settings, tmp_path: Path, n: int = 400):  # noqa: ANN001, ANN202
