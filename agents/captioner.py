@@ -5,6 +5,7 @@ instead of waiting for it forever, with the same detail as an offline run."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import faust
@@ -15,6 +16,7 @@ from infogrowth.core.curate import Scored
 from infogrowth.io.messages import NOT_A_SAMPLE, scored_from_record
 
 STAGE = "captioner"
+log = logging.getLogger("infogrowth.agents")
 
 
 def register(ctx: Context) -> None:
@@ -36,12 +38,25 @@ async def _recaption(ctx: Context, events: list[faust.EventT]) -> None:
             requests.append((ev.message.tp, request))
         except NOT_A_SAMPLE as exc:
             bad.append((ev, str(exc)))
+    _log_batch(events)
     captions, error = await _caption(ctx, samples)
     async with ctx.atomic(events):  # the model ran outside: commits wait only for the sends
         for ev, reason in bad:
             await ctx.dead_letter(ev, STAGE, reason)
         for (source, request), caption in zip(requests, captions, strict=True):
             await _send_back(ctx, request, caption, error, source)
+
+
+def _log_batch(events: list[faust.EventT]) -> None:
+    """One line a batch: which requests were read (a request never answered shows here)."""
+    offsets = [ev.message.offset for ev in events]
+    log.info(
+        "captioner: %d requests from %s, offsets %d-%d",
+        len(events),
+        events[0].message.tp,
+        min(offsets),
+        max(offsets),
+    )
 
 
 async def _caption(ctx: Context, items: list[Scored]) -> tuple[list[str | None], str | None]:
