@@ -62,7 +62,7 @@ class Context:
     @cached_property
     def selection(self) -> SelectionProcess | None:
         """The child process holding the curator's selection state (``curator_process``),
-        started by the first curated partition; None: selection on the index thread."""
+        started with a worker that runs the curator; None: selection on the index thread."""
         if not self.settings.curator_process:
             return None
         process = SelectionProcess(self.settings)

@@ -108,8 +108,9 @@ class Settings:
     log_every: int = 50  # batches between the worker's progress lines; 0 = never
     snapshot_every: int = 0  # curator batches between index snapshots in S3; 0 = never
     # The curator's gain and policy in a child process: the next batch is selected while
-    # this one's outcomes are sent (two batches in flight). Same outcomes, more throughput.
-    curator_process: bool = False
+    # this one's outcomes are sent (two batches in flight). Same outcomes, more throughput
+    # (docs/pipeline-throughput.md); off: on a thread of the worker, one batch at a time.
+    curator_process: bool = True
     stall_restart_s: float = 120.0  # no batch this long with records waiting: restart; 0 = never
     gate_warn_s: float = 60.0  # a sample waiting this long for its new caption is logged; 0 = never
     shards: int = 1  # curator shards (1 = one exact curator); >1 needs `centroids`

@@ -46,7 +46,7 @@ def test_rounds_are_judged_against_their_own_bare_loop(pb, capsys) -> None:  # n
     assert "round's bare loop in 2 of 3" in out.split("one worker:")[1].splitlines()[0]
 
 
-def test_rounds_with_the_selection_process_get_a_column_and_a_verdict(pb, capsys) -> None:  # noqa: ANN001
+def test_rounds_with_the_selection_in_thread_get_a_column_and_a_verdict(pb, capsys) -> None:  # noqa: ANN001
     n = 10_000
     rounds = [
         pb.Round(n / 5000, {"seconds": n / 1500}, {"seconds": n / 1800}, {"seconds": n / 2200}),
@@ -54,9 +54,9 @@ def test_rounds_with_the_selection_process_get_a_column_and_a_verdict(pb, capsys
     ]
     pb.print_rounds(rounds, n)
     out = capsys.readouterr().out
-    assert "selection process" in out.splitlines()[2]
+    assert "selection in-thread" in out.splitlines()[2]
     assert "      1    5000/s    1500/s ( 30%)    1800/s ( 36%)    2200/s ( 44%)" in out
     assert (
-        "selection process: min 1900, median 2200, max 2200 samples/s; >= 2000/s in 1 of 2"
+        "selection in-thread: min 1900, median 2200, max 2200 samples/s; >= 2000/s in 1 of 2"
         " rounds, >= 25% of its round's bare loop in 2 of 2" in out
     )

@@ -74,7 +74,8 @@ SETTING_HELP = {
     "curated in the shard of its nearest centroid",
     "curator_process": "the curator's gain index and policy in a child process of the worker, "
     "so the next batch is selected while this one's outcomes are sent (same outcomes; "
-    "~+20%% end to end on 2 cores, docs/pipeline-throughput.md)",
+    "~+20%% end to end on 2 cores, docs/pipeline-throughput.md); --no-curator-process: on a "
+    "thread of the worker, one batch at a time",
     "schema_registry_url": "Confluent Schema Registry: register the schemas there and write "
     "its ids into records (default: the fixed ids of schemas/registry.json)",
 }
