@@ -44,6 +44,9 @@ class Context:
         self.unconfirmed: dict[TP, list[asyncio.Future[Any]]] = {}  # by source partition
         self.producer_ids: dict[TP, str | None] = {}  # transactional id, by source partition
         self.store_down = False  # a batch is waiting out an object-store outage
+        # The curator's gain index size, summed over the partitions it owns here (the
+        # curator sets it: with ``curator_process`` the index lives in the child).
+        self.indexed: Callable[[], int] = lambda: 0
 
     def topic(self, *names: str) -> faust.TopicT:
         return self.app.topic(

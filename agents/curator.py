@@ -132,9 +132,10 @@ class CuratorState:
         assert self.remote is not None
         self._log_restore_start()
         snapshots = self.snapshots if self.store else None
-        restored, self.light, self.indexed = await self.remote.call(
-            "restore", self.partition, self.changelog, snapshots
-        )
+        with metrics.step_pending():
+            restored, self.light, self.indexed = await self.remote.call(
+                "restore", self.partition, self.changelog, snapshots
+            )
         self.sent = None
         self._log_restored(restored, self.indexed)
         return restored
@@ -167,8 +168,12 @@ class CuratorState:
         answer = self.remote.call("select", self.partition, records)  # sent now, in order
         return asyncio.ensure_future(self._outcomes(answer))
 
-    async def _outcomes(self, answer: asyncio.Future[tuple[list[Outcome], int]]) -> list[Outcome]:
-        outcomes, self.indexed = await answer
+    async def _outcomes(
+        self, answer: asyncio.Future[tuple[list[Outcome], int, float]]
+    ) -> list[Outcome]:
+        with metrics.step_pending():  # a step running, not a stall (agents/liveness.py)
+            outcomes, self.indexed, seconds = await answer
+        metrics.BATCH_SECONDS.labels("select").observe(seconds)
         return outcomes
 
     def load(self) -> state_codec.Restored:
@@ -244,7 +249,8 @@ class CuratorState:
             index = self.curator.index
             data, indexed = await self.ctx.run_on_index(index.to_bytes), len(index)
         else:
-            data, indexed = await self.remote.call("snapshot", self.partition)
+            with metrics.step_pending():
+                data, indexed = await self.remote.call("snapshot", self.partition)
         table = None
         if mark is not None:
             try:
@@ -314,6 +320,11 @@ class Shards:
         self.states: dict[int, CuratorState] = {}
         ctx.app.on_partitions_assigned.connect(self.on_assigned)
         diagnose.REPORTERS.append(self.describe)
+        ctx.indexed = self.indexed
+
+    def indexed(self) -> int:
+        """The gain index size over the partitions owned here (the metrics' gauge)."""
+        return sum(state.indexed_count() for state in list(self.states.values()))
 
     def describe(self) -> str:
         """Per owned partition: index and gate sizes, and what the gate's head waits for."""

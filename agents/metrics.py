@@ -193,7 +193,7 @@ def start(ctx: Context) -> None:
     """Serves /metrics, follows the index size and polls the consumer lag."""
     s = ctx.settings
     PROGRESS.log_every = s.log_every
-    PROGRESS.index_size = lambda: _index_size(ctx)
+    PROGRESS.index_size = lambda: ctx.indexed()  # set by the curator, once it registers
     INDEX_SIZE.set_function(PROGRESS.index_size)
     if s.metrics_port:
         try:
@@ -220,13 +220,6 @@ def _busy(ctx: Context) -> bool:
     built from here bind to the wrong thread, which hung the worker's start."""
     app = ctx.app
     return app.rebalancing or app.in_recovery or ctx.store_down
-
-
-def _index_size(ctx: Context) -> int:
-    curator = ctx.__dict__.get("curator")  # only once built: never load models for a gauge
-    if curator is None:
-        return 0
-    return sum(len(c.index) for c in getattr(curator, "shards", [curator]))  # sharded: all
 
 
 def _poll_lag(bootstrap: str, group_id: str, topics: list[str], ctx: Context) -> None:

@@ -7,6 +7,7 @@ process runs them (``SelectionState``, agents/selection_process.py)."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -63,8 +64,10 @@ class SelectionState:
     def __init__(self, settings: Settings) -> None:
         from infogrowth.commands.offline import make_curator
         from infogrowth.core import exact
+        from infogrowth.io.schema_registry import use_registry
 
         exact.load_torch()
+        use_registry(settings.schema_registry_url)  # the records' ids, as in the worker
         self.settings = settings
         self.curator = make_curator(settings)
         self.partitions: dict[int, Curator] = {}
@@ -84,15 +87,18 @@ class SelectionState:
         )
         return replace(restored, index=None, hashes=None), light, len(curator.index)
 
-    def select(self, partition: int, records: list[bytes]) -> tuple[list[Outcome], int]:
-        """``Curator.select`` of a batch's aligned samples, given as their `scored` records."""
+    def select(self, partition: int, records: list[bytes]) -> tuple[list[Outcome], int, float]:
+        """``Curator.select`` of a batch's aligned samples, given as their `scored` records;
+        also the index size after it and the seconds it took (the worker's metrics)."""
+        started = time.perf_counter()
         if self.serde is None:
             from infogrowth.io.avro import AvroSerde
 
             self.serde = AvroSerde("ScoredSample")
         items = [scored_from_record(self.serde.decode(raw)) for raw in records]
         curator = self.partitions[partition]
-        return curator.select(items), len(curator.index)
+        outcomes = curator.select(items)
+        return outcomes, len(curator.index), time.perf_counter() - started
 
     def snapshot(self, partition: int) -> tuple[bytes, int]:
         index = self.partitions[partition].index
