@@ -82,8 +82,10 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     ctx.curator  # noqa: B018 - a bad model setting stops the worker now, not each batch
     for role in roles:
         ROLES[role](ctx)
-    if "curator" in roles and settings.exact_limit > 0:
-        load_torch()  # the exact store's scans: at start, not inside the first batches
+    if "curator" in roles and settings.exact_limit > 0 and not settings.curator_process:
+        # The exact store's scans: at start, not inside the first batches. With the
+        # selection process they run there, and this process need not hold torch (~0.4 GB).
+        load_torch()
     metrics.start(ctx)
     hanging.start(ctx)
     # What start-up made (torch, Faust, the models: ~240,000 objects) lives as long as the

@@ -130,6 +130,13 @@ def _serve(settings: Settings, conn: Any) -> None:
     # until it has stopped; it goes when the worker's end of the pipe closes (EOF), also
     # when the worker is killed.
     os.setpgrp()
+    # Its lines go where the worker's go (stderr is the worker's): a spawned process
+    # inherits no logging set-up, and would drop its INFO lines (the scan's GEMM, an
+    # HNSW build) and print bare warnings.
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] [selection process]: %(message)s",
+    )
     import infogrowth  # noqa: F401  (BLAS thread settings before numpy loads)
     from agents.selection_state import SelectionState
 

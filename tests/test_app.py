@@ -24,4 +24,6 @@ def test_start_up_objects_are_kept_out_of_the_collector(tmp_path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True
     )
-    assert int(out.stdout.split()[-1]) > 100_000, out.stdout
+    # 0 without the freeze; ~93,000 for a curator whose scans run in its selection process
+    # (no torch here), ~240,000 with torch loaded.
+    assert int(out.stdout.split()[-1]) > 50_000, out.stdout

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -85,6 +86,8 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing_and_replay_matche
         stop_worker(worker, signal.SIGTERM)
 
     assert done_before_restart < 600 or pytest.skip("the worker finished before it was killed")
+    if in_a_process:  # the child's log lines reach the worker's log
+        assert "[selection process]: exact gain search:" in Path(log).read_text(errors="replace")
     accepted = [decode_any(v)[1] for v in topic_values(settings, settings.topic_accepted)]
     ids = [r["id"] for r in accepted]
     twice = sorted(i for i, n in Counter(ids).items() if n > 1)
