@@ -505,3 +505,43 @@ def test_a_batch_sends_one_changelog_entry_per_sample_its_last() -> None:
     assert a["state"] == "indexed" and a["gain"] == 0.5 and b == state_codec.queued(1, b"record b")
     assert state.sent is not None and state.sent[1] == b'"b"'
     assert state.light["a"]["state"] == "indexed"
+
+
+def test_a_restore_or_select_in_the_selection_process_is_a_step_in_progress() -> None:
+    """With ``curator_process`` the curator awaits its child: while it does, the stall
+    watchdog must see a step running (as for a step on the index thread), or a restore of
+    a long changelog would look like a stalled worker and restart it."""
+    from types import SimpleNamespace
+
+    from agents.curator import CuratorState
+    from agents.metrics import BATCH_SECONDS, LIVENESS
+
+    class Child:  # SelectionProcess.call, answered when the test says
+        def __init__(self) -> None:
+            self.answers: list[asyncio.Future] = []
+
+        def call(self, op: str, *args: object) -> asyncio.Future:
+            self.answers.append(asyncio.get_running_loop().create_future())
+            return self.answers[-1]
+
+    child = Child()
+    ctx = SimpleNamespace(curator=make_curator(Settings()), settings=Settings(), selection=child)
+    state = CuratorState(ctx, "changelog")  # type: ignore[arg-type]
+    selects = BATCH_SECONDS.labels("select")
+
+    async def restore_then_select() -> None:
+        restoring = state.start_restore()
+        await asyncio.sleep(0)
+        assert LIVENESS.steps == 1  # waiting for the child's restore
+        child.answers[0].set_result((state_codec.Restored(index=None), {}, 7))
+        await restoring
+        assert LIVENESS.steps == 0 and state.indexed_count() == 7
+        before = selects._sum.get()
+        selected = state.select([], [b"record"])
+        await asyncio.sleep(0)
+        assert LIVENESS.steps == 1  # waiting for the child's select
+        child.answers[1].set_result(([], 8, 0.25))
+        assert await selected == [] and LIVENESS.steps == 0
+        assert state.indexed_count() == 8 and selects._sum.get() == before + 0.25
+
+    asyncio.run(restore_then_select())
