@@ -23,6 +23,7 @@ from agents.atomic import (
     keep_open_transactions,
     name_producers_by_topic,
     no_commits_after_a_failed_batch,
+    seek_back_to_the_start_when_nothing_was_committed,
     stop_producers_of_lost_partitions,
 )
 from agents.context import Context
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     mask_log_records(settings.secret_values())
     use_registry(settings.schema_registry_url)  # "" = the fixed schema ids
     stop_producers_of_lost_partitions()
+    seek_back_to_the_start_when_nothing_was_committed()
     commit_before_revocation()
     keep_open_transactions()
     no_commits_after_a_failed_batch()

@@ -60,6 +60,14 @@ still let a crash or a rebalance duplicate or lose output, and this module close
   before it: seen after a kill, the next owner of `recaption` read a committed batch again
   and wrote its 63 records to `recaptioned` twice (faust-streaming issue #606).
   ``gaps_end_before_the_next_record`` records the gap without that record.
+* Records Faust fetched but did not hand to a stream (the flow stopped by a rebalance, or
+  the generation changed while it fetched) are dropped, and Faust seeks back to the
+  committed offsets. aiokafka's ``seek_to_committed`` seeks only partitions whose
+  committed offset is above 0, so a partition nothing was ever committed on kept its
+  position past the dropped records, and they were never read. Seen once: the first
+  recaption request (offset 0 of `recaption`), fetched while a second worker joined, was
+  never captioned, and the curator's gate held every later sample behind it.
+  ``seek_back_to_the_start_when_nothing_was_committed`` seeks those to their start.
 * The commit timer can run at any ``await`` of an agent, so a commit could land inside a
   batch: half its outputs and state committed, its offsets not. ``BatchCommits.hold``
   marks the batch's source partitions as in flight, and ``commit_only_settled_partitions``
@@ -78,11 +86,14 @@ import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from aiokafka.producer.transaction_manager import TransactionState
 from faust.assignor import PartitionAssignor
 from faust.transport.consumer import Consumer, TransactionManager
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 from faust.types import TP
 
@@ -226,6 +237,26 @@ def gaps_end_before_the_next_record() -> None:
     """A gap of transaction markers ends before the record after it (see the module
     docstring)."""
     Consumer._add_gap = _gap_before  # type: ignore[method-assign]
+
+
+async def seek_to_committed_or_start(consumer: AIOKafkaConsumer) -> dict[Any, int | None]:
+    """``consumer.seek_to_committed()``, and the partitions with no committed offset (or 0)
+    to their first offset: aiokafka leaves those where they are (see the module docstring)."""
+    committed = await consumer.seek_to_committed()
+    unstarted = [tp for tp, offset in committed.items() if not offset]
+    if unstarted:
+        await consumer.seek_to_beginning(*unstarted)
+    return committed
+
+
+async def _seek_back(self: AIOKafkaConsumerThread) -> Any:
+    return await self.call_thread(seek_to_committed_or_start, self._ensure_consumer())
+
+
+def seek_back_to_the_start_when_nothing_was_committed() -> None:
+    """Faust's seek back to the committed offsets also rewinds the partitions with none
+    (see the module docstring)."""
+    AIOKafkaConsumerThread.seek_to_committed = _seek_back  # type: ignore[method-assign]
 
 
 _in_flight: weakref.WeakKeyDictionary[faust.App, Counter[TP]] = weakref.WeakKeyDictionary()

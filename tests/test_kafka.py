@@ -211,3 +211,46 @@ def test_the_topic_check_of_replay_asks_again_while_a_connection_is_remade(
     names = ["rejected", "recaption", "accepted"]
     assert kafka_io.existing_topics("127.0.0.1:1", names, timeout=5.0) == ["rejected", "accepted"]
     assert not errors
+
+
+def test_a_seek_back_rewinds_a_partition_nothing_was_committed_on(kafka: str) -> None:
+    """Faust drops records it fetched while a rebalance stopped its flow and seeks back to
+    the committed offsets; aiokafka seeks only partitions with an offset committed above 0,
+    so the first records of a partition were skipped (a recaption request never captioned).
+    ``seek_to_committed_or_start`` (agents/atomic.py) rewinds those to their start."""
+    from aiokafka import TopicPartition
+
+    from agents.atomic import seek_to_committed_or_start
+
+    topic = f"seek-back-{uuid.uuid4().hex[:8]}"
+    producer = Producer({"bootstrap.servers": kafka})
+    for i in range(3):
+        producer.produce(topic, value=f"r{i}".encode())
+    producer.flush(30)
+
+    async def read_then_seek_back() -> tuple[int, int]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka,
+            group_id=f"g-{topic}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            read, deadline = 0, time.monotonic() + 60
+            while read < 3 and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=1000)
+                read += sum(len(records) for records in batches.values())
+            assert read == 3
+            tp = TopicPartition(topic, 0)
+            await consumer.seek_to_committed()
+            left_by_aiokafka = await consumer.position(tp)
+            await seek_to_committed_or_start(consumer)
+            return left_by_aiokafka, await consumer.position(tp)
+        finally:
+            await consumer.stop()
+
+    left_by_aiokafka, rewound = asyncio.run(read_then_seek_back())
+    assert left_by_aiokafka == 3  # the hole: nothing committed, the position not moved
+    assert rewound == 0
