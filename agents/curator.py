@@ -230,9 +230,14 @@ class CuratorState:
         """After ``snapshot_every`` batches or more, at the end of a batch that committed
         (so the snapshot holds committed state only): the index to S3, uploaded in the
         background (agents/snapshot.py). A failure only delays it."""
-        self.batches += 1
+        self.finished_batch(committed)
         if committed and self.snapshot_due():
             await self.snapshot()
+
+    def finished_batch(self, committed: bool) -> None:
+        """A batch of this partition sent; ``committed``: its own commit carried it."""
+        self.batches += 1
+        self.last_committed = committed
 
     def snapshot_due(self) -> bool:
         """``snapshot_every`` batches or more since the last, and the last one uploaded (if
@@ -454,8 +459,7 @@ class Pipeline:
                     for step in steps:
                         await _complete(self.ctx, step)
                 for step in steps:
-                    step.durable.batches += 1
-                    step.durable.last_committed = batch.committed
+                    step.durable.finished_batch(batch.committed)
             self.queue.task_done()
 
     def stop(self) -> None:

@@ -30,8 +30,6 @@ from typing import Any
 
 from infogrowth.settings import Settings
 
-log = logging.getLogger("infogrowth.curator")
-
 
 class SelectionProcessExited(RuntimeError):
     """The child that held the curator's selection state is gone."""
@@ -97,14 +95,6 @@ class SelectionProcess:
             waiting, self._waiting = list(self._waiting), deque()
         for loop, answer in waiting:
             loop.call_soon_threadsafe(_settle, answer, _Failed(error))
-
-    def close(self) -> None:
-        """Stops the child (a worker's stop; a killed worker's child reads EOF and exits)."""
-        self._conn.close()
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():
-            self._proc.kill()
-        self._writer.shutdown(wait=False)
 
 
 class _Failed:

@@ -6,10 +6,8 @@ process runs them (``SelectionState``, agents/selection_process.py)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import replace
-from typing import Any
 
 from agents import curator_state as state_codec
 from agents import snapshot
@@ -19,8 +17,6 @@ from infogrowth.io.messages import scored_from_record
 from infogrowth.io.store import ObjectStore
 from infogrowth.records import Outcome
 from infogrowth.settings import Settings
-
-log = logging.getLogger("infogrowth.curator")
 
 
 def fresh_selection(curator: Curator, partition: int) -> Curator:
@@ -64,6 +60,7 @@ class SelectionState:
     def __init__(self, settings: Settings) -> None:
         from infogrowth.commands.offline import make_curator
         from infogrowth.core import exact
+        from infogrowth.io.avro import AvroSerde
         from infogrowth.io.schema_registry import use_registry
 
         exact.load_torch()
@@ -72,7 +69,7 @@ class SelectionState:
         self.curator = make_curator(settings)
         self.partitions: dict[int, Curator] = {}
         self.store: ObjectStore | None = None
-        self.serde: Any = None
+        self.serde = AvroSerde("ScoredSample")
 
     def restore(
         self, partition: int, changelog: str, snapshots: str | None
@@ -91,10 +88,6 @@ class SelectionState:
         """``Curator.select`` of a batch's aligned samples, given as their `scored` records;
         also the index size after it and the seconds it took (the worker's metrics)."""
         started = time.perf_counter()
-        if self.serde is None:
-            from infogrowth.io.avro import AvroSerde
-
-            self.serde = AvroSerde("ScoredSample")
         items = [scored_from_record(self.serde.decode(raw)) for raw in records]
         curator = self.partitions[partition]
         outcomes = curator.select(items)

@@ -72,7 +72,7 @@ from infogrowth.commands.pipeline import ensure_pipeline_topics, start_worker, s
 from infogrowth.commands.shards import save
 from infogrowth.core.shards import fit
 from infogrowth.io.avro import AvroSerde
-from infogrowth.io.cpu import cpu_seconds
+from infogrowth.io.cpu import child_pids, cpu_seconds
 from infogrowth.io.files import read_rows
 from infogrowth.io.kafka_io import ensure_topics, make_producer, read_topic
 from infogrowth.io.messages import raw_record
@@ -373,10 +373,10 @@ def cpu_use(workers: dict[str, int], broker: int | None) -> dict[str, float]:
     idle = ticks[3] + ticks[4]  # idle + iowait
     tick = os.sysconf("SC_CLK_TCK")
     mine = os.times()
-    children = {
-        f"worker:{name} selection": _process_cpu(child)
+    children = {  # its selection process (and multiprocessing's resource tracker)
+        f"worker:{name} selection": sum(_process_cpu(child) for child in kids)
         for name, pid in workers.items()
-        for child in _children(pid)
+        if (kids := child_pids(pid))
     }
     return {
         **{f"worker:{name}": _process_cpu(pid) for name, pid in workers.items()},
@@ -386,15 +386,6 @@ def cpu_use(workers: dict[str, int], broker: int | None) -> dict[str, float]:
         "busy": (sum(ticks[:8]) - idle) / tick,
         "idle": idle / tick,
     }
-
-
-def _children(pid: int) -> list[int]:
-    """The processes a worker started (``--curator-process``: its selection process)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 def _process_cpu(pid: int) -> float:

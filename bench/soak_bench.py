@@ -36,6 +36,7 @@ from infogrowth.commands.pipeline import (
     stop_worker,
 )
 from infogrowth.commands.pipeline import wait_for_outcomes as wait
+from infogrowth.io.cpu import child_pids
 from infogrowth.settings import Settings
 from infra.__main__ import cmd_up
 
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and its children."""
     total = 0
-    for proc in [pid, *_children(pid)]:
+    for proc in [pid, *child_pids(pid)]:
         try:
             for line in Path(f"/proc/{proc}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -61,15 +62,6 @@ def rss_bytes(pid: int) -> int:
         except OSError:
             pass
     return total
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    kids = [int(c) for c in found]
-    return kids + [g for k in kids for g in _children(k)]
 
 
 def group_lag(settings: Settings) -> int:

@@ -42,6 +42,7 @@ from infogrowth.commands.ingest import ingest_file
 from infogrowth.commands.pipeline import ensure_pipeline_topics, outcome_count
 from infogrowth.commands.replay import replay
 from infogrowth.commands.shards import fit_centroids, save
+from infogrowth.io.cpu import child_pids
 from infra import LocalKafka, LocalS3, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.chaos]
@@ -234,12 +235,7 @@ def test_the_selection_process_killed_stops_its_worker_and_the_next_restores(kaf
 def _spawned(pid: int) -> list[int]:
     """The processes ``pid`` started with multiprocessing's spawn (not its resource
     tracker)."""
-    children = [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").glob("*")
-        for child in (task / "children").read_text().split()
-    ]
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [c for c in child_pids(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _one_worker_with_fault(spec: str, settings, tmp_path: Path, n: int = 400):  # noqa: ANN001, ANN202
