@@ -38,11 +38,17 @@ class SelectionProcessExited(RuntimeError):
 class SelectionProcess:
     """The parent's end: ``call`` sends a request and returns a future of its answer."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, log_level: int | None = None) -> None:
+        """``log_level``: the child's (default: the worker's, its root logger's level)."""
+        if log_level is None:
+            log_level = logging.getLogger().getEffectiveLevel()
         context = mp.get_context("spawn")  # no fork of a process with threads and sockets
         self._conn, child = context.Pipe()
         self._proc = context.Process(
-            target=_serve, args=(settings, child), name="infogrowth-selection", daemon=True
+            target=_serve,
+            args=(settings, child, log_level),
+            name="infogrowth-selection",
+            daemon=True,
         )
         self._proc.start()
         child.close()
@@ -113,7 +119,7 @@ def _settle(answer: asyncio.Future[Any], reply: Any) -> None:
         answer.set_result(reply)
 
 
-def _serve(settings: Settings, conn: Any) -> None:
+def _serve(settings: Settings, conn: Any, log_level: int) -> None:
     """The child: runs requests one at a time until the parent closes its end."""
     # A process group of its own: a signal to the worker's group (a graceful stop's
     # SIGTERM, Ctrl-C) is the worker's to handle, and the worker still needs this process
@@ -122,9 +128,9 @@ def _serve(settings: Settings, conn: Any) -> None:
     os.setpgrp()
     # Its lines go where the worker's go (stderr is the worker's): a spawned process
     # inherits no logging set-up, and would drop its INFO lines (the scan's GEMM, an
-    # HNSW build) and print bare warnings.
+    # HNSW build) and print bare warnings. At the worker's level (its --loglevel).
     logging.basicConfig(
-        level=logging.INFO,
+        level=log_level,
         format="[%(asctime)s] [%(process)d] [%(levelname)s] [selection process]: %(message)s",
     )
     import infogrowth  # noqa: F401  (BLAS thread settings before numpy loads)

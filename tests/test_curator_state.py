@@ -545,3 +545,24 @@ def test_a_restore_or_select_in_the_selection_process_is_a_step_in_progress() ->
         assert state.indexed_count() == 8 and selects._sum.get() == before + 0.25
 
     asyncio.run(restore_then_select())
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_the_selection_process_logs_at_the_workers_level(level: int, capfd) -> None:  # noqa: ANN001
+    """The spawned child sets up its own logging: at the level it is given (the worker's
+    --loglevel), tagged, on the worker's stderr. At WARNING its start-up INFO line (which
+    GEMM the exact scans use) is not printed."""
+    from agents.selection_process import SelectionProcess
+
+    process = SelectionProcess(Settings(), log_level=level)
+
+    async def ready() -> None:  # answered once the child has set up its state
+        await process.call("drop", 0)
+
+    try:
+        asyncio.run(ready())  # its log lines are written (and flushed) before the answer
+    finally:
+        process._proc.kill()  # a worker's child goes with the worker's end of the pipe
+        process._proc.join(30)
+    err = capfd.readouterr().err
+    assert ("[selection process]: exact gain search:" in err) == (level == logging.INFO), err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -256,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for misaligned samples) and curator (gain index, policy, accepted/rejected). Choose "
         "a subset with --worker-roles to scale stages apart. Creates the topics if missing.",
     )
-    worker.add_argument(
-        "--loglevel", default="info", choices=("crit", "error", "warn", "info", "debug")
-    )
+    worker.add_argument("--loglevel", default="info", choices=tuple(WORKER_LOG_LEVELS))
     add_settings_flags(worker)
     worker.set_defaults(func=cmd_worker)
 
@@ -499,6 +498,16 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --loglevel's names (Faust's) and their levels.
+WORKER_LOG_LEVELS = {
+    "crit": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
@@ -508,6 +517,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     check_broker(settings.kafka_bootstrap)
     ensure_pipeline_topics(settings)
     os.environ.update(settings_env(settings))  # agents.app reads its Settings from the env
+    # Faust sets the level up when the worker starts; the curator's selection process
+    # starts before (with the app) and logs at the level it finds then.
+    logging.getLogger().setLevel(WORKER_LOG_LEVELS[args.loglevel])
     from agents.app import app, context
     from infogrowth.io.runs import record_run
 
