@@ -232,6 +232,19 @@ def test_the_selection_process_killed_stops_its_worker_and_the_next_restores(kaf
     assert re.search(r"the curator's selection process \d+ exited", log)
 
 
+def test_a_long_restore_in_the_selection_process_is_work_not_a_stall(kafka, s3, tmp_path):  # noqa: ANN001
+    """``curator_process``: while the child restores a partition (here made to take 30 s),
+    records wait in `scored` and no batch finishes. The stall watchdog (5 s here) must see
+    a step in progress, as for a restore on the worker's own index thread, and not stop
+    the worker."""
+    settings = run_settings(
+        kafka, s3, tmp_path, encoder="precomputed", curator_process=True, stall_restart_s=5
+    )
+    outcomes, log = _one_worker_with_fault("restore-delay:30", settings, tmp_path)
+    assert "injected delay of a restore: 30 s" in log
+    assert "no batch finished for" not in log
+
+
 def _spawned(pid: int) -> list[int]:
     """The processes ``pid`` started with multiprocessing's spawn (not its resource
     tracker)."""

@@ -5,7 +5,9 @@ would. Steps: ``score`` (the
 inference agent's model step, run before its transaction's sends) and ``select`` (the
 curator's gain and decisions, run inside its transaction). ``score-once:<n>``: only the
 n-th model step raises (a passing fault). ``score-row:<id>``: every model step that holds
-sample <id> raises (a row the model cannot take)."""
+sample <id> raises (a row the model cannot take). ``restore-delay:<s>``: every restore of
+a curated partition in the curator's selection process (``curator_process``) first sleeps
+<s> seconds (a long changelog to read)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,18 @@ def _fail_on_row(fn: Callable[..., Any], sample_id: str) -> Callable[..., Any]:
     return step_that_fails_on_the_row
 
 
+def _delayed(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
+    def restore_that_takes_long(*args: Any, **kwargs: Any) -> Any:
+        import logging
+        import time
+
+        logging.getLogger(__name__).warning("injected delay of a restore: %.0f s", seconds)
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+
+    return restore_that_takes_long
+
+
 def _install(spec: str) -> None:
     step, _, n = spec.partition(":")
     if step.startswith("score"):
@@ -51,6 +65,11 @@ def _install(spec: str) -> None:
         from infogrowth.core.curate import Curator
 
         Curator.select = _fail_from(Curator.select, step, int(n))  # type: ignore[method-assign]
+    elif step == "restore-delay":
+        import infogrowth  # noqa: F401  (its thread settings before numpy loads)
+        from agents import selection_state  # the selection process's restores call it here
+
+        selection_state.restore_selection = _delayed(selection_state.restore_selection, float(n))
     else:
         raise ValueError(f"INFOGROWTH_TEST_FAULT: unknown step {step!r}")
 
