@@ -84,6 +84,22 @@ def test_a_row_alone_gets_the_same_bits_as_in_a_batch(hard, gemm: str) -> None:
         assert alone[1][0].tobytes() == dist[i].tobytes()
 
 
+def test_a_row_with_more_candidates_than_the_scan_holds_grows_the_buffers(
+    hard, gemm: str, monkeypatch
+) -> None:
+    """The scan keeps each row's candidates in a buffer of fixed size: a row with more (a
+    dense cluster of near-duplicates) makes it scan again with room for them, and the store
+    keeps the larger size for its next scans."""
+    monkeypatch.setattr(exact, "_CANDIDATES", 2)
+    store = ExactVectors(48)
+    store.append(hard[:2000])
+    pos, dist = store.nearest(hard[2000:], 4, 2000, np.zeros(0, np.int64))
+    want_pos, want_dist = brute(hard[2000:], hard[:2000], 4, np.zeros(0, np.int64))
+    np.testing.assert_array_equal(pos, want_pos)
+    assert dist.tobytes() == want_dist.tobytes()
+    assert store._capacity > 2 or gemm == "small"
+
+
 def test_fewer_live_rows_than_k_and_the_first_n_only(hard, gemm: str) -> None:
     store = ExactVectors(48)
     store.append(hard[:50])
@@ -110,11 +126,11 @@ def test_the_float32_scan_leaves_only_its_sums_error_to_re_score(monkeypatch) ->
     store.append(x[:2900])
     assert store.worst > 0.0  # vectors bfloat16 does not hold
     queries, k = x[2900:], 4
-    rows, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64), bfloat16=False)
+    rows, _, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64), bfloat16=False)
     per_row = np.bincount(rows, minlength=len(queries))
     assert per_row.min() >= k
     assert np.median(per_row) == k and per_row.max() <= k + 2
-    wide, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64), bfloat16=True)
+    wide, _, _ = store._candidates(queries, k, 2900, np.zeros(0, np.int64), bfloat16=True)
     assert np.median(np.bincount(wide, minlength=len(queries))) > 3 * k
     pos, _ = store.nearest(queries, k, 2900, np.zeros(0, np.int64))
     np.testing.assert_array_equal(pos, brute(queries, x[:2900], k, np.zeros(0, np.int64))[0])
@@ -156,25 +172,28 @@ def test_a_store_scans_with_the_gemm_measured_cheaper_and_tries_the_other_again(
     monkeypatch,
 ) -> None:
     """Where the CPU has both GEMMs, each is tried once, then the cheaper per query row and
-    stored vector is used, and the other measured again every _RETRY_EVERY scans: a change
-    in the data (denser neighbourhoods, more to re-score) or the machine turns the choice."""
+    stored vector is used, and the other measured again after _RETRY_EVERY scans, then
+    after twice as many each time it is still the dearer (up to _RETRY_MOST): a change in
+    the data (denser neighbourhoods, more to re-score) or the machine turns the choice,
+    and the one given up is then watched closely again."""
     monkeypatch.setattr(exact, "bfloat16_gemm", lambda: True)
+    assert (exact._RETRY_EVERY, exact._RETRY_MOST) == (16, 128)
     choice = exact.ScanChoice()
     cost = {True: 3.0, False: 2.0}
     used = []
-    for scan in range(1, 4 * exact._RETRY_EVERY + 1):
-        if scan == 2 * exact._RETRY_EVERY:
+    for scan in range(1, 601):
+        if scan == 400:
             cost[True] = 1.0  # bfloat16 becomes the cheaper
         bfloat16 = choice.bfloat16(10)
         used.append(bfloat16)
         choice.measured(bfloat16, cost[bfloat16] * 10 * 100, 10, 100)
-    every = exact._RETRY_EVERY
     assert used[:2] == [True, False]  # each measured once
-    # float32 preferred; bfloat16 tried again at scans 16 and 32, found cheaper at 32
-    assert [i + 1 for i, b in enumerate(used[: 2 * every]) if b] == [1, every, 2 * every]
-    # then bfloat16 preferred, float32 tried again at scans 48 and 64
-    assert [i + 1 for i, b in enumerate(used) if not b][-2:] == [3 * every, 4 * every]
-    assert sum(not b for b in used[2 * every :]) == 2
+    # float32 preferred; bfloat16 tried again after 16, 32, 64, 128 and 128 scans, found
+    # the cheaper at the last
+    assert [i + 1 for i, b in enumerate(used) if b][:7] == [1, 16, 48, 112, 240, 368, 496]
+    assert all(used[495:511])  # scans 496 to 511
+    # then bfloat16 preferred, float32 tried again after 16 and 32 scans
+    assert [i + 1 for i, b in enumerate(used) if not b and i >= 496] == [512, 544]
     monkeypatch.setattr(exact, "bfloat16_gemm", lambda: False)
     assert exact.ScanChoice().bfloat16(10) is False  # no bfloat16 GEMM: never
 
@@ -216,3 +235,27 @@ def test_a_small_store_is_searched_without_importing_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_the_scan_works_where_numba_may_not_write_its_cache() -> None:
+    """A read-only install (no folder numba may write its cache to): the compiled sweep is
+    compiled in the process instead of failing the import."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import numpy as np\n"
+        "from numba.core import caching\n"
+        "caching.CacheImpl._locator_classes = []  # no writable folder anywhere\n"
+        "from infogrowth.core import exact\n"
+        "from infogrowth.core.exact import ExactVectors\n"
+        "exact._SMALL = 0\n"
+        "x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)\n"
+        "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
+        "store = ExactVectors(16)\n"
+        "store.append(x)\n"
+        "pos, _ = store.nearest(x[:5], 1, 300, np.zeros(0, np.int64))\n"
+        "print(pos.ravel().tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == "[0, 1, 2, 3, 4]", out.stderr

@@ -46,15 +46,20 @@ _SUM_SLACK = 1.001
 # Stored vectors per step of the scan (see ExactVectors._candidates).
 _CHUNK = 4096
 _INITIAL_ROWS = 1024  # a multiple of _LANES, as every size after it
-# Columns per group of the scan: a group is looked into only when its maximum is high enough.
+# Store rows of a chunk's GEMM: a multiple of this (whole rows of the allocated store).
 _LANES = 32
+# Candidates a query row has room for in a scan at first (a dense neighbourhood may need
+# more: the store remembers what its last scan needed).
+_CANDIDATES = 512
 # Stored vectors up to which the scan is one float32 GEMM in numpy, without torch (see
 # ExactVectors._small_candidates).
 _SMALL = 2048
 _LOW_HALF = 0 if sys.byteorder == "little" else 1  # where a float32's low 16 bits lie
-# Where the CPU has both GEMMs: every _RETRY_EVERY-th chunked scan takes the one not
-# preferred, to measure it again (ScanChoice). Tests turn the choice off (_MEASURED).
+# Where the CPU has both GEMMs: after _RETRY_EVERY chunked scans, one takes the GEMM not
+# preferred, to measure it again; each retry that finds it still the dearer doubles the
+# wait, up to _RETRY_MOST scans (ScanChoice). Tests turn the choice off (_MEASURED).
 _RETRY_EVERY = 16
+_RETRY_MOST = 128
 _MEASURED = True
 # Scans of fewer query rows (a one-row re-search after a budget eviction) use the preferred
 # GEMM and are not timed: the call's fixed costs would inflate their per-row cost.
@@ -78,6 +83,13 @@ def _torch() -> Any:
     import torch  # a second or so to import: only once the gain stage scans
 
     return torch
+
+
+@functools.cache
+def _kernels() -> Any:
+    from infogrowth.core import exact_kernels  # numba: imported (and compiled) once scans are
+
+    return exact_kernels
 
 
 @functools.cache
@@ -121,16 +133,22 @@ class ScanChoice:
     """Which GEMM a store's scans use where the CPU has both. The bfloat16 one multiplies
     about twice as fast (AVX512-BF16; more on AMX), but its bound holds both vectors'
     rounding and its result's, where the float32 scan's holds only its sums' error, so it
-    leaves many more candidates to re-score: on dense neighbourhoods the float32 scan is
-    the faster (this VM, Zen 4: a batch of 256 against 10k stored of the pipeline bench's
-    set, 26 against 39 ms, 4 against 72 candidates a row), on sparse ones the bfloat16 one
-    can be. Each scan's cost per query row and stored vector (search and re-score) is
-    measured; the cheaper one is used, and the other tried again every ``_RETRY_EVERY``
-    scans. Both find the same k nearest, so the choice changes no result."""
+    leaves many more candidates to re-score: on dense neighbourhoods the float32 scan can be
+    the faster (this VM, Zen 4, before the compiled sweep: a batch of 256 against 10k
+    stored of the pipeline bench's set, 26 against 39 ms, 4 against 72 candidates a row),
+    on sparse ones the bfloat16 one is (gain bench, 100k x 512: 3,060-3,094/s with bfloat16
+    scans only, 1,813-1,860/s with float32 ones). Each scan's cost per query row and
+    stored vector (search and re-score) is measured; the cheaper one is used, and the
+    other tried again after ``_RETRY_EVERY`` scans, then after twice as many each time it
+    is still the dearer (up to ``_RETRY_MOST``; a retry every 16 scans cost the gain bench
+    ~5%), and again after ``_RETRY_EVERY`` once it turned out the cheaper. Both find the
+    same k nearest, so the choice changes no result."""
 
     def __init__(self) -> None:
         self.cost: dict[bool, float] = {}  # bfloat16 or not -> seconds per row x vector
-        self.scans = 0
+        self.scans = 0  # timed scans
+        self.retried = 0  # the timed scan that last took the GEMM not preferred
+        self.wait = _RETRY_EVERY  # scans from one retry to the next
 
     def bfloat16(self, rows: int) -> bool:
         """The GEMM for a scan of ``rows`` query rows."""
@@ -144,15 +162,22 @@ class ScanChoice:
         for untried in (True, False):
             if untried not in self.cost:
                 return untried
-        best = self._preferred()
-        return best if self.scans % _RETRY_EVERY else not best
+        if self.scans - self.retried < self.wait:
+            return self._preferred()
+        self.retried = self.scans
+        return not self._preferred()
 
     def _preferred(self) -> bool:
         return self.cost.get(True, 0.0) <= self.cost.get(False, float("inf"))
 
     def measured(self, bfloat16: bool, seconds: float, rows: int, stored: int) -> None:
-        if rows >= _TIMED_ROWS:
-            self.cost[bfloat16] = seconds / max(rows * stored, 1)
+        if rows < _TIMED_ROWS:
+            return
+        retry = len(self.cost) == 2 and bfloat16 != self._preferred()
+        self.cost[bfloat16] = seconds / max(rows * stored, 1)
+        if retry:  # still the dearer: wait longer; now the cheaper: watch the other closely
+            dearer = bfloat16 != self._preferred()
+            self.wait = min(2 * self.wait, _RETRY_MOST) if dearer else _RETRY_EVERY
 
 
 class ExactVectors:
@@ -167,6 +192,7 @@ class ExactVectors:
         self.worst = 0.0  # the largest residual
         self._buffers: dict[Any, Any] = {}  # the scan's similarities, by type (_scan_buffer)
         self._wide: Any = None  # a chunk's float32 bits, the halves joined (_exact_rows)
+        self._capacity = _CANDIDATES  # candidates a row may have in a scan (_Found)
         self.choice = ScanChoice()
 
     def append(self, x: np.ndarray) -> None:
@@ -238,19 +264,17 @@ class ExactVectors:
 
     def _candidates(
         self, x: np.ndarray, k: int, n: int, gone: np.ndarray, bfloat16: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(row, position) of every stored vector that can be among each row's k most
-        similar (see the module docstring), grouped by row; the GEMM in bfloat16 on the
-        truncated vectors, or in float32 on the exact ones.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, position, similarity) of every stored vector that can be among each row's
+        k most similar (see the module docstring), grouped by row; the GEMM in bfloat16 on
+        the truncated vectors, or in float32 on the exact ones. The similarities are within
+        a float32 dot product's error of the exact ones (``_closest`` needs no more).
 
         The store is scanned in chunks of _CHUNK vectors (temporaries of one size, which
         malloc reuses: a similarity matrix a little larger every batch grew the heap by
-        ~5 KB per stored sample). In a chunk, column c is in group c mod (columns /
-        _LANES), so a group's maximum is that of _LANES contiguous slices (the cheapest
-        reduction); the k-th largest group maximum seen so far is k distinct values of the
-        row, so no higher than the row's own k-th largest: only groups whose maximum reaches
-        it, less twice the error, are looked into."""
-        torch = _torch()
+        ~5 KB per stored sample); a compiled sweep reads each chunk's similarities once and
+        keeps those at or above the row's running cut-off (core/exact_kernels.py)."""
+        torch, kernels = _torch(), _kernels()
         if bfloat16:
             query = torch.from_numpy(x).to(torch.bfloat16)  # rounded to nearest
             query_residual = np.linalg.norm(x - query.to(torch.float64).numpy(), axis=1)
@@ -258,50 +282,45 @@ class ExactVectors:
         else:  # the float32 GEMM takes the query and the stored vectors as they are
             query = np.ascontiguousarray(x, np.float32)
             eps = np.full(len(x), float32_dot_error(self.dim))
-        best = torch.full((len(x), k), float("-inf"))  # the k largest group maxima so far
-        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for start in range(0, n, _CHUNK):
-            width = -(-min(_CHUNK, n - start) // _LANES) * _LANES  # store rows: whole thousands
-            if bfloat16:
-                stored = torch.from_numpy(self.high[start : start + width].view(np.int16))
-                sim = self._scan_buffer(len(x), width, torch.bfloat16)
-                torch.matmul(query, stored.view(torch.bfloat16).T, out=sim)
-            else:  # numpy's float32 GEMM (OpenBLAS): ~20% faster than torch's (MKL) on AVX2
-                sim = self._scan_buffer(len(x), width, torch.float32)
-                np.matmul(query, self._exact_rows(start, width).T, out=sim.numpy())
-            sim[:, n - start :] = float("-inf")  # store rows past n: zeros, or not searched
-            dropped = gone[(gone >= start) & (gone < start + width)] - start
-            if len(dropped):
-                sim.index_fill_(1, torch.from_numpy(dropped), float("-inf"))
-            lanes = sim.view(len(x), _LANES, -1)
-            peaks = lanes.amax(dim=1)
-            best = torch.topk(torch.cat([best, peaks.float()], dim=1), k, dim=1).values
-            floor = best[:, -1].numpy().astype(np.float64)
-            # Lowered a little so that its rounding to the similarities' type cannot lift
-            # it above a candidate, and kept above -inf so that removed rows never are.
-            cut = np.maximum(floor - 2 * eps, -2.0)
-            lower = 2.0**-7 if sim.dtype == torch.bfloat16 else 2.0**-22
-            cut_t = torch.from_numpy(cut - np.abs(cut) * lower).to(sim.dtype)
-            group_rows, group_ids = torch.nonzero(peaks >= cut_t[:, None], as_tuple=True)
-            picked = lanes[group_rows, :, group_ids]  # (groups picked, _LANES)
-            at, lane = torch.nonzero(picked >= cut_t[group_rows][:, None], as_tuple=True)
-            found.append(
-                (
-                    group_rows[at].numpy(),
-                    (start + lane * peaks.shape[1] + group_ids[at]).numpy(),
-                    picked[at, lane].float().numpy().astype(np.float64),
-                )
-            )
-        rows, cols, values = (np.concatenate(part) for part in zip(*found, strict=True))
-        # The row's own k-th largest GEMM similarity among those: the tighter cut-off.
-        order = np.lexsort((-values, rows))
-        rows, cols, values = rows[order], cols[order], values[order]
-        keep = values >= _kth(values, rows, len(x), k)[rows] - 2 * eps[rows]
-        return rows[keep], cols[keep]
+        while True:  # once, unless a row had more candidates than the buffers hold
+            found = _Found(len(x), k, self._capacity)
+            for start in range(0, n, _CHUNK):
+                width = -(-min(_CHUNK, n - start) // _LANES) * _LANES  # whole store rows
+                if bfloat16:
+                    stored = torch.from_numpy(self.high[start : start + width].view(np.int16))
+                    sim = self._scan_buffer(len(x), width, torch.bfloat16)
+                    torch.matmul(query, stored.view(torch.bfloat16).T, out=sim)
+                else:  # numpy's float32 GEMM (OpenBLAS): ~20% faster than torch's on AVX2
+                    sim = self._scan_buffer(len(x), width, torch.float32)
+                    np.matmul(query, self._exact_rows(start, width).T, out=sim.numpy())
+                dropped = gone[(gone >= start) & (gone < start + width)] - start
+                if len(dropped):
+                    sim.index_fill_(1, torch.from_numpy(dropped), float("-inf"))
+                searched = min(width, n - start)  # store rows past n: zeros, or not searched
+                if bfloat16:
+                    kernels.sweep_bfloat16(
+                        sim.view(torch.int16).numpy(), searched, start, 2 * eps, *found.state,
+                        kernels.BFLOAT16_VALUE, kernels.BFLOAT16_BY_KEY,
+                    )  # fmt: skip
+                else:
+                    kernels.sweep_float32(sim.numpy(), searched, start, 2 * eps, *found.state)
+            if found.fits():
+                break
+            self._capacity = found.needed()
+        rows, cols, values = found.grouped()
+        # The row's own k-th largest GEMM similarity (-inf with fewer than k: all are kept):
+        # the tighter cut-off.
+        keep = values >= found.top[rows, -1] - 2 * eps[rows]
+        rows, cols = rows[keep], cols[keep]
+        if not bfloat16:
+            return rows, cols, values[keep]  # float32 GEMM similarities: close enough
+        sims = np.empty(len(rows))
+        kernels.candidate_dots(x, rows, cols, self.high, self.low, sims)
+        return rows, cols, sims
 
     def _small_candidates(
         self, x: np.ndarray, k: int, n: int, gone: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``_candidates`` of a small store (a short run, the start of a long one) without
         torch, whose import takes a second or so (1.3 s of a 2.5 s `curate` of 50 rows): the
         exact float32 vectors in one float32 GEMM, off from the exact similarities by at most
@@ -312,7 +331,8 @@ class ExactVectors:
         sim[:, gone[gone < n]] = -np.inf
         kth = np.partition(sim, n - k, axis=1)[:, n - k]  # the k-th largest: a live row's
         floor = kth.astype(np.float64) - 2 * float32_dot_error(self.dim)
-        return np.nonzero(sim >= floor[:, None])  # grouped by row
+        rows, cols = np.nonzero(sim >= floor[:, None])  # grouped by row
+        return rows, cols, sim[rows, cols]
 
     def _scan_buffer(self, rows: int, columns: int, dtype: Any) -> Any:
         """The similarities of a chunk, in memory kept from chunk to chunk; one per type, so
@@ -346,28 +366,56 @@ class ExactVectors:
         x: np.ndarray,
         rows: np.ndarray,
         cols: np.ndarray,
+        sim: np.ndarray,
         pos: np.ndarray,
         dist: np.ndarray,
     ) -> None:
-        """The k nearest of each row among its candidates (grouped by row), into ``pos`` and
-        ``dist``: a float32 pass keeps those within its error of the k-th, and those are
-        re-scored in float64, the same formula for a pair in any batch."""
+        """The k nearest of each row among its candidates (grouped by row, with their
+        similarities ``sim``, off by at most a float32 dot product's error), into ``pos``
+        and ``dist``: those within that error of the k-th are re-scored in float64, the
+        same formula for a pair in any batch."""
         k = pos.shape[1]
-        stored = self.rows(cols)
-        sim = np.einsum("ij,ij->i", x[rows], stored)  # any order of sums: within the bound
         # As in _candidates: every true k nearest is within twice the error of the k-th.
         eps = float32_dot_error(self.dim)
         order = np.lexsort((-sim, rows))
         kth = _kth(sim[order].astype(np.float64), rows[order], len(x), k)
         keep = sim >= kth[rows] - 2 * eps
         rows, cols = rows[keep], cols[keep]
-        d = 1.0 - (x[rows].astype(np.float64) * stored[keep].astype(np.float64)).sum(axis=1)
+        stored = self.rows(cols)
+        d = 1.0 - (x[rows].astype(np.float64) * stored.astype(np.float64)).sum(axis=1)
         order = np.lexsort((cols, d, rows))  # per row: nearest first, then earliest
         rows, cols, d = rows[order], cols[order], d[order]
         rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
         take = rank < k
         pos[rows[take], rank[take]] = cols[take]
         dist[rows[take], rank[take]] = d[take]
+
+
+class _Found:
+    """A scan's running candidates: per query row its k largest similarities so far, and
+    the (position, similarity) of each candidate in a buffer of ``capacity`` a row."""
+
+    def __init__(self, rows: int, k: int, capacity: int) -> None:
+        self.top = np.full((rows, k), -np.inf)
+        self.count = np.zeros(rows, np.int64)
+        self.cols = np.empty((rows, capacity), np.int64)
+        self.vals = np.empty((rows, capacity))
+
+    @property
+    def state(self) -> tuple[np.ndarray, ...]:
+        return self.top, self.count, self.cols, self.vals
+
+    def fits(self) -> bool:
+        return int(self.count.max(initial=0)) <= self.cols.shape[1]
+
+    def needed(self) -> int:
+        """A capacity with room for the largest row's candidates (a power of two)."""
+        return 1 << int(self.count.max()).bit_length()
+
+    def grouped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, position, similarity) of every candidate, grouped by row."""
+        held = np.arange(self.cols.shape[1]) < self.count[:, None]
+        return np.nonzero(held)[0], self.cols[held], self.vals[held]
 
 
 def _kth(values: np.ndarray, rows: np.ndarray, n_rows: int, k: int) -> np.ndarray:
