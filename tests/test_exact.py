@@ -168,6 +168,22 @@ def test_a_worker_says_which_gemm_its_scans_use(gemm: str, caplog) -> None:
     assert f"exact gain search: {said} GEMM scans" in caplog.text
 
 
+def test_a_worker_compiles_the_scans_sweep_at_start() -> None:
+    """``load_torch`` (a worker's start) also compiles (or loads from numba's cache) the
+    sweeps its scans run, so the first batch past _SMALL stored does not wait for them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from infogrowth.core import exact, exact_kernels as k\n"
+        "exact.load_torch()\n"
+        "print(bool(k.sweep_float32.signatures), bool(k.sweep_bfloat16.signatures)"
+        " == exact.bfloat16_gemm())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_a_store_scans_with_the_gemm_measured_cheaper_and_tries_the_other_again(
     monkeypatch,
 ) -> None:

@@ -64,6 +64,7 @@ _MEASURED = True
 # Scans of fewer query rows (a one-row re-search after a budget eviction) use the preferred
 # GEMM and are not timed: the call's fixed costs would inflate their per-row cost.
 _TIMED_ROWS = 8
+_WARM_UP_DIM = 16  # of load_torch's one small scan
 log = logging.getLogger(__name__)
 
 
@@ -106,9 +107,10 @@ def bfloat16_gemm() -> bool:
 
 
 def load_torch() -> None:
-    """Imports torch now, for a long-running process: its first scan would otherwise stall
-    a batch for the import (1.2-1.3 s in the pipeline bench's measured run). Logs which
-    GEMM the scans use: the speed of the exact search depends on it."""
+    """Imports torch and the compiled sweep now, for a long-running process: its first
+    scan would otherwise stall a batch for the import (1.2-1.3 s in the pipeline bench's
+    measured run) and the sweep's compilation (~2.5 s; ~0.1 s from numba's cache). Logs
+    which GEMM the scans use: the speed of the exact search depends on it."""
     _torch()
     kind = (
         "bfloat16 or float32 (whichever measures faster)"
@@ -116,6 +118,7 @@ def load_torch() -> None:
         else "float32 (this CPU has no bfloat16 GEMM)"
     )
     log.info("exact gain search: %s GEMM scans", kind)
+    warm_up_scan(_WARM_UP_DIM)  # the kernels' types do not depend on the dimension
 
 
 def warm_up_scan(dim: int) -> None:

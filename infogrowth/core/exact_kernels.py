@@ -19,7 +19,7 @@ summed in float64 in any order: off by far less than a float32 dot product's err
 which is all ``ExactVectors._closest`` asks of it.
 
 The kernels are compiled at first use (~1 s) and cached beside this file or in the
-user's cache folder (numba's cache); ``exact.warm_up_scan`` does that at a worker's start.
+user's cache folder (numba's cache); ``exact.load_torch`` does that at a worker's start.
 Where neither can be written (a read-only install), they are compiled in every process.
 """
 
