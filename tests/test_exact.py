@@ -3,11 +3,21 @@ those of a float64 brute force, ties, near-ties and removed rows included, in an
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from infogrowth.core import exact
 from infogrowth.core.exact import ExactVectors
+
+
+def probe_output(code: str) -> list[str]:
+    """What ``code`` prints, run in a fresh interpreter (imports and caches of its own)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -147,8 +157,6 @@ def test_importing_the_package_makes_helper_threads_sleep_unless_told_otherwise(
     from the gain stage and the worker's event loop: the package asks for sleeping ones
     before either library starts its threads, and a user's choice wins."""
     import os
-    import subprocess
-    import sys
 
     probe = f"import infogrowth, os; print(os.environ['{variable}'])"
     env = {k: v for k, v in os.environ.items() if k != variable}
@@ -171,17 +179,13 @@ def test_a_worker_says_which_gemm_its_scans_use(gemm: str, caplog) -> None:
 def test_a_worker_compiles_the_scans_sweep_at_start() -> None:
     """``load_torch`` (a worker's start) also compiles (or loads from numba's cache) the
     sweeps its scans run, so the first batch past _SMALL stored does not wait for them."""
-    import subprocess
-    import sys
-
     probe = (
         "from infogrowth.core import exact, exact_kernels as k\n"
         "exact.load_torch()\n"
         "print(bool(k.sweep_float32.signatures), bool(k.sweep_bfloat16.signatures)"
         " == exact.bfloat16_gemm())\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True"]
+    assert probe_output(probe) == ["True", "True"]
 
 
 def test_a_store_scans_with_the_gemm_measured_cheaper_and_tries_the_other_again(
@@ -234,9 +238,6 @@ def test_a_one_row_re_search_neither_counts_nor_times_a_scan(monkeypatch) -> Non
 def test_a_small_store_is_searched_without_importing_torch() -> None:
     """A short run (`curate` of a few rows) does not pay torch's import (1.3 s of 2.5 s for 50
     rows); a store past _SMALL rows does."""
-    import subprocess
-    import sys
-
     probe = (
         "import sys, numpy as np\n"
         "from infogrowth.core.exact import ExactVectors, _SMALL\n"
@@ -249,16 +250,12 @@ def test_a_small_store_is_searched_without_importing_torch() -> None:
         "store.nearest(x[:5], 4, _SMALL + 1, np.zeros(0, np.int64))\n"
         "print('torch' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "True"]
+    assert probe_output(probe) == ["False", "True"]
 
 
 def test_the_scan_works_where_numba_may_not_write_its_cache() -> None:
     """A read-only install (no folder numba may write its cache to): the compiled sweep is
     compiled in the process instead of failing the import."""
-    import subprocess
-    import sys
-
     probe = (
         "import numpy as np\n"
         "from numba.core import caching\n"
@@ -273,5 +270,4 @@ def test_the_scan_works_where_numba_may_not_write_its_cache() -> None:
         "pos, _ = store.nearest(x[:5], 1, 300, np.zeros(0, np.int64))\n"
         "print(pos.ravel().tolist())\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[-2] == "[0, 1, 2, 3, 4]", out.stderr
+    assert probe_output(probe)[-5:] == ["[0,", "1,", "2,", "3,", "4]"]
