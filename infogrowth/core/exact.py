@@ -285,6 +285,7 @@ class ExactVectors:
         else:  # the float32 GEMM takes the query and the stored vectors as they are
             query = np.ascontiguousarray(x, np.float32)
             eps = np.full(len(x), float32_dot_error(self.dim))
+        slack = 2 * eps  # how far below a row's k-th GEMM value a true k nearest may lie
         while True:  # once, unless a row had more candidates than the buffers hold
             found = _Found(len(x), k, self._capacity)
             for start in range(0, n, _CHUNK):
@@ -302,18 +303,18 @@ class ExactVectors:
                 searched = min(width, n - start)  # store rows past n: zeros, or not searched
                 if bfloat16:
                     kernels.sweep_bfloat16(
-                        sim.view(torch.int16).numpy(), searched, start, 2 * eps, *found.state,
+                        sim.view(torch.int16).numpy(), searched, start, slack, *found.state,
                         kernels.BFLOAT16_VALUE, kernels.BFLOAT16_BY_KEY,
                     )  # fmt: skip
                 else:
-                    kernels.sweep_float32(sim.numpy(), searched, start, 2 * eps, *found.state)
+                    kernels.sweep_float32(sim.numpy(), searched, start, slack, *found.state)
             if found.fits():
                 break
             self._capacity = found.needed()
         rows, cols, values = found.grouped()
         # The row's own k-th largest GEMM similarity (-inf with fewer than k: all are kept):
         # the tighter cut-off.
-        keep = values >= found.top[rows, -1] - 2 * eps[rows]
+        keep = values >= found.top[rows, -1] - slack[rows]
         rows, cols = rows[keep], cols[keep]
         if not bfloat16:
             return rows, cols, values[keep]  # float32 GEMM similarities: close enough

@@ -4,12 +4,13 @@ After each chunk's GEMM, ``sweep_bfloat16`` / ``sweep_float32`` read its similar
 once, row by row: the row's k largest similarities so far give a cut-off (the k-th less
 twice the GEMM's error, never below -2, so a removed row's -inf never passes), and every
 column at or above the cut-off when it is read is kept as a candidate. The cut-off only
-rises, so a column left behind is below the final one; what the caller's final filter
-keeps is what the vectorised torch version kept (the k largest are always among the
-candidates). A block of ``BLOCK`` columns is looked into only when its maximum reaches the
-cut-off: one vectorised pass over the row, and the few blocks near the top.
+rises, so a column left behind is below the final one, and the candidates hold every
+column within twice the error of the row's final k-th largest (the k largest among them),
+which is what the caller's final filter needs. A block of ``BLOCK`` columns is looked
+into only when its maximum reaches the cut-off: one vectorised pass over the row, and the
+few blocks near the top.
 
-Where torch's bfloat16 has no numba type, a bfloat16 is read as its int16 bits: the
+bfloat16 has no numba type, so a bfloat16 is read as its int16 bits; the
 bits ``s ^ ((s >> 15) & 0x7FFF)`` order as the values do, so a block's maximum is an integer
 maximum, and ``BFLOAT16_BY_KEY`` turns a cut-off into the smallest key at or above it.
 
@@ -18,7 +19,7 @@ store's two 16-bit halves (the float32 vector bit for bit) without building the 
 summed in float64 in any order: off by far less than a float32 dot product's error bound,
 which is all ``ExactVectors._closest`` asks of it.
 
-The kernels are compiled at first use (~1 s) and cached beside this file or in the
+The kernels are compiled at first use (~2.5 s) and cached beside this file or in the
 user's cache folder (numba's cache); ``exact.load_torch`` does that at a worker's start.
 Where neither can be written (a read-only install), they are compiled in every process.
 """
